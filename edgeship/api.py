@@ -1,0 +1,179 @@
+"""The Python API the CLI and build pipelines call. Functions return results; nothing prints.
+
+    from edgeship import api
+    result = api.export("examples/mobilenet_v2.py:build", target="android-arm64",
+                        calibration="calibration_data/imagenet-sample")
+    print(result.out_dir, result.manifest["artifacts"][0]["accuracy"])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from edgeship.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int], Callable[[int], None]]
+
+
+def _no_progress(task: str, total: int) -> Callable[[int], None]:
+    log.info("%s (%d)", task, total)
+    return lambda n: None
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out_dir: Path
+    manifest: dict
+
+
+def list_targets():
+    """The built-in device profiles."""
+    from edgeship.targets.devices import all_devices
+
+    return all_devices()
+
+
+def export(model: str, target: str, calibration: str | Path, *, eval_data: str | Path | None = None,
+           out: str | Path = "out", input_shapes: list[str] | None = None,
+           input_dtypes: list[str] | None = None, recipe: str = "int8",
+           progress: Progress = _no_progress) -> ExportResult:
+    """Capture, quantize once, lower for every runtime of `target`, verify, time, and write
+    `out/<model>/<target>/` atomically. Raises an EdgeshipError subclass on bad input."""
+    from edgeship.quantize.recipe import recipe_by_name
+    from edgeship.targets.devices import load_device
+
+    device = load_device(target)
+    resolved = recipe_by_name(recipe)
+    out = Path(out)
+    _check_writable(out)
+
+    from edgeship.calibration.readers import read_samples
+    from edgeship.calibration.samples import split_held_out
+    from edgeship.export import inputs as model_inputs
+    from edgeship.export.load import load_model
+
+    loaded = load_model(model)
+    specs = (model_inputs.specs_from_flags(input_shapes, input_dtypes or [], loaded.input_names)
+             if input_shapes else None)
+    calib = model_inputs.bind(read_samples(calibration), loaded.input_names, specs)
+    if eval_data is not None:
+        evaluation = model_inputs.bind(read_samples(eval_data), loaded.input_names, specs)
+    else:
+        calib, evaluation = split_held_out(calib)
+    final = out / loaded.name / device.name
+    with _staging(final) as stage:
+        manifest = _export_into(stage, loaded, device, resolved, calib, evaluation, progress)
+    return ExportResult(final, manifest)
+
+
+def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progress: Progress) -> dict:
+    from edgeship.export import capture as cap
+    from edgeship.export.inputs import example_inputs, specs_from_samples
+    from edgeship.quantize.calibrate import quantize
+    from edgeship.report import manifest as mf
+    from edgeship.report.markdown import report
+    from edgeship.targets.base import LowerJob, get_adapter
+    from edgeship.verify import check_artifact, output_scales, pairwise_steps, torch_outputs
+
+    started = time.perf_counter()
+    args = example_inputs(calib)
+    flat = cap.FlatOutputs(loaded.module).eval()
+    cap.run_float(flat, args, loaded.source_file)
+    out_names = cap.output_names(loaded.module, args)
+    program = cap.capture(flat, args, loaded.source_file)
+    in_names = [s.name for s in specs_from_samples(calib)]
+    float_onnx = stage / "model.fp32.onnx"
+    cap.export_float_onnx(program, float_onnx, in_names, out_names)
+
+    advance = progress("calibrate", len(calib))
+    quantized = quantize(program, recipe, calib, advance)
+    (stage / "encodings.json").write_text(json.dumps(quantized.encodings, indent=1) + "\n")
+    (stage / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1) + "\n")
+
+    job = LowerJob(program, quantized, args, tuple(in_names), tuple(out_names), float_onnx)
+    artifacts = []
+    for runtime in device.runtimes:
+        advance = progress(f"lower for {runtime}", 1)
+        artifacts += get_adapter(runtime).lower(job, stage, device.precisions)
+        advance(1)
+
+    reference = torch_outputs(flat, evaluation)
+    simulated = torch_outputs(quantized.folded, evaluation)
+    scales = output_scales(quantized.folded)
+    threads = device.host_threads()
+    checked = [check_artifact(a, evaluation, reference, simulated if a.precision == "int8" else None,
+                              scales, threads, progress) for a in artifacts]
+
+    from edgeship.report.compare import accuracy
+
+    manifest = {
+        "manifest_version": mf.MANIFEST_VERSION,
+        "versions": mf.versions(),
+        "model": {"source": loaded.source, "name": loaded.name, "inputs": in_names, "outputs": out_names},
+        "target": device.to_dict(),
+        "recipe": recipe.to_dict(),
+        "calibration": {"source": calib.source, "samples": len(calib), "sha256": calib.content_hash()},
+        "evaluation": {"source": evaluation.source, "samples": len(evaluation),
+                       "sha256": evaluation.content_hash()},
+        "simulated_int8": accuracy(reference, simulated),
+        "float_ops_in_quantized_graph": quantized.float_ops,
+        "artifacts": [mf.artifact_record(c, stage) for c in checked],
+        "int8_agreement_steps": pairwise_steps(checked, scales),
+        "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+                 "cpu_count": os.cpu_count()},
+        "export_seconds": round(time.perf_counter() - started, 1),
+    }
+    (stage / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    (stage / "report.md").write_text(report(manifest))
+    return manifest
+
+
+def _check_writable(out: Path) -> None:
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"output location {out} is inside {probe}, which is a file; pass --out a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"output folder {probe} is not writable; pass --out a folder you can write to")
+
+
+@contextlib.contextmanager
+def _staging(final: Path):
+    """Yield a temporary folder beside `final`; on success it replaces `final` in one rename, on
+    any failure (or interrupt) it is removed and `final` is left as it was."""
+    created = [p for p in [final.parent, *final.parent.parents] if not p.exists()]
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        _remove_empty(created)
+        raise
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        final.rename(old)
+    stage.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the folders this export created (deepest first) when they are still empty."""
+    for folder in created:
+        with contextlib.suppress(OSError):
+            folder.rmdir()

@@ -1,0 +1,172 @@
+"""The edgeship command line: parses options, calls edgeship.api, renders results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgeship.errors import EdgeshipError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Take a PyTorch model to verified int8 ONNX Runtime, ExecuTorch and LiteRT artifacts.")
+log = logging.getLogger("edgeship")
+
+_state = {"debug": False}
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Device profile name (see `edgeship targets`) "
+                                        "or a path to your own profile .toml.")]
+CalibrationOpt = Annotated[Path, typer.Option("--calibration", "-c", help="Image folder, .npz (one array per "
+                                              "input, first axis = samples) or folder of .npy files.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output root; artifacts go to OUT/<model>/<target>/.")]
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="table or json (json prints the manifest).")]
+
+
+@app.callback()
+def _root(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging.")] = 0,
+          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")] = False,
+          debug: Annotated[bool, typer.Option("--debug", help="Full tracebacks on errors.")] = False) -> None:
+    _state["debug"] = debug
+    level = logging.ERROR if quiet else logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _quiet_upstream(verbose > 1)
+
+
+def _quiet_upstream(keep: bool) -> None:
+    """Upstream libraries print banners and warnings that say nothing about the user's model."""
+    if keep:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GLOG_minloglevel", "3")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    for name in ("torch", "torchao", "torch.onnx", "onnxscript", "executorch", "litert_torch", "absl",
+                 "root", "transformers", "torch._export", "torch.export"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@app.command(no_args_is_help=True)
+def export(
+    model: Annotated[str, typer.Argument(help="path/to/file.py:callable or package.module:callable "
+                                         "returning an nn.Module.")],
+    target: TargetOpt,
+    calibration: CalibrationOpt,
+    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Verification samples (same "
+                         "formats); default: a held-out quarter of the calibration set.")] = None,
+    out: OutOpt = Path("out"),
+    input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="e.g. 1x3x224x224; "
+                           "repeat for several inputs.")] = None,
+    input_dtype: Annotated[Optional[list[str]], typer.Option("--input-dtype", help="float32, int64, ...; "
+                           "one for all inputs or one per --input-shape.")] = None,
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Quantization recipe.")] = "int8",
+    format: FormatOpt = Format.table,
+) -> None:
+    """Export MODEL for a device target: fp32 and int8 artifacts for each runtime, verified and timed.
+
+    Example: edgeship export examples/mobilenet_v2.py:build --target android-arm64
+    --calibration calibration_data/imagenet-sample
+    """
+    from edgeship import api
+
+    with _progress() as progress:
+        result = api.export(model, target, calibration, eval_data=eval_data, out=out,
+                            input_shapes=input_shape, input_dtypes=input_dtype, recipe=recipe,
+                            progress=progress)
+    if format is Format.json:
+        typer.echo(json.dumps(result.manifest, indent=1))
+        return
+    _print_table(result)
+
+
+@app.command()
+def targets(format: FormatOpt = Format.table) -> None:
+    """List the built-in device targets.
+
+    Example: edgeship targets --format json
+    """
+    from edgeship import api
+
+    devices = api.list_targets()
+    if format is Format.json:
+        typer.echo(json.dumps([d.to_dict() for d in devices], indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("target", "os / abi", "runtimes", "threads", "description")
+    for d in devices:
+        table.add_row(d.name, f"{d.os} / {d.abi}", ", ".join(d.runtimes), str(d.threads), d.description)
+    Console(width=160).print(table)
+
+
+def _print_table(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgeship.report.markdown import COLUMNS, rows
+
+    m = result.manifest
+    table = Table(*COLUMNS, title=f"{m['model']['name']} for {m['target']['name']}: {result.out_dir}")
+    for row in rows(m):
+        table.add_row(*row)
+    Console(width=200).print(table)
+
+
+class _progress:
+    """Rich progress bars on stderr when it is a terminal; log lines otherwise."""
+
+    def __enter__(self):
+        if not sys.stderr.isatty():
+            self._bars = None
+            return lambda task, total: (log.info("%s (%d)", task, total), lambda n: None)[1]
+        from rich.console import Console
+        from rich.progress import Progress
+
+        self._bars = Progress(console=Console(stderr=True), transient=True)
+        self._bars.start()
+
+        def start(task: str, total: int):
+            task_id = self._bars.add_task(task, total=total)
+            return lambda n: self._bars.advance(task_id, n)
+
+        return start
+
+    def __exit__(self, *exc) -> None:
+        if self._bars is not None:
+            self._bars.stop()
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except EdgeshipError as exc:
+        if _state["debug"]:
+            raise
+        typer.echo(f"edgeship: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("edgeship: interrupted; no output was written", err=True)
+        sys.exit(130)
+    except (typer.Abort, typer.Exit) as exc:
+        sys.exit(getattr(exc, "exit_code", 1))
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+        raise

@@ -1,0 +1,120 @@
+"""Capture a model with torch.export (static shapes) and write the float ONNX reference."""
+
+from __future__ import annotations
+
+import linecache
+import logging
+import re
+import traceback
+from pathlib import Path
+
+import torch
+from torch.utils import _pytree as pytree
+
+from edgeship.errors import ExportError
+
+log = logging.getLogger(__name__)
+
+
+class FlatOutputs(torch.nn.Module):
+    """Wraps a model so that it returns a flat tuple of tensors (dicts, dataclasses and nested
+    tuples flattened in pytree order); every runtime then sees the same outputs."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args):
+        leaves = pytree.tree_leaves(self.model(*args))
+        return tuple(leaf for leaf in leaves if isinstance(leaf, torch.Tensor))
+
+
+def output_names(model: torch.nn.Module, args: tuple) -> list[str]:
+    with torch.no_grad():
+        out = model(*args)
+    paths, _ = pytree.tree_flatten_with_path(out)
+    names = []
+    for path, leaf in paths:
+        if isinstance(leaf, torch.Tensor):
+            name = "".join(_key(k) for k in path).strip(".") or "output"
+            names.append(re.sub(r"[^A-Za-z0-9_.]", "_", name).strip("_.") or f"output{len(names)}")
+    return names if len(set(names)) == len(names) else [f"output{i}" for i in range(len(names))]
+
+
+def _key(k) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return f".{getattr(k, attr)}"
+    return f".{k}"
+
+
+def run_float(model: torch.nn.Module, args: tuple, source_file: str | None) -> None:
+    """Run the model once on the example inputs; a failure names the inputs and the user's line."""
+    try:
+        with torch.no_grad():
+            model(*args)
+    except Exception as exc:  # user code: the user must see what failed
+        shapes = ", ".join(f"{'x'.join(map(str, a.shape))} {str(a.dtype).replace('torch.', '')}" for a in args)
+        where = _user_line(exc, source_file)
+        raise ExportError(
+            f"the model failed on its example inputs ({shapes}): {type(exc).__name__}: "
+            f"{_first_line(exc)}{where}; check that the data or --input-shape/--input-dtype match "
+            "the model's inputs") from exc
+
+
+def capture(model: torch.nn.Module, args: tuple, source_file: str | None) -> torch.export.ExportedProgram:
+    try:
+        return torch.export.export(model, args, strict=False)
+    except Exception as exc:  # torch.export raises many types; all mean "cannot capture"
+        op = _failing_op(exc)
+        where = _user_line(exc, source_file)
+        raise ExportError(
+            f"torch.export cannot capture the model: {type(exc).__name__}: {_first_line(exc)}"
+            f"{f' (op {op})' if op else ''}{where}; rewrite that code without data-dependent "
+            "Python control flow or unsupported ops, or run with --debug for the full trace",
+            op=op, source_line=where.strip(" ;at") or None) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    line = next((t.strip() for t in text if t.strip()), "")
+    return line[:300]
+
+
+def _failing_op(exc: BaseException) -> str | None:
+    match = re.search(r"(aten\.\w+(?:\.\w+)?|torch\.\w+(?:\.\w+)*)", str(exc))
+    return match.group(1) if match else None
+
+
+def _user_line(exc: BaseException, source_file: str | None) -> str:
+    """`at file:line: code` of the deepest frame in the user's model code."""
+    frames = []
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        frames += traceback.extract_tb(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
+    user = [f for f in frames if _is_user_frame(f.filename, source_file)]
+    if not user:
+        return ""
+    frame = user[-1]
+    code = (frame.line or linecache.getline(frame.filename, frame.lineno)).strip()
+    return f" at {frame.filename}:{frame.lineno}: {code}"
+
+
+def _is_user_frame(filename: str, source_file: str | None) -> bool:
+    if source_file and Path(filename).resolve() == Path(source_file).resolve():
+        return True
+    markers = ("site-packages", "dist-packages", "/lib/python3", "<frozen", "/edgeship/")
+    return not any(m in filename for m in markers) and not filename.startswith("<")
+
+
+def export_float_onnx(program: torch.export.ExportedProgram, path: Path, input_names: list[str],
+                      output_names: list[str]) -> None:
+    try:
+        onnx_program = torch.onnx.export(program, input_names=input_names, output_names=output_names,
+                                         dynamo=True, optimize=True, verbose=False)
+    except Exception as exc:  # the ONNX exporter raises many types for ops it cannot translate
+        raise ExportError(f"torch.onnx.export cannot translate the model: {type(exc).__name__}: "
+                          f"{_first_line(exc)}; run with --debug for the full trace") from exc
+    onnx_program.save(str(path))

@@ -1,0 +1,57 @@
+"""Calibrate once: annotate, observe the calibration samples, convert to the Q/DQ graph."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.fx import GraphModule
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+from edgeship.calibration.samples import Samples
+from edgeship.errors import CalibrationError
+from edgeship.export.inputs import to_torch
+from edgeship.quantize.encodings import collect_encodings
+from edgeship.quantize.quantizer import EdgeshipQuantizer, float_ops
+from edgeship.quantize.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QuantizedGraph:
+    """The one calibrated graph every adapter consumes.
+
+    `folded`: weights stored as int8 constants (for ONNX and ExecuTorch); `unfolded`: weights kept
+    float behind quantize/dequantize pairs (what litert-torch's converter legalises); both compute
+    the same values. `encodings` holds every scale and zero point; `float_ops` the ops left in float.
+    """
+
+    folded: GraphModule
+    unfolded: GraphModule
+    encodings: dict
+    float_ops: list[str]
+
+
+def quantize(program: torch.export.ExportedProgram, recipe: Recipe, samples: Samples,
+             progress: Callable[[int], None] | None = None) -> QuantizedGraph:
+    quantizer = EdgeshipQuantizer(activation_method=recipe.activation_method)
+    prepared = prepare_pt2e(program.module(), quantizer)
+    left_float = float_ops(prepared)
+    with torch.no_grad():
+        for i in range(len(samples)):
+            try:
+                prepared(*to_torch(samples.sample(i)))
+            except RuntimeError as exc:
+                raise CalibrationError(
+                    f"calibration sample {i} of {samples.source} failed in the model: {exc}; "
+                    "check that every sample matches the model's inputs") from exc
+            if progress is not None:
+                progress(1)
+    encodings = collect_encodings(prepared)
+    unfolded = convert_pt2e(copy.deepcopy(prepared), fold_quantize=False)
+    folded = convert_pt2e(prepared, fold_quantize=True)
+    return QuantizedGraph(folded, unfolded, encodings, left_float)

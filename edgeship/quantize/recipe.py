@@ -1,0 +1,52 @@
+"""Quantization recipes: frozen, validated, round-tripped through JSON/TOML."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from edgeship.errors import ConfigError, unknown_name
+
+SCHEMES = ("w8a8",)
+ACTIVATION_METHODS = ("histogram", "minmax")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """`w8a8`: int8 weights per output channel (symmetric, -127..127), int8 activations per tensor
+    (affine, -128..127), ranges calibrated by `activation_method`."""
+
+    name: str = "int8"
+    scheme: str = "w8a8"
+    weight_granularity: str = "per_channel"
+    activation_granularity: str = "per_tensor"
+    activation_method: str = "histogram"
+
+    def __post_init__(self) -> None:
+        if self.scheme not in SCHEMES:
+            raise unknown_name("scheme", self.scheme, SCHEMES)
+        if self.activation_method not in ACTIVATION_METHODS:
+            raise unknown_name("activation method", self.activation_method, ACTIVATION_METHODS)
+        if self.weight_granularity != "per_channel" or self.activation_granularity != "per_tensor":
+            raise ConfigError("w8a8 uses per_channel weights and per_tensor activations; "
+                              "remove the granularity keys or set them to those values")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Recipe:
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise ConfigError(f"unknown recipe key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
+        return cls(**data)
+
+
+RECIPES = {"int8": Recipe()}
+
+
+def recipe_by_name(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise unknown_name("recipe", name, tuple(RECIPES))
+    return RECIPES[name]

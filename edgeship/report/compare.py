@@ -1,0 +1,56 @@
+"""Accuracy of an artifact's outputs against a reference: SQNR, cosine, max error, top-1, steps."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _flat(outputs: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(o, dtype=np.float64).ravel() for o in outputs])
+
+
+def is_classifier(shape: tuple[int, ...]) -> bool:
+    """A (1, N) output with N >= 10 classes is treated as class scores."""
+    return len(shape) == 2 and shape[0] == 1 and shape[1] >= 10
+
+
+def accuracy(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> dict:
+    """`reference[i]` / `candidate[i]`: the outputs of sample i. SQNR over all samples and outputs;
+    cosine averaged over samples; top-1 agreement on the first output when it is classifier-shaped."""
+    signal = noise = 0.0
+    cosines, max_err, agree = [], 0.0, []
+    classifier = is_classifier(tuple(reference[0][0].shape))
+    for ref, cand in zip(reference, candidate):
+        r, c = _flat(ref), _flat(cand)
+        if r.shape != c.shape:
+            raise ValueError(f"output sizes differ: {r.shape} vs {c.shape}")
+        signal += float(np.sum(r * r))
+        noise += float(np.sum((r - c) ** 2))
+        denom = float(np.linalg.norm(r) * np.linalg.norm(c))
+        cosines.append(float(np.dot(r, c) / denom) if denom > 0 else (1.0 if np.allclose(r, c) else 0.0))
+        max_err = max(max_err, float(np.max(np.abs(r - c))) if r.size else 0.0)
+        if classifier:
+            agree.append(int(np.argmax(ref[0])) == int(np.argmax(cand[0])))
+    # identical outputs have no finite SQNR: recorded as null, with max_abs_error 0
+    sqnr = 10.0 * math.log10(signal / noise) if noise > 0 and signal > 0 else None
+    return {
+        "samples": len(reference),
+        "sqnr_db": round(sqnr, 3) if sqnr is not None else None,
+        "cosine": round(float(np.mean(cosines)), 6),
+        "max_abs_error": float(max_err),
+        "top1_agreement": round(float(np.mean(agree)), 4) if classifier else None,
+    }
+
+
+def max_steps(a: list[list[np.ndarray]], b: list[list[np.ndarray]], scales: list[float | None]) -> float | None:
+    """Largest disagreement between two runs, in quantization steps of each output's scale
+    (None when an output is not quantized)."""
+    if any(s is None for s in scales):
+        return None
+    worst = 0.0
+    for outs_a, outs_b in zip(a, b):
+        for x, y, scale in zip(outs_a, outs_b, scales):
+            worst = max(worst, float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))) / scale)
+    return round(worst, 3)

@@ -1,0 +1,64 @@
+"""Render a manifest as a table (stdout) and as `report.md`."""
+
+from __future__ import annotations
+
+COLUMNS = ("artifact", "runtime", "precision", "size", "SQNR dB", "cosine", "top-1", "steps vs sim",
+           "median ms", "p90 ms", "not int8")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def _fmt(value, spec: str = "") -> str:
+    if value is None:
+        return "-"
+    return format(value, spec) if spec else str(value)
+
+
+def rows(manifest: dict) -> list[list[str]]:
+    table = []
+    for a in manifest["artifacts"]:
+        acc, lat = a["accuracy"], a["latency_ms"]
+        top1 = f"{acc['top1_agreement'] * 100:.1f}%" if acc["top1_agreement"] is not None else "-"
+        not_int8 = ", ".join(sorted({n["op"] for n in a["not_quantized"]})) if a["precision"] != "fp32" else ""
+        table.append([a["path"], a["runtime"], a["precision"], _size(a["bytes"]),
+                      _fmt(acc["sqnr_db"], ".1f"), _fmt(acc["cosine"], ".4f"), top1,
+                      _fmt(a["vs_simulated_steps"], ".1f"), _fmt(lat["median"], ".2f"),
+                      _fmt(lat["p90"], ".2f"), not_int8 or "-"])
+    return table
+
+
+def report(manifest: dict) -> str:
+    cal = manifest["calibration"]
+    lines = [
+        f"# {manifest['model']['name']} for {manifest['target']['name']}",
+        "",
+        f"- model: `{manifest['model']['source']}`",
+        f"- target: {manifest['target']['name']} ({manifest['target']['description']})",
+        f"- recipe: {manifest['recipe']['name']} ({manifest['recipe']['scheme']}, activations "
+        f"{manifest['recipe']['activation_method']})",
+        f"- calibration: {cal['samples']} samples from {cal['source']} (sha256 {cal['sha256'][:12]})",
+        f"- verification: {manifest['evaluation']['samples']} samples from {manifest['evaluation']['source']}",
+        f"- latency: on this machine ({manifest['host']['machine']}, {manifest['host']['cpu_count']} cores), "
+        "not on the device",
+        "",
+        "Accuracy is measured against the float PyTorch model on the verification samples. "
+        "`steps vs sim` is the largest difference from the simulated quantized graph, in output "
+        "quantization steps.",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in rows(manifest)]
+    agreement = manifest.get("int8_agreement_steps") or {}
+    if agreement:
+        lines += ["", "## int8 artifacts against each other (output quantization steps)", ""]
+        lines += [f"- {k}: {_fmt(v)}" for k, v in agreement.items()]
+    lines += ["", "## Ops that do not run in int8", ""]
+    for a in manifest["artifacts"]:
+        if a["precision"] == "fp32":
+            continue
+        ops = ", ".join(f"{n['op']} x{n['count']} ({n['reason']})" for n in a["not_quantized"]) or "none"
+        lines.append(f"- {a['path']}: {ops}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,62 @@
+"""The target-adapter Protocol, the artifact record, and the registry of adapters by runtime name."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from edgeship.errors import unknown_name
+from edgeship.quantize.calibrate import QuantizedGraph
+
+
+@dataclass(frozen=True)
+class LowerJob:
+    """What every adapter lowers: the float program and the one calibrated quantized graph."""
+
+    float_program: torch.export.ExportedProgram
+    quantized: QuantizedGraph
+    example_inputs: tuple[torch.Tensor, ...]
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    float_onnx: Path  # the reference written at capture time
+
+
+@dataclass
+class Artifact:
+    runtime: str
+    precision: str  # fp32 | int8
+    path: Path
+    # ops that do not run in int8 (or outside the accelerated delegate): {"op", "count", "reason"}
+    not_quantized: list[dict] = field(default_factory=list)
+    delegation: dict | None = None
+
+
+class Adapter(Protocol):
+    name: str
+
+    def lower(self, job: LowerJob, out: Path, precisions: tuple[str, ...]) -> list[Artifact]: ...
+
+
+ADAPTERS = {
+    "onnxruntime": "edgeship.targets.onnxruntime:OnnxRuntimeAdapter",
+    "executorch": "edgeship.targets.executorch:ExecuTorchAdapter",
+    "litert": "edgeship.targets.litert:LiteRTAdapter",
+}
+
+
+def get_adapter(name: str) -> Adapter:
+    if name not in ADAPTERS:
+        raise unknown_name("runtime", name, tuple(ADAPTERS))
+    module, _, cls = ADAPTERS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def count_ops(names: list[str], reason: str) -> list[dict]:
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    return [{"op": op, "count": n, "reason": reason} for op, n in sorted(counts.items())]

@@ -1,0 +1,61 @@
+"""ExecuTorch adapter: `.pte` programs lowered to the XNNPACK delegate (fp32 and int8)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from edgeship.errors import ExportError
+from edgeship.targets.base import Artifact, LowerJob, count_ops
+
+log = logging.getLogger(__name__)
+
+_BOOKKEEPING = {"executorch_call_delegate", "getitem", "alloc", "memory.alloc", "view_copy",
+                "_to_dim_order_copy", "unsqueeze_copy", "squeeze_copy", "expand_copy",
+                "sym_size", "scalar_tensor", "full", "full_like", "arange"}
+
+
+class ExecuTorchAdapter:
+    name = "executorch"
+
+    def lower(self, job: LowerJob, out: Path, precisions: tuple[str, ...]) -> list[Artifact]:
+        artifacts = []
+        if "fp32" in precisions:
+            path = out / "model.fp32.pte"
+            outside = _lower(job.float_program, path)
+            artifacts.append(Artifact(self.name, "fp32", path,
+                                      count_ops(outside, "outside the XNNPACK delegate (portable kernel)")))
+        if "int8" in precisions:
+            path = out / "model.int8.pte"
+            program = torch.export.export(job.quantized.folded, job.example_inputs, strict=False)
+            outside = _lower(program, path)
+            not_quantized = count_ops(outside, "outside the XNNPACK delegate (portable kernel)")
+            not_quantized += count_ops(job.quantized.float_ops, "float op in the quantized graph")
+            artifacts.append(Artifact(self.name, "int8", path, not_quantized))
+        return artifacts
+
+
+def _lower(program: torch.export.ExportedProgram, path: Path) -> list[str]:
+    """Lower to XNNPACK, write the .pte, return the ops left outside the delegate."""
+    import executorch.kernels.quantized  # noqa: F401  registers the quantized ops' out variants
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    try:
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        et_program = edge.to_executorch()
+    except Exception as exc:  # ExecuTorch raises many types for ops it cannot lower
+        raise ExportError(f"ExecuTorch cannot lower the model: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:300] if str(exc) else ''}; "
+                          "run with --debug for the full trace") from exc
+    path.write_bytes(et_program.buffer)
+    outside = []
+    for node in et_program.exported_program().graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+        if name not in _BOOKKEEPING:
+            outside.append(name)
+    return outside

@@ -1,0 +1,82 @@
+"""LiteRT adapter: `.tflite` models converted by litert-torch (fp32, and int8 with int8 kernels)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+
+import torch
+
+from edgeship.errors import ExportError
+from edgeship.targets.base import Artifact, LowerJob, count_ops
+
+log = logging.getLogger(__name__)
+
+_DATA_MOVEMENT = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "GATHER",
+                  "CAST", "SLICE", "STRIDED_SLICE", "CONCATENATION", "PAD", "PADV2", "BROADCAST_TO",
+                  "DELEGATE", "SHAPE", "PACK", "UNPACK", "SPLIT"}
+
+
+class LiteRTAdapter:
+    name = "litert"
+
+    def lower(self, job: LowerJob, out: Path, precisions: tuple[str, ...]) -> list[Artifact]:
+        artifacts = []
+        if "fp32" in precisions:
+            path = out / "model.fp32.tflite"
+            _convert(job.float_program.module(), job.example_inputs, path, quantized=False)
+            artifacts.append(Artifact(self.name, "fp32", path))
+        if "int8" in precisions:
+            path = out / "model.int8.tflite"
+            program = torch.export.export(job.quantized.unfolded, job.example_inputs, strict=False)
+            _convert(program.module(), job.example_inputs, path, quantized=True)
+            artifacts.append(Artifact(self.name, "int8", path,
+                                      count_ops(float_ops(path), "float LiteRT kernel")))
+        return artifacts
+
+
+def _static_quant_config():
+    """Tells litert-torch's converter that the graph already holds static Q/DQ pairs, so it
+    legalises them into int8 kernels. The quantizer object is only read for its mode: our one
+    calibrated graph is converted, nothing is re-quantized."""
+    from litert_torch.quantize import pt2e_quantizer as pq
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    config = pq.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
+    return QuantConfig(pt2e_quantizer=pq.PT2EQuantizer().set_global(config))
+
+
+def _convert(module: torch.nn.Module, args: tuple, path: Path, quantized: bool) -> None:
+    import litert_torch
+
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(chatter):
+            model = litert_torch.convert(module, args,
+                                         quant_config=_static_quant_config() if quantized else None)
+            model.export(str(path))
+    except Exception as exc:  # the converter raises many types for ops it cannot convert
+        log.debug("litert-torch output:\n%s", chatter.getvalue())
+        raise ExportError(f"litert-torch cannot convert the {'int8' if quantized else 'fp32'} model: "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}; "
+                          "run with --debug for the full trace") from exc
+
+
+def float_ops(path: Path) -> list[str]:
+    """Builtin ops of a .tflite model that compute in float32 (before any delegate is applied)."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interp = Interpreter(model_path=str(path),
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    names = []
+    for op in interp._get_ops_details():
+        if op["op_name"] in _DATA_MOVEMENT:
+            continue
+        ids = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0 and i in tensors]
+        if any(tensors[i]["dtype"] == np.float32 for i in ids):
+            names.append(op["op_name"])
+    return names

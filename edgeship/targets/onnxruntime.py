@@ -1,0 +1,89 @@
+"""ONNX Runtime adapter: QDQ `model.int8.onnx`, its mobile `model.int8.ort`, and the fp32 ONNX."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from edgeship.errors import ExportError
+from edgeship.targets.base import Artifact, LowerJob, count_ops
+
+log = logging.getLogger(__name__)
+
+# ops that move or reshape data; they are not computation left in float
+_DATA_MOVEMENT = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Shape", "Constant",
+                  "Identity", "Concat", "Slice", "Gather", "Expand", "Cast", "Split", "ConstantOfShape"}
+_INT8_KERNELS = {"QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearAveragePool",
+                 "QLinearGlobalAveragePool", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu",
+                 "QLinearSoftmax", "QuantizeLinear", "DequantizeLinear", "MatMulInteger", "ConvInteger",
+                 "DynamicQuantizeLinear", "MaxPool", "QAttention", "DynamicQuantizeMatMul"}
+# the session settings an ARM build of ONNX Runtime uses: int8 QDQ kept signed (no u8 rewrite)
+ARM_SESSION_CONFIG = {"session.qdqisint8allowed": "1"}
+
+
+class OnnxRuntimeAdapter:
+    name = "onnxruntime"
+
+    def lower(self, job: LowerJob, out: Path, precisions: tuple[str, ...]) -> list[Artifact]:
+        artifacts = []
+        if "fp32" in precisions:
+            artifacts.append(Artifact(self.name, "fp32", job.float_onnx))
+        if "int8" in precisions:
+            onnx_path = out / "model.int8.onnx"
+            program = torch.export.export(job.quantized.folded, job.example_inputs, strict=False)
+            try:
+                onnx_program = torch.onnx.export(program, input_names=list(job.input_names),
+                                                 output_names=list(job.output_names), dynamo=True,
+                                                 optimize=True, verbose=False)
+            except Exception as exc:  # the exporter raises many types for untranslatable ops
+                raise ExportError(f"torch.onnx.export cannot translate the quantized graph: "
+                                  f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}; "
+                                  "run with --debug for the full trace") from exc
+            onnx_program.save(str(onnx_path))
+            float_nodes = _float_nodes(onnx_path, out)
+            reason = "float ONNX Runtime kernel (not fused into a quantized kernel)"
+            artifacts.append(Artifact(self.name, "int8", onnx_path, count_ops(float_nodes, reason)))
+            ort_path = out / "model.int8.ort"
+            _save_ort_format(onnx_path, ort_path)
+            artifacts.append(Artifact(self.name, "int8", ort_path, count_ops(float_nodes, reason)))
+        return artifacts
+
+
+def _session_options(optimized_path: Path | None = None, ort_format: bool = False):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.log_severity_level = 3
+    for key, value in ARM_SESSION_CONFIG.items():
+        options.add_session_config_entry(key, value)
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    if ort_format:
+        options.add_session_config_entry("session.save_model_format", "ORT")
+    return options
+
+
+def _float_nodes(onnx_path: Path, scratch: Path) -> list[str]:
+    """Op types left in float after ONNX Runtime's QDQ fusion, as an ARM build fuses them."""
+    import onnx
+    import onnxruntime as ort
+
+    optimized = scratch / ".ort-optimized.onnx"
+    ort.InferenceSession(str(onnx_path), _session_options(optimized), providers=["CPUExecutionProvider"])
+    graph = onnx.load(str(optimized)).graph
+    optimized.unlink()
+    return [n.op_type for n in graph.node if n.op_type not in _INT8_KERNELS | _DATA_MOVEMENT]
+
+
+def _save_ort_format(onnx_path: Path, ort_path: Path) -> None:
+    """The ORT-format model for the mobile (minimal) build, optimised as an ARM build would."""
+    import onnxruntime as ort
+
+    tmp = ort_path.with_suffix(".tmp.ort")
+    ort.InferenceSession(str(onnx_path), _session_options(tmp, ort_format=True),
+                         providers=["CPUExecutionProvider"], disabled_optimizers=["NchwcTransformer"])
+    shutil.move(tmp, ort_path)

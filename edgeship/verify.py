@@ -1,0 +1,85 @@
+"""Run every artifact in its own runtime on the eval samples; compare with float and with the
+simulated quantized graph; time each artifact on this machine."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.fx import GraphModule
+
+from edgeship.calibration.samples import Samples
+from edgeship.export.inputs import to_torch
+from edgeship.report.compare import accuracy, max_steps
+from edgeship.runtimes.base import get_harness
+from edgeship.runtimes.timing import measure_latency
+from edgeship.targets.base import Artifact
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int], Callable[[int], None]]
+
+
+@dataclass
+class Checked:
+    artifact: Artifact
+    io: dict
+    accuracy: dict
+    latency_ms: dict
+    outputs: list[list[np.ndarray]] = field(repr=False, default_factory=list)
+    vs_simulated_steps: float | None = None
+
+
+def torch_outputs(module: torch.nn.Module | GraphModule, samples: Samples) -> list[list[np.ndarray]]:
+    outs = []
+    with torch.no_grad():
+        for i in range(len(samples)):
+            result = module(*to_torch(samples.sample(i)))
+            result = result if isinstance(result, (tuple, list)) else (result,)
+            outs.append([r.detach().numpy().copy() for r in result])
+    return outs
+
+
+def output_scales(folded: GraphModule) -> list[float | None]:
+    """Scale of each graph output where it leaves the graph through a dequantize, else None."""
+    output = next(n for n in folded.graph.nodes if n.op == "output")
+    scales = []
+    for arg in torch.utils._pytree.tree_leaves(output.args[0]):
+        name = getattr(getattr(arg, "target", None), "__name__", "")
+        if name.startswith("dequantize_per_tensor") and isinstance(arg.args[1], float):
+            scales.append(float(arg.args[1]))
+        else:
+            scales.append(None)
+    return scales
+
+
+def check_artifact(artifact: Artifact, samples: Samples, reference: list[list[np.ndarray]],
+                   simulated: list[list[np.ndarray]] | None, scales: list[float | None],
+                   threads: int, progress: Progress) -> Checked:
+    session = get_harness(artifact.runtime).load(artifact.path, threads)
+    advance = progress(f"verify {artifact.path.name}", len(samples))
+    outputs = []
+    for i in range(len(samples)):
+        outputs.append(session.run(list(samples.sample(i))))
+        advance(1)
+    io = {"inputs": [t.to_dict() for t in session.inputs], "outputs": [t.to_dict() for t in session.outputs]}
+    checked = Checked(artifact, io, accuracy(reference, outputs), {}, outputs)
+    if simulated is not None:
+        checked.vs_simulated_steps = max_steps(simulated, outputs, scales)
+    checked.latency_ms = measure_latency(session, list(samples.sample(0)), threads)
+    log.info("%s: %s", artifact.path.name, checked.accuracy)
+    return checked
+
+
+def pairwise_steps(checked: list[Checked], scales: list[float | None]) -> dict:
+    """Largest disagreement between every two int8 artifacts, in output quantization steps."""
+    int8 = [c for c in checked if c.artifact.precision == "int8"]
+    result = {}
+    for i, a in enumerate(int8):
+        for b in int8[i + 1:]:
+            key = f"{a.artifact.path.name} vs {b.artifact.path.name}"
+            result[key] = max_steps(a.outputs, b.outputs, scales)
+    return result
