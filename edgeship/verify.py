@@ -59,7 +59,8 @@ def output_scales(folded: GraphModule) -> list[float | None]:
 def check_artifact(artifact: Artifact, samples: Samples, reference: list[list[np.ndarray]],
                    simulated: list[list[np.ndarray]] | None, scales: list[float | None],
                    threads: int, progress: Progress) -> Checked:
-    session = get_harness(artifact.runtime).load(artifact.path, threads)
+    harness = get_harness(artifact.runtime)
+    session = harness.load(artifact.path, threads)
     advance = progress(f"verify {artifact.path.name}", len(samples))
     outputs = []
     for i in range(len(samples)):
@@ -69,7 +70,10 @@ def check_artifact(artifact: Artifact, samples: Samples, reference: list[list[np
     checked = Checked(artifact, io, accuracy(reference, outputs), {}, outputs)
     if simulated is not None:
         checked.vs_simulated_steps = max_steps(simulated, outputs, scales)
-    checked.latency_ms = measure_latency(session, list(samples.sample(0)), threads)
+    timed = (harness.load(artifact.path, threads, device_numerics=False)
+             if getattr(harness, "host_numerics_differ", False) else session)
+    checked.latency_ms = measure_latency(timed, list(samples.sample(0)), threads)
+    checked.latency_ms["session_config"] = getattr(timed, "session_config", {})
     log.info("%s: %s", artifact.path.name, checked.accuracy)
     return checked
 

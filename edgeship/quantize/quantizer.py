@@ -181,7 +181,7 @@ def float_ops(prepared: GraphModule) -> list[str]:
         name = _op_name(node)
         if name in STRUCTURAL_OPS or _annotated(node):
             continue
-        if not any(_is_tensor(a) for a in node.args if isinstance(a, Node)) and name != "embedding":
+        if not any(isinstance(a, Node) for a in node.args):
             continue
         names.add(name)
     return sorted(names)

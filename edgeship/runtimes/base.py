@@ -39,7 +39,7 @@ class Session(Protocol):
 class Harness(Protocol):
     name: str
 
-    def load(self, path: Path, threads: int) -> Session: ...
+    def load(self, path: Path, threads: int, device_numerics: bool = True) -> Session: ...
 
 
 HARNESSES = {

@@ -43,5 +43,5 @@ def _info(name: str, meta) -> TensorInfo:
 class ExecuTorchHarness:
     name = "executorch"
 
-    def load(self, path: Path, threads: int) -> ExecuTorchSession:
+    def load(self, path: Path, threads: int, device_numerics: bool = True) -> ExecuTorchSession:
         return ExecuTorchSession(path, threads)

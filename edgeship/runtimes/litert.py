@@ -47,5 +47,5 @@ def _info(detail: dict) -> TensorInfo:
 class LiteRTHarness:
     name = "litert"
 
-    def load(self, path: Path, threads: int) -> LiteRTSession:
+    def load(self, path: Path, threads: int, device_numerics: bool = True) -> LiteRTSession:
         return LiteRTSession(path, threads)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ _TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)":
 
 
 class OnnxRuntimeSession:
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path, threads: int, device_numerics: bool = True) -> None:
         import onnxruntime as ort
 
         from edgeship.targets.onnxruntime import ARM_SESSION_CONFIG
@@ -24,7 +25,8 @@ class OnnxRuntimeSession:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        for key, value in ARM_SESSION_CONFIG.items():
+        self.session_config = dict(ARM_SESSION_CONFIG) if device_numerics else {}
+        for key, value in self.session_config.items():
             options.add_session_config_entry(key, value)
         try:
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -45,6 +47,10 @@ def _info(arg) -> TensorInfo:
 
 class OnnxRuntimeHarness:
     name = "onnxruntime"
+    host_numerics_differ = platform.machine().lower() not in ("aarch64", "arm64")
 
-    def load(self, path: Path, threads: int) -> OnnxRuntimeSession:
-        return OnnxRuntimeSession(path, threads)
+    def load(self, path: Path, threads: int, device_numerics: bool = True) -> OnnxRuntimeSession:
+        """`device_numerics`: the session settings of an ARM build (signed int8 QDQ kept as is), so
+        outputs match the device. Off: this machine's defaults (on x86, int8 QDQ is rewritten to
+        uint8 kernels), which is how ONNX Runtime would run here; used for host timing."""
+        return OnnxRuntimeSession(path, threads, device_numerics)

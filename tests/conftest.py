@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = ROOT / "calibration_data" / "imagenet-sample"
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """Eight real photographs from the shipped calibration set."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for f in sorted(IMAGES.glob("*.jpg"))[::3][:8]:
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+@pytest.fixture
+def conv_npz(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "calib.npz"
+    np.savez(path, x=rng.standard_normal((12, 3, 32, 32)).astype(np.float32))
+    return path
+
+
+def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+    """Run the real CLI entry point in-process; returns (exit code, stdout, stderr)."""
+    from edgeship import cli
+
+    monkeypatch.setattr(sys, "argv", ["edgeship", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

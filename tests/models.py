@@ -1,0 +1,95 @@
+"""Tiny models for the test suite (each one shaped after a real architecture it stands in for)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TinyConvNet(nn.Module):
+    """Conv-BN-ReLU6 stem, a depthwise-separable block with a residual add, pool, linear head."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
+        self.pw = nn.Sequential(nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.head = nn.Linear(16, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.pw(self.dw(x))
+        x = nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.head(x)
+
+
+def tiny_conv_net(seed: int = 0) -> TinyConvNet:
+    torch.manual_seed(seed)
+    net = TinyConvNet()
+    for m in net.modules():  # non-trivial BN statistics, as a trained network has
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+class TinyEncoder(nn.Module):
+    """One transformer encoder layer: linear projections, matmul attention, layer norms, GELU."""
+
+    def __init__(self, dim: int = 32, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.norm2 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) / (d // self.heads) ** 0.5, dim=-1)
+        y = torch.matmul(att, v).transpose(1, 2).reshape(b, t, d)
+        x = self.norm1(x + self.proj(y))
+        return self.norm2(x + self.ff(x))
+
+
+def tiny_encoder(seed: int = 0) -> TinyEncoder:
+    torch.manual_seed(seed)
+    return TinyEncoder().eval()
+
+
+class NotAModule:
+    pass
+
+
+def not_a_module():
+    return NotAModule()
+
+
+class DataDependent(nn.Module):
+    """Python control flow on tensor values: torch.export cannot capture it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return x * 2
+        return x
+
+
+def data_dependent() -> DataDependent:
+    return DataDependent()
+
+
+def two_inputs() -> nn.Module:
+    class TwoInputs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(8, 4)
+            self.b = nn.Linear(6, 4)
+
+        def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.a(left)) + torch.relu(self.b(right))
+
+    torch.manual_seed(0)
+    return TwoInputs().eval()

@@ -1,0 +1,122 @@
+"""Every adapter lowers the one calibrated graph and its artifact runs in the real runtime:
+structure (what became an int8 kernel / what was delegated) and numbers (against the simulated
+quantized graph, in output quantization steps, and against float)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from models import tiny_conv_net, tiny_encoder
+
+from edgeship.calibration.samples import Samples
+from edgeship.export.capture import FlatOutputs, export_float_onnx
+from edgeship.quantize.calibrate import quantize
+from edgeship.quantize.recipe import Recipe
+from edgeship.report.compare import accuracy, max_steps
+from edgeship.runtimes.base import get_harness
+from edgeship.targets.base import LowerJob, get_adapter
+from edgeship.verify import output_scales, torch_outputs
+
+
+def _job(model, shape, out: Path, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    data = rng.standard_normal((20, *shape)).astype(np.float32)
+    calib = Samples(("x",), (data[:16],), "calib")
+    held = Samples(("x",), (data[16:],), "eval")
+    flat = FlatOutputs(model).eval()
+    args = (torch.from_numpy(data[:1]),)
+    program = torch.export.export(flat, args)
+    q = quantize(program, Recipe(), calib)
+    float_onnx = out / "model.fp32.onnx"
+    export_float_onnx(program, float_onnx, ["x"], ["y"])
+    return LowerJob(program, q, args, ("x",), ("y",), float_onnx), flat, held
+
+
+@pytest.fixture(scope="module")
+def conv_job(tmp_path_factory):
+    out = tmp_path_factory.mktemp("conv")
+    job, flat, held = _job(tiny_conv_net(), (3, 32, 32), out)
+    return job, flat, held, out
+
+
+def _run(artifact, held):
+    session = get_harness(artifact.runtime).load(artifact.path, threads=1)
+    return [session.run(list(held.sample(i))) for i in range(len(held))]
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "executorch", "litert"])
+def test_int8_artifact_matches_simulated_graph(conv_job, runtime) -> None:
+    job, flat, held, out = conv_job
+    artifacts = get_adapter(runtime).lower(job, out, ("int8",))
+    simulated = torch_outputs(job.quantized.folded, held)
+    scales = output_scales(job.quantized.folded)
+    assert scales[0] is not None and scales[0] > 0
+    for artifact in artifacts:
+        outputs = _run(artifact, held)
+        # same scales and zero points everywhere: at most a rounding tie apart per layer
+        assert max_steps(simulated, outputs, scales) <= 2.0, artifact.path.name
+        acc = accuracy(torch_outputs(flat, held), outputs)
+        assert acc["sqnr_db"] > 20.0, (artifact.path.name, acc)
+        assert artifact.not_quantized == [] or all(n["op"] in ("ReduceMean",) for n in artifact.not_quantized), \
+            artifact.not_quantized
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "executorch", "litert"])
+def test_fp32_artifact_matches_float(conv_job, runtime) -> None:
+    job, flat, held, out = conv_job
+    (artifact,) = get_adapter(runtime).lower(job, out, ("fp32",))
+    acc = accuracy(torch_outputs(flat, held), _run(artifact, held))
+    assert acc["sqnr_db"] > 80.0, acc
+
+
+def test_onnxruntime_fuses_every_conv_and_the_add(conv_job) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    from edgeship.targets.onnxruntime import _session_options
+
+    job, _, _, out = conv_job
+    onnx_artifact = get_adapter("onnxruntime").lower(job, out, ("int8",))[0]
+    optimized = out / "opt.onnx"
+    ort.InferenceSession(str(onnx_artifact.path), _session_options(optimized))
+    ops = Counter(n.op_type for n in onnx.load(str(optimized)).graph.node)
+    assert ops["QLinearConv"] == 3 and ops["QLinearAdd"] == 1 and ops["QGemm"] == 1
+    assert ops["Conv"] == 0 and ops["Add"] == 0
+    assert (out / "model.int8.ort").stat().st_size > 0
+
+
+def test_executorch_delegates_the_whole_graph(conv_job) -> None:
+    job, _, _, out = conv_job
+    (artifact,) = get_adapter("executorch").lower(job, out, ("int8",))
+    assert artifact.not_quantized == []
+    assert artifact.path.read_bytes()[4:8] == b"ET12"
+
+
+def test_litert_int8_uses_int8_kernels(conv_job) -> None:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    job, _, _, out = conv_job
+    (artifact,) = get_adapter("litert").lower(job, out, ("int8",))
+    interp = Interpreter(str(artifact.path),
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    convs = [op for op in interp._get_ops_details() if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    assert len(convs) == 3
+    for op in convs:
+        assert tensors[op["inputs"][0]]["dtype"] == np.int8 and tensors[op["inputs"][1]]["dtype"] == np.int8
+    assert interp.get_input_details()[0]["dtype"] == np.int8
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "executorch", "litert"])
+def test_transformer_layer_in_every_runtime(tmp_path, runtime) -> None:
+    job, flat, held = _job(tiny_encoder(), (8, 32), tmp_path)
+    for artifact in get_adapter(runtime).lower(job, tmp_path, ("int8",)):
+        acc = accuracy(torch_outputs(flat, held), _run(artifact, held))
+        assert acc["cosine"] > 0.99, (artifact.path.name, acc)
+        # layer norm output is float: reported, not hidden
+        if runtime != "executorch":
+            assert artifact.not_quantized, artifact.path.name
