@@ -146,8 +146,12 @@ def _check_writable(out: Path) -> None:
         probe = probe.parent
     if not probe.is_dir():
         raise ConfigError(f"output location {out} is inside {probe}, which is a file; pass --out a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"output folder {probe} is not writable; pass --out a folder you can write to")
+    try:  # a real write: permission bits say nothing for root, read-only or immutable folders
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"output folder {probe} is not writable ({exc.strerror}); "
+                          "pass --out a folder you can write to") from exc
 
 
 @contextlib.contextmanager

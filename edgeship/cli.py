@@ -59,6 +59,16 @@ def _quiet_upstream(keep: bool) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _quiet_torch() -> None:
+    """torch configures its own loggers at import; set them after importing it."""
+    if logging.getLogger("edgeship").getEffectiveLevel() <= logging.DEBUG:
+        return
+    import torch._logging
+
+    torch._logging.set_logs(all=logging.ERROR)
+    logging.getLogger("torch.fx.experimental.symbolic_shapes").setLevel(logging.CRITICAL)
+
+
 @app.command(no_args_is_help=True)
 def export(
     model: Annotated[str, typer.Argument(help="path/to/file.py:callable or package.module:callable "
@@ -82,6 +92,7 @@ def export(
     """
     from edgeship import api
 
+    _quiet_torch()
     with _progress() as progress:
         result = api.export(model, target, calibration, eval_data=eval_data, out=out,
                             input_shapes=input_shape, input_dtypes=input_dtype, recipe=recipe,
@@ -163,10 +174,9 @@ def main() -> None:
         sys.exit(130)
     except (typer.Abort, typer.Exit) as exc:
         sys.exit(getattr(exc, "exit_code", 1))
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:
+        # typer's (vendored) click reports usage errors this way; exit code 2
+        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
-            sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+            sys.exit(exc.exit_code)
         raise

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import linecache
 import logging
 import re
@@ -63,10 +65,13 @@ def run_float(model: torch.nn.Module, args: tuple, source_file: str | None) -> N
 
 
 def capture(model: torch.nn.Module, args: tuple, source_file: str | None) -> torch.export.ExportedProgram:
+    printed = io.StringIO()  # torch.export prints the partial graph to stderr on failure
     try:
-        return torch.export.export(model, args, strict=False)
+        with contextlib.redirect_stderr(printed):
+            return torch.export.export(model, args, strict=False)
     except Exception as exc:  # torch.export raises many types; all mean "cannot capture"
-        op = _failing_op(exc)
+        log.debug("torch.export printed:\n%s", printed.getvalue())
+        op = _failing_op(f"{exc}\n{getattr(exc, 'partial_fx_graph', '')}")
         where = _user_line(exc, source_file)
         raise ExportError(
             f"torch.export cannot capture the model: {type(exc).__name__}: {_first_line(exc)}"
@@ -81,9 +86,10 @@ def _first_line(exc: BaseException) -> str:
     return line[:300]
 
 
-def _failing_op(exc: BaseException) -> str | None:
-    match = re.search(r"(aten\.\w+(?:\.\w+)?|torch\.\w+(?:\.\w+)*)", str(exc))
-    return match.group(1) if match else None
+def _failing_op(text: str) -> str | None:
+    """The last ATen op a trace names: torch.export stops at the op it could not handle."""
+    found = re.findall(r"aten\.(\w+(?:\.\w+)?)", text)
+    return f"aten.{found[-1]}" if found else None
 
 
 def _user_line(exc: BaseException, source_file: str | None) -> str:

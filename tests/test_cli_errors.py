@@ -1,0 +1,144 @@
+"""Bad input: one line on stderr naming the problem and the fix, exit code 1 (2 for usage), no
+traceback, and no output folder left behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+MODELS = str(Path(__file__).parent / "models.py")
+
+
+def _assert_clean_failure(code, err, out_root: Path, expected: str, exit_code: int = 1) -> None:
+    assert code == exit_code, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert expected in lines[0], lines[0]
+    assert not out_root.exists() or not any(out_root.rglob("*")), list(out_root.rglob("*"))
+
+
+@pytest.fixture
+def npz(tmp_path: Path) -> Path:
+    path = tmp_path / "calib.npz"
+    np.savez(path, x=np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32))
+    return path
+
+
+def _export(monkeypatch, capsys, model, calibration, out, *extra):
+    return run_cli(["export", model, "--target", "host", "--calibration", str(calibration),
+                    "--out", str(out), *extra], monkeypatch, capsys)
+
+
+CASES = [
+    ("missing file", "nope/missing.py:build", None, "does not exist"),
+    ("missing callable", f"{MODELS}:no_such_builder", None, "has no callable 'no_such_builder'"),
+    ("not a module", f"{MODELS}:not_a_module", None, "not a torch.nn.Module"),
+    ("export fails", f"{MODELS}:data_dependent", None, "torch.export cannot capture the model"),
+    ("unknown target", f"{MODELS}:tiny_conv_net", "--target=pixel-99", "unknown target 'pixel-99'; known targets:"),
+]
+
+
+@pytest.mark.parametrize("name, model, extra, expected", CASES, ids=[c[0] for c in CASES])
+def test_model_and_target_errors(tmp_path, npz, monkeypatch, capsys, name, model, extra, expected) -> None:
+    out = tmp_path / "out"
+    args = ["export", model, "--target", "host", "--calibration", str(npz), "--out", str(out)]
+    if extra:
+        args[3] = extra.split("=")[1]
+    code, _, err = run_cli(args, monkeypatch, capsys)
+    _assert_clean_failure(code, err, out, expected)
+
+
+def test_export_failure_names_the_user_line(tmp_path, npz, monkeypatch, capsys) -> None:
+    code, _, err = _export(monkeypatch, capsys, f"{MODELS}:data_dependent", npz, tmp_path / "out")
+    assert code == 1 and "models.py:" in err and "if x.sum() > 0" in err, err
+
+
+def test_empty_calibration_folder(tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    code, _, err = _export(monkeypatch, capsys, f"{MODELS}:tiny_conv_net", tmp_path / "empty", tmp_path / "out")
+    _assert_clean_failure(code, err, tmp_path / "out", "holds no images")
+
+
+def test_unreadable_images(tmp_path, monkeypatch, capsys) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"\xff\xd8 truncated")
+    code, _, err = _export(monkeypatch, capsys, f"{MODELS}:tiny_conv_net", folder, tmp_path / "out")
+    _assert_clean_failure(code, err, tmp_path / "out", "a.jpg: not a readable image")
+
+
+@pytest.mark.parametrize("arrays, expected", [
+    ({"left": np.zeros((4, 8), np.float32)}, "holds 1 array(s)"),
+    ({"left": np.zeros((4, 8), np.float32), "right": np.zeros((4, 5), np.float32)}, "failed on its example inputs"),
+    ({"left": np.zeros((4, 8), np.float64), "right": np.zeros((4, 6), np.float64)}, "failed on its example inputs"),
+], ids=["count", "shape", "dtype"])
+def test_npz_does_not_match_model(tmp_path, monkeypatch, capsys, arrays, expected) -> None:
+    np.savez(tmp_path / "d.npz", **arrays)
+    code, _, err = _export(monkeypatch, capsys, f"{MODELS}:two_inputs", tmp_path / "d.npz", tmp_path / "out")
+    _assert_clean_failure(code, err, tmp_path / "out", expected)
+
+
+def test_npz_does_not_match_input_shape_flag(tmp_path, monkeypatch, capsys) -> None:
+    np.savez(tmp_path / "d.npz", left=np.zeros((4, 8), np.float32), right=np.zeros((4, 5), np.float32))
+    code, _, err = _export(monkeypatch, capsys, f"{MODELS}:two_inputs", tmp_path / "d.npz", tmp_path / "out",
+                           "--input-shape", "1x8", "--input-shape", "1x6")
+    _assert_clean_failure(code, err, tmp_path / "out", "'right' samples have shape 5 but the model input is 1x6")
+
+
+def test_nan_calibration(tmp_path, monkeypatch, capsys) -> None:
+    data = np.zeros((4, 3, 32, 32), np.float32)
+    data[1, 0, 0, 0] = np.inf
+    np.savez(tmp_path / "d.npz", x=data)
+    code, _, err = _export(monkeypatch, capsys, f"{MODELS}:tiny_conv_net", tmp_path / "d.npz", tmp_path / "out")
+    _assert_clean_failure(code, err, tmp_path / "out", "NaN or infinite values")
+
+
+@pytest.fixture
+def locked(tmp_path: Path):
+    """A folder nobody can write into: immutable for root, mode 0500 for anyone else."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not available here, and root can write to any folder")
+        yield folder
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    else:
+        folder.chmod(0o500)
+        yield folder
+        folder.chmod(0o700)
+
+
+def test_output_not_writable(locked, npz, monkeypatch, capsys) -> None:
+    code, _, err = _export(monkeypatch, capsys, f"{MODELS}:tiny_conv_net", npz, locked / "out")
+    _assert_clean_failure(code, err, locked / "out", "is not writable")
+
+
+def test_output_under_a_file(tmp_path, npz, monkeypatch, capsys) -> None:
+    (tmp_path / "file").write_text("x")
+    code, _, err = _export(monkeypatch, capsys, f"{MODELS}:tiny_conv_net", npz, tmp_path / "file" / "out")
+    assert code == 1 and "which is a file" in err and (tmp_path / "file").read_text() == "x"
+
+
+def test_usage_error_exit_code_2(monkeypatch, capsys) -> None:
+    code, _, err = run_cli(["export", "x.py:build", "--no-such-flag"], monkeypatch, capsys)
+    assert code == 2 and "No such option" in err
+
+
+def test_failure_late_in_export_leaves_no_folder(tmp_path, npz, monkeypatch, capsys) -> None:
+    """A failure after artifacts were written (here: in lowering) leaves nothing behind."""
+    from edgeship.errors import ExportError
+    from edgeship.targets import litert
+
+    def fail(*a, **k):
+        raise ExportError("litert-torch cannot convert the int8 model: injected; run with --debug")
+
+    monkeypatch.setattr(litert, "_convert", fail)
+    code, _, err = _export(monkeypatch, capsys, f"{MODELS}:tiny_conv_net", npz, tmp_path / "out")
+    _assert_clean_failure(code, err, tmp_path / "out", "injected")
