@@ -11,9 +11,14 @@ def _flat(outputs: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.asarray(o, dtype=np.float64).ravel() for o in outputs])
 
 
-def is_classifier(shape: tuple[int, ...]) -> bool:
-    """A (1, N) output with N >= 10 classes is treated as class scores."""
-    return len(shape) == 2 and shape[0] == 1 and shape[1] >= 10
+def is_classifier(reference: list[list[np.ndarray]]) -> bool:
+    """The first output is treated as class scores when it is (1, N) with N >= 10 and not an
+    L2-normalised embedding (every sample of unit norm)."""
+    shape = tuple(reference[0][0].shape)
+    if not (len(shape) == 2 and shape[0] == 1 and shape[1] >= 10):
+        return False
+    norms = [float(np.linalg.norm(r[0])) for r in reference]
+    return not all(abs(n - 1.0) < 1e-3 for n in norms)
 
 
 def accuracy(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> dict:
@@ -21,7 +26,7 @@ def accuracy(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]
     cosine averaged over samples; top-1 agreement on the first output when it is classifier-shaped."""
     signal = noise = 0.0
     cosines, max_err, agree = [], 0.0, []
-    classifier = is_classifier(tuple(reference[0][0].shape))
+    classifier = is_classifier(reference)
     for ref, cand in zip(reference, candidate):
         r, c = _flat(ref), _flat(cand)
         if r.shape != c.shape:

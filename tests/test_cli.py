@@ -1,0 +1,50 @@
+"""The CLI's successful paths on a tiny model: table, json, targets, --input-shape, re-export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from conftest import run_cli
+
+MODELS = str(Path(__file__).parent / "models.py")
+
+
+def test_targets_lists_builtin_profiles(monkeypatch, capsys) -> None:
+    code, out, _ = run_cli(["targets", "--format", "json"], monkeypatch, capsys)
+    assert code == 0
+    assert {"android-arm64", "linux-arm64", "ios-arm64", "host"} <= {t["name"] for t in json.loads(out)}
+
+
+def test_export_table_from_image_folder(image_folder, tmp_path, monkeypatch, capsys) -> None:
+    (image_folder / "preprocess.toml").write_text("resize = 40\ncrop = 32\n")
+    code, out, err = run_cli(["export", f"{MODELS}:tiny_conv_net", "--target", "host", "--calibration",
+                              str(image_folder), "--out", str(tmp_path / "o")], monkeypatch, capsys)
+    assert code == 0, err
+    for name in ("model.int8.onnx", "model.int8.pte", "model.int8.tflite", "model.fp32.tflite"):
+        assert name in out
+    manifest = json.loads((tmp_path / "o/models-tiny_conv_net/host/manifest.json").read_text())
+    assert manifest["calibration"]["samples"] == 6 and manifest["evaluation"]["samples"] == 2
+    assert "resize 40, crop 32" in manifest["calibration"]["source"]
+
+
+def test_export_json_with_input_shapes_and_eval_data(tmp_path, monkeypatch, capsys) -> None:
+    rng = np.random.default_rng(0)
+    for name, n in (("cal.npz", 8), ("ev.npz", 3)):
+        np.savez(tmp_path / name, left=rng.standard_normal((n, 8)).astype(np.float32),
+                 right=rng.standard_normal((n, 6)).astype(np.float32))
+    args = ["export", f"{MODELS}:two_inputs", "--target", "host", "--calibration", str(tmp_path / "cal.npz"),
+            "--eval-data", str(tmp_path / "ev.npz"), "--input-shape", "1x8", "--input-shape", "1x6",
+            "--out", str(tmp_path / "o"), "--format", "json"]
+    code, out, err = run_cli(args, monkeypatch, capsys)
+    assert code == 0, err
+    manifest = json.loads(out)
+    assert manifest["calibration"]["samples"] == 8 and manifest["evaluation"]["samples"] == 3
+    assert manifest["model"]["inputs"] == ["left", "right"]
+    first = (tmp_path / "o/models-two_inputs/host/model.int8.onnx").read_bytes()
+    # exporting again replaces the folder in one move; nothing partial is left beside it
+    code, _, err = run_cli(args, monkeypatch, capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "o/models-two_inputs").iterdir()) == ["host"]
+    assert (tmp_path / "o/models-two_inputs/host/model.int8.onnx").read_bytes() == first
