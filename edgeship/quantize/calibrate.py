@@ -14,6 +14,7 @@ from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 from edgeship.calibration.samples import Samples
 from edgeship.errors import CalibrationError
 from edgeship.export.inputs import to_torch
+from edgeship.export.passes.integer_constants import restore_integer_constants
 from edgeship.quantize.encodings import collect_encodings
 from edgeship.quantize.quantizer import EdgeshipQuantizer, float_ops
 from edgeship.quantize.recipe import Recipe
@@ -39,7 +40,9 @@ class QuantizedGraph:
 def quantize(program: torch.export.ExportedProgram, recipe: Recipe, samples: Samples,
              progress: Callable[[int], None] | None = None) -> QuantizedGraph:
     quantizer = EdgeshipQuantizer(activation_method=recipe.activation_method)
-    prepared = prepare_pt2e(program.module(), quantizer)
+    module = program.module()
+    restore_integer_constants(module)
+    prepared = prepare_pt2e(module, quantizer)
     left_float = float_ops(prepared)
     with torch.no_grad():
         for i in range(len(samples)):
