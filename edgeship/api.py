@@ -48,9 +48,12 @@ def list_targets():
 def export(model: str, target: str, calibration: str | Path, *, eval_data: str | Path | None = None,
            out: str | Path = "out", input_shapes: list[str] | None = None,
            input_dtypes: list[str] | None = None, recipe: str = "int8",
-           progress: Progress = _no_progress) -> ExportResult:
+           preprocess: dict | None = None, progress: Progress = _no_progress) -> ExportResult:
     """Capture, quantize once, lower for every runtime of `target`, verify, time, and write
-    `out/<model>/<target>/` atomically. Raises an EdgeshipError subclass on bad input."""
+    `out/<model>/<target>/` atomically. Raises an EdgeshipError subclass on bad input.
+
+    `preprocess` overrides image preprocessing keys (resize, crop, mean, std, layout, color) on top
+    of the image folder's preprocess.toml, or of the ImageNet defaults."""
     from edgeship.quantize.recipe import recipe_by_name
     from edgeship.targets.devices import load_device
 
@@ -67,9 +70,9 @@ def export(model: str, target: str, calibration: str | Path, *, eval_data: str |
     loaded = load_model(model)
     specs = (model_inputs.specs_from_flags(input_shapes, input_dtypes or [], loaded.input_names)
              if input_shapes else None)
-    calib = model_inputs.bind(read_samples(calibration), loaded.input_names, specs)
+    calib = model_inputs.bind(read_samples(calibration, overrides=preprocess), loaded.input_names, specs)
     if eval_data is not None:
-        evaluation = model_inputs.bind(read_samples(eval_data), loaded.input_names, specs)
+        evaluation = model_inputs.bind(read_samples(eval_data, overrides=preprocess), loaded.input_names, specs)
     else:
         calib, evaluation = split_held_out(calib)
     final = out / loaded.name / device.name

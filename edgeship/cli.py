@@ -83,6 +83,12 @@ def export(
     input_dtype: Annotated[Optional[list[str]], typer.Option("--input-dtype", help="float32, int64, ...; "
                            "one for all inputs or one per --input-shape.")] = None,
     recipe: Annotated[str, typer.Option("--recipe", "-r", help="Quantization recipe.")] = "int8",
+    resize: Annotated[Optional[int], typer.Option(help="Images: resize the short side to this.")] = None,
+    crop: Annotated[Optional[int], typer.Option(help="Images: center crop size.")] = None,
+    mean: Annotated[Optional[str], typer.Option(help="Images: per-channel mean, e.g. 0.5,0.5,0.5.")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Images: per-channel std, e.g. 0.5,0.5,0.5.")] = None,
+    layout: Annotated[Optional[str], typer.Option(help="Images: nchw or nhwc.")] = None,
+    color: Annotated[Optional[str], typer.Option(help="Images: rgb, bgr or gray.")] = None,
     format: FormatOpt = Format.table,
 ) -> None:
     """Export MODEL for a device target: fp32 and int8 artifacts for each runtime, verified and timed.
@@ -92,11 +98,13 @@ def export(
     """
     from edgeship import api
 
+    preprocess = {"resize": resize, "crop": crop, "mean": _floats("--mean", mean),
+                  "std": _floats("--std", std), "layout": layout, "color": color}
     _quiet_torch()
     with _progress() as progress:
         result = api.export(model, target, calibration, eval_data=eval_data, out=out,
                             input_shapes=input_shape, input_dtypes=input_dtype, recipe=recipe,
-                            progress=progress)
+                            preprocess=preprocess, progress=progress)
     if format is Format.json:
         typer.echo(json.dumps(result.manifest, indent=1))
         return
@@ -122,6 +130,15 @@ def targets(format: FormatOpt = Format.table) -> None:
     for d in devices:
         table.add_row(d.name, f"{d.os} / {d.abi}", ", ".join(d.runtimes), str(d.threads), d.description)
     Console(width=160).print(table)
+
+
+def _floats(flag: str, text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint=flag)
 
 
 def _print_table(result) -> None:

@@ -38,6 +38,19 @@ def test_preprocess_flags_override(image_folder: Path) -> None:
     assert samples.arrays[0].shape == (8, 3, 48, 48)
 
 
+def test_overrides_apply_on_top_of_the_toml(image_folder: Path) -> None:
+    (image_folder / "preprocess.toml").write_text('resize = 40\ncrop = 32\nlayout = "nhwc"\n')
+    plain = read_samples(image_folder).arrays[0]
+    shifted = read_samples(image_folder, overrides={"crop": 24, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)})
+    assert shifted.arrays[0].shape == (8, 24, 24, 3) and plain.shape == (8, 32, 32, 3)
+    assert 0.0 <= shifted.arrays[0].min() and shifted.arrays[0].max() <= 1.0  # only scaled to [0, 1]
+
+
+def test_bad_override_is_a_config_error(image_folder: Path) -> None:
+    with pytest.raises(ConfigError, match="layout 'nwhc' is not one of"):
+        read_samples(image_folder, overrides={"layout": "nwhc"})
+
+
 def test_npz_and_npy_folder(tmp_path: Path) -> None:
     data = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
     np.savez(tmp_path / "d.npz", arg0=data)

@@ -20,13 +20,20 @@ def test_targets_lists_builtin_profiles(monkeypatch, capsys) -> None:
 def test_export_table_from_image_folder(image_folder, tmp_path, monkeypatch, capsys) -> None:
     (image_folder / "preprocess.toml").write_text("resize = 40\ncrop = 32\n")
     code, out, err = run_cli(["export", f"{MODELS}:tiny_conv_net", "--target", "host", "--calibration",
-                              str(image_folder), "--out", str(tmp_path / "o")], monkeypatch, capsys)
+                              str(image_folder), "--out", str(tmp_path / "o"), "--mean", "0.5,0.5,0.5",
+                              "--std", "0.25,0.25,0.25"], monkeypatch, capsys)
     assert code == 0, err
     for name in ("model.int8.onnx", "model.int8.pte", "model.int8.tflite", "model.fp32.tflite"):
         assert name in out
     manifest = json.loads((tmp_path / "o/models-tiny_conv_net/host/manifest.json").read_text())
     assert manifest["calibration"]["samples"] == 6 and manifest["evaluation"]["samples"] == 2
-    assert "resize 40, crop 32" in manifest["calibration"]["source"]
+    assert "resize 40, crop 32, mean [0.5, 0.5, 0.5], std [0.25, 0.25, 0.25]" in manifest["calibration"]["source"]
+
+
+def test_bad_preprocess_flag_is_a_usage_error(image_folder, tmp_path, monkeypatch, capsys) -> None:
+    code, _, err = run_cli(["export", f"{MODELS}:tiny_conv_net", "--target", "host", "--calibration",
+                            str(image_folder), "--out", str(tmp_path / "o"), "--mean", "half"], monkeypatch, capsys)
+    assert code == 2 and "not a comma-separated list of numbers" in err and not (tmp_path / "o").exists()
 
 
 def test_export_json_with_input_shapes_and_eval_data(tmp_path, monkeypatch, capsys) -> None:

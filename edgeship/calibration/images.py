@@ -109,9 +109,10 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def load_image_folder(folder: Path, preprocess: Preprocess | None, on_image=None):
+def load_image_folder(folder: Path, preprocess: Preprocess | None, on_image=None, overrides: dict | None = None):
     """Images of `folder` as one NCHW/NHWC float32 array. `preprocess` None: the folder's
-    preprocess.toml if there is one, else ImageNet defaults. `on_image` is called once per image."""
+    preprocess.toml if there is one, else ImageNet defaults; `overrides` (keys of Preprocess)
+    replace single settings. `on_image` is called once per image."""
     from edgeship.calibration.samples import Samples
 
     files = image_files(folder)
@@ -122,6 +123,9 @@ def load_image_folder(folder: Path, preprocess: Preprocess | None, on_image=None
     if preprocess is None:
         spec = folder / SPEC_FILE
         preprocess = Preprocess.from_file(spec) if spec.exists() else Preprocess()
+    if overrides:
+        merged = dataclasses.asdict(preprocess) | {k: v for k, v in overrides.items() if v is not None}
+        preprocess = Preprocess.from_dict(merged, "preprocessing options")
     arrays = []
     for path in files:
         arrays.append(preprocess.apply(path))

@@ -15,9 +15,11 @@ from edgeship.errors import CalibrationError
 log = logging.getLogger(__name__)
 
 
-def read_samples(path: str | Path, preprocess: Preprocess | None = None) -> Samples:
+def read_samples(path: str | Path, preprocess: Preprocess | None = None,
+                 overrides: dict | None = None) -> Samples:
     """Samples from `path`: a folder of images (with `preprocess`, or the folder's
-    preprocess.toml, or ImageNet defaults), a .npz with one array per input, or a folder of .npy."""
+    preprocess.toml, or ImageNet defaults, then `overrides` on top), a .npz with one array per
+    input, or a folder of .npy."""
     path = Path(path)
     if not path.exists():
         raise CalibrationError(f"{path}: no such file or folder; pass an image folder, a .npz file "
@@ -30,7 +32,7 @@ def read_samples(path: str | Path, preprocess: Preprocess | None = None) -> Samp
     npy = sorted(path.glob("*.npy"))
     if npy and not image_files(path):
         return _read_npy_folder(path, npy)
-    return load_image_folder(path, preprocess)
+    return load_image_folder(path, preprocess, overrides=overrides)
 
 
 def _read_npz(path: Path) -> Samples:
