@@ -142,3 +142,16 @@ def test_failure_late_in_export_leaves_no_folder(tmp_path, npz, monkeypatch, cap
     monkeypatch.setattr(litert, "_convert", fail)
     code, _, err = _export(monkeypatch, capsys, f"{MODELS}:tiny_conv_net", npz, tmp_path / "out")
     _assert_clean_failure(code, err, tmp_path / "out", "injected")
+
+
+def test_interrupt_leaves_no_folder(tmp_path, npz, monkeypatch, capsys) -> None:
+    """Ctrl-C in the middle of an export (here: while lowering) removes what was written."""
+    from edgeship.targets import executorch
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(executorch, "_lower", interrupt)
+    code, _, err = _export(monkeypatch, capsys, f"{MODELS}:tiny_conv_net", npz, tmp_path / "out")
+    assert code == 130 and "interrupted; no output was written" in err
+    assert not (tmp_path / "out").exists()

@@ -51,6 +51,11 @@ def report(manifest: dict) -> str:
         "|" + "---|" * len(COLUMNS),
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows(manifest)]
+    if manifest["host"]["machine"].lower() not in ("aarch64", "arm64") and any(
+            a["path"].endswith(".ort") for a in manifest["artifacts"]):
+        lines += ["", "`model.int8.ort` is optimised for ARM CPUs (signed int8 kernels, as ONNX Runtime Mobile "
+                  "runs them); on this x86 host those kernels are slow, so its latency here says nothing "
+                  "about the device. `model.int8.onnx` is timed with this host's own ONNX Runtime settings."]
     agreement = manifest.get("int8_agreement_steps") or {}
     if agreement:
         lines += ["", "## int8 artifacts against each other (output quantization steps)", ""]
