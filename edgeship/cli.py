@@ -66,6 +66,9 @@ def _quiet_torch() -> None:
     import torch._logging
 
     torch._logging.set_logs(all=logging.ERROR)
+    for name in list(logging.root.manager.loggerDict):
+        if name.split(".")[0] in ("torch", "torchao", "executorch", "litert_torch", "onnxscript"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     logging.getLogger("torch.fx.experimental.symbolic_shapes").setLevel(logging.CRITICAL)
 
 
@@ -180,7 +183,7 @@ class _progress:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # typer returns 130 here for Ctrl-C
     except EdgeshipError as exc:
         if _state["debug"]:
             raise
@@ -197,3 +200,7 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if code == 130:
+        typer.echo("edgeship: interrupted; no output was written", err=True)
+    if isinstance(code, int) and code:
+        sys.exit(code)

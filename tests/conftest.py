@@ -7,6 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Import-time warnings of torchao (missing CUDA kernels, Enum registration) are printed once per
+# process; trigger them here so that tests reading one CLI run's stderr see only that run.
+import torchao.quantization.pt2e  # noqa: E402,F401
+
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "calibration_data" / "imagenet-sample"
 sys.path.insert(0, str(Path(__file__).parent))
