@@ -143,6 +143,29 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     return manifest
 
 
+def init_project(path: str | Path = "edgeship.toml", force: bool = False) -> Path:
+    """Write a commented starter project file; refuses to overwrite one unless `force`."""
+    from edgeship.pipeline.project import STARTER
+
+    path = Path(path)
+    if path.exists() and not force:
+        raise ConfigError(f"{path} already exists; edit it, or pass --force to replace it")
+    path.write_text(STARTER)
+    return path
+
+
+def build(project: str | Path = "edgeship.toml", *, only: list[str] | None = None, force: bool = False,
+          fail_fast: bool = False, workers: int | None = None, on_event=None):
+    """Export the project's model x target matrix (cache hits copied, misses in parallel processes),
+    check budgets, write build/report.md, report.html, junit.xml and index.json.
+    Returns a `BuildResult` whose `exit_code` is 0 when every job built and met its budgets, else 1."""
+    from edgeship.pipeline import build as pipeline
+    from edgeship.pipeline.project import load_project
+
+    return pipeline.build(load_project(project), only=only, force=force, fail_fast=fail_fast,
+                          workers=workers, on_event=on_event)
+
+
 def _check_writable(out: Path) -> None:
     probe = out
     while not probe.exists():

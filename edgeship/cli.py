@@ -144,6 +144,58 @@ def _floats(flag: str, text: str | None) -> tuple[float, ...] | None:
         raise typer.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint=flag)
 
 
+@app.command()
+def init(path: Annotated[Path, typer.Argument(help="Project file to write.")] = Path("edgeship.toml"),
+         force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False) -> None:
+    """Write a commented starter edgeship.toml.
+
+    Example: edgeship init && edgeship build
+    """
+    from edgeship import api
+
+    typer.echo(f"wrote {api.init_project(path, force)}")
+
+
+@app.command()
+def build(
+    project: Annotated[Path, typer.Option("--project", "-p", help="Project file.")] = Path("edgeship.toml"),
+    only: Annotated[Optional[list[str]], typer.Option("--only", help="MODEL or MODEL/TARGET; repeatable.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild cached jobs.")] = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop starting jobs after one fails.")] = False,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Parallel exports.")] = None,
+    format: FormatOpt = Format.table,
+) -> None:
+    """Export every model for every target of the project, check budgets, write reports.
+
+    Exit code 0: every job built and met its budgets; 1: a job or a budget failed; 2: usage or
+    project-file error. Example: edgeship build --only mobilenet/android-arm64
+    """
+    from edgeship import api
+
+    def on_event(kind: str, job, name: str) -> None:
+        if kind == "start":
+            typer.echo(f"… {name}: exporting", err=True)
+        else:
+            typer.echo(f"{'✓' if job.ok else '✗'} {name}: {job.status} in {job.seconds:.1f} s"
+                       + (f" ({job.error})" if job.error else ""), err=True)
+
+    result = api.build(project, only=only, force=force, fail_fast=fail_fast, workers=jobs, on_event=on_event)
+    if format is Format.json:
+        typer.echo((result.out / "index.json").read_text())
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        from edgeship.pipeline.reports import summary_rows
+
+        table = Table("job", "run", "result", "seconds", "what failed", title=f"edgeship build: {result.out}")
+        for row in summary_rows(result):
+            table.add_row(*row)
+        Console(width=200).print(table)
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
+
+
 def _print_table(result) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -1,0 +1,247 @@
+"""`edgeship.toml`: the models, targets and budgets of an app's build, validated with errors that
+point at the file, line and key."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeship.errors import ConfigError
+
+PROJECT_FILE = "edgeship.toml"
+BUDGET_KEYS = ("max_size_mb", "min_cosine", "min_sqnr_db", "min_top1", "max_latency_ms")
+RUNTIME_NAMES = ("onnxruntime", "executorch", "litert")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits an int8 artifact must meet; None: not checked."""
+
+    max_size_mb: float | None = None
+    min_cosine: float | None = None
+    min_sqnr_db: float | None = None
+    min_top1: float | None = None
+    max_latency_ms: float | None = None
+
+    def merged(self, other: Budget) -> Budget:
+        """`other`'s limits where it sets them, ours elsewhere."""
+        return Budget(**{k: getattr(other, k) if getattr(other, k) is not None else getattr(self, k)
+                         for k in BUDGET_KEYS})
+
+    def active(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Budgets for every artifact, then per target, then per target and runtime (most specific wins)."""
+
+    default: Budget = Budget()
+    per_target: dict = field(default_factory=dict)  # target -> Budget
+    per_runtime: dict = field(default_factory=dict)  # (target, runtime) -> Budget
+
+    def for_artifact(self, target: str, runtime: str) -> Budget:
+        budget = self.default
+        if target in self.per_target:
+            budget = budget.merged(self.per_target[target])
+        if (target, runtime) in self.per_runtime:
+            budget = budget.merged(self.per_runtime[(target, runtime)])
+        return budget
+
+    def merged(self, other: Budgets) -> Budgets:
+        targets = {t: self.per_target.get(t, Budget()).merged(b) for t, b in other.per_target.items()}
+        runtimes = {k: self.per_runtime.get(k, Budget()).merged(b) for k, b in other.per_runtime.items()}
+        return Budgets(self.default.merged(other.default), self.per_target | targets, self.per_runtime | runtimes)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    source: str
+    calibration: str
+    targets: tuple[str, ...]
+    eval_data: str | None = None
+    recipe: str = "int8"
+    inputs: tuple[str, ...] = ()  # extra files (weights, ...) whose content is part of the cache key
+    input_shapes: tuple[str, ...] = ()
+    input_dtypes: tuple[str, ...] = ()
+    budgets: Budgets = Budgets()
+
+
+@dataclass(frozen=True)
+class Project:
+    path: Path
+    root: Path
+    out: Path
+    cache: Path
+    jobs: int | None
+    models: tuple[ModelEntry, ...]
+
+    def matrix(self) -> list[tuple[ModelEntry, str]]:
+        return [(m, t) for m in self.models for t in m.targets]
+
+
+_PROJECT_KEYS = {"out", "cache", "jobs", "targets"}
+_MODEL_KEYS = {"source", "calibration", "eval_data", "recipe", "inputs", "targets", "input_shapes",
+               "input_dtypes", "budgets"}
+
+
+class _Where:
+    """Finds the line of a table or key in the project file's text, for error messages."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path, self.lines = path, text.splitlines()
+
+    def __call__(self, table: tuple[str, ...], key: str | None = None) -> str:
+        header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(
+            rf"(?:{re.escape(p)}|\"{re.escape(p)}\")" for p in table) + r"\s*\]\s*(#.*)?$")
+        start = next((i for i, line in enumerate(self.lines) if header.match(line)), None)
+        if key is None:
+            return f"{self.path}:{start + 1}" if start is not None else str(self.path)
+        key_re = re.compile(rf"^\s*(?:{re.escape(key)}|\"{re.escape(key)}\")\s*=")
+        begin = (start + 1) if start is not None else 0
+        for i in range(begin, len(self.lines)):
+            if i > begin and start is not None and self.lines[i].lstrip().startswith("["):
+                break
+            if key_re.match(self.lines[i]):
+                return f"{self.path}:{i + 1}"
+        return f"{self.path}:{start + 1}" if start is not None else str(self.path)
+
+
+def load_project(path: str | Path = PROJECT_FILE) -> Project:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no project file; create one with `edgeship init`")
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from exc
+    where = _Where(path, text)
+    _unknown(where, (), data, {"project", "models", "budgets"})
+    proj = _table(where, ("project",), data.get("project", {}))
+    _unknown(where, ("project",), proj, _PROJECT_KEYS)
+    root = path.resolve().parent
+    default_targets = _strings(where, ("project",), "targets", proj.get("targets", []))
+    budgets = _budgets(where, ("budgets",), data.get("budgets", {}))
+    models_table = _table(where, ("models",), data.get("models", {}))
+    if not models_table:
+        raise ConfigError(f"{where(('project',))}: the project declares no models; add a [models.NAME] table "
+                          "with source and calibration")
+    models = tuple(_model(where, name, _table(where, ("models", name), body), default_targets, budgets)
+                   for name, body in models_table.items())
+    jobs = proj.get("jobs")
+    if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
+        raise ConfigError(f"{where(('project',), 'jobs')}: [project] jobs must be a positive integer")
+    return Project(path, root, root / str(proj.get("out", "build")), root / str(proj.get("cache", ".edgeship-cache")),
+                   jobs, models)
+
+
+def _model(where, name: str, body: dict, default_targets, budgets: Budgets) -> ModelEntry:
+    table = ("models", name)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ConfigError(f"{where(table)}: model name {name!r} may hold only letters, digits, '.', '_' and '-'")
+    _unknown(where, table, body, _MODEL_KEYS)
+    for key in ("source", "calibration"):
+        if not isinstance(body.get(key), str) or not body[key]:
+            raise ConfigError(f"{where(table)}: [models.{name}] needs {key} = \"...\"")
+    targets = _strings(where, table, "targets", body.get("targets", default_targets))
+    if not targets:
+        raise ConfigError(f"{where(table)}: [models.{name}] has no targets; set targets here or in [project]")
+    from edgeship.targets.devices import builtin_names
+
+    for t in targets:
+        if not t.endswith(".toml") and t not in builtin_names():
+            raise ConfigError(f"{where(table, 'targets')}: unknown target {t!r}; known targets: "
+                              f"{', '.join(builtin_names())}")
+    from edgeship.quantize.recipe import RECIPES
+
+    recipe = body.get("recipe", "int8")
+    if recipe not in RECIPES:
+        raise ConfigError(f"{where(table, 'recipe')}: unknown recipe {recipe!r}; known recipes: {', '.join(RECIPES)}")
+    own = _budgets(where, (*table, "budgets"), body.get("budgets", {}))
+    return ModelEntry(name, body["source"], body["calibration"], tuple(targets), body.get("eval_data"), recipe,
+                      tuple(_strings(where, table, "inputs", body.get("inputs", []))),
+                      tuple(_strings(where, table, "input_shapes", body.get("input_shapes", []))),
+                      tuple(_strings(where, table, "input_dtypes", body.get("input_dtypes", []))),
+                      budgets.merged(own))
+
+
+def _budgets(where, table: tuple[str, ...], body: dict) -> Budgets:
+    body = _table(where, table, body)
+    default = _budget(where, table, {k: v for k, v in body.items() if not isinstance(v, dict)})
+    per_target, per_runtime = {}, {}
+    for target, sub in body.items():
+        if not isinstance(sub, dict):
+            continue
+        scalars = {k: v for k, v in sub.items() if not isinstance(v, dict)}
+        per_target[target] = _budget(where, (*table, target), scalars)
+        for runtime, limits in sub.items():
+            if not isinstance(limits, dict):
+                continue
+            if runtime not in RUNTIME_NAMES:
+                raise ConfigError(f"{where((*table, target, runtime))}: {runtime!r} is not a runtime; use one of "
+                                  f"{', '.join(RUNTIME_NAMES)}")
+            per_runtime[(target, runtime)] = _budget(where, (*table, target, runtime), limits)
+    return Budgets(default, per_target, per_runtime)
+
+
+def _budget(where, table, body: dict) -> Budget:
+    _unknown(where, table, body, set(BUDGET_KEYS))
+    for key, value in body.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where(table, key)}: budget {key} must be a number, got {value!r}")
+    return Budget(**{k: float(v) for k, v in body.items()})
+
+
+def _unknown(where, table: tuple[str, ...], body: dict, valid: set[str]) -> None:
+    for key in body:
+        if key not in valid:
+            name = f"[{'.'.join(table)}] " if table else ""
+            raise ConfigError(f"{where(table, key)}: {name}unknown key {key!r}; valid keys: {', '.join(sorted(valid))}")
+
+
+def _table(where, table: tuple[str, ...], value) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where(table[:-1], table[-1])}: {'.'.join(table)} must be a table")
+    return value
+
+
+def _strings(where, table, key: str, value) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where(table, key)}: {key} must be a list of strings, got {value!r}")
+    return list(value)
+
+
+STARTER = '''# edgeship project: the models of this app, the devices they ship to, and the budgets they must meet.
+# `edgeship build` exports every model for every target, verifies and times each artifact, checks the
+# budgets, and writes build/report.md, build/report.html, build/junit.xml and build/index.json.
+
+[project]
+targets = ["android-arm64"]          # `edgeship targets` lists them; a path to your own .toml works too
+out = "build"                        # artifacts go to build/<model>/<target>/
+cache = ".edgeship-cache"            # content-addressed; share it between CI runs
+# jobs = 2                           # parallel exports (default: bounded by cores and memory)
+
+[models.mobilenet]
+source = "examples/mobilenet_v2.py:build"        # path/to/file.py:callable or package.module:callable
+calibration = "calibration_data/imagenet-sample"  # image folder, .npz, or folder of .npy
+# eval_data = "data/eval.npz"        # default: a held-out quarter of the calibration set
+# recipe = "int8"
+# inputs = ["weights/model.pt"]      # files the model reads (weights): part of the cache key
+# targets = ["android-arm64", "ios-arm64"]   # overrides [project] targets for this model
+
+# Budgets apply to the int8 artifacts. Most specific wins: [budgets], [budgets.TARGET],
+# [budgets.TARGET.RUNTIME], and the same under [models.NAME.budgets].
+[budgets]
+min_cosine = 0.98                    # mean cosine similarity to the float model's outputs
+# min_sqnr_db = 15
+# min_top1 = 0.9                     # top-1 agreement with float (classifiers)
+max_size_mb = 8
+
+# [budgets.android-arm64.litert]
+# max_latency_ms = 10                # median, on the machine that runs the build
+'''
