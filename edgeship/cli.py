@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgeship.errors import EdgeshipError
+from edgeship.errors import ConfigError, EdgeshipError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Take a PyTorch model to verified int8 ONNX Runtime, ExecuTorch and LiteRT artifacts.")
@@ -179,7 +179,11 @@ def build(
             typer.echo(f"{'✓' if job.ok else '✗'} {name}: {job.status} in {job.seconds:.1f} s"
                        + (f" ({job.error})" if job.error else ""), err=True)
 
-    result = api.build(project, only=only, force=force, fail_fast=fail_fast, workers=jobs, on_event=on_event)
+    try:
+        result = api.build(project, only=only, force=force, fail_fast=fail_fast, workers=jobs, on_event=on_event)
+    except ConfigError as exc:  # a project-file or usage problem: exit code 2
+        exc.exit_code = 2
+        raise
     if format is Format.json:
         typer.echo((result.out / "index.json").read_text())
     else:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
 import logging
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +66,9 @@ def _model_name(where: str, attr: str) -> str:
 def _import_file(path: Path):
     if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist; check the path (relative to {Path.cwd()})")
-    name = f"edgeship_user_model_{abs(hash(str(path.resolve())))}"
+    # stable across processes: the name ends up in exported graphs' metadata (byte-identical rebuilds)
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]
+    name = f"{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)}_{digest}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(path.resolve().parent))

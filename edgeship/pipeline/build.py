@@ -132,7 +132,7 @@ def build(project: Project, only: list[str] | None = None, force: bool = False, 
         else:
             pending.append((model, target, key))
     if pending:
-        results += _run_pending(project, cache, pending, fail_fast, workers, event)
+        results += _run_pending(project, cache, pending, fail_fast, workers, event, force)
     order = {f"{m.name}/{t}": i for i, (m, t) in enumerate(project.matrix())}
     results.sort(key=lambda j: order[j.name])
     outcome = BuildResult(project.path, project.out, results)
@@ -140,7 +140,8 @@ def build(project: Project, only: list[str] | None = None, force: bool = False, 
     return outcome
 
 
-def _run_pending(project: Project, cache: Cache, pending, fail_fast: bool, workers: int | None, event):
+def _run_pending(project: Project, cache: Cache, pending, fail_fast: bool, workers: int | None, event,
+                 force: bool):
     results = []
     work_root = Path(tempfile.mkdtemp(prefix=".edgeship-work-", dir=project.cache.parent
                                       if project.cache.parent.exists() else None))
@@ -161,7 +162,7 @@ def _run_pending(project: Project, cache: Cache, pending, fail_fast: bool, worke
                 done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
                 for fut in done:
                     model, target, key, started = futures[fut]
-                    job = _collect(project, cache, fut, model, target, key, started)
+                    job = _collect(project, cache, fut, model, target, key, started, force)
                     results.append(job)
                     event("done", job, job.name)
                     if fail_fast and not job.ok:
@@ -176,7 +177,7 @@ def _run_pending(project: Project, cache: Cache, pending, fail_fast: bool, worke
     return results
 
 
-def _collect(project, cache, fut, model, target, key, started) -> JobResult:
+def _collect(project, cache, fut, model, target, key, started, force: bool) -> JobResult:
     try:
         outcome = fut.result()
     except Exception as exc:  # a worker crashed (out of memory, a native abort): report, go on
@@ -184,7 +185,7 @@ def _collect(project, cache, fut, model, target, key, started) -> JobResult:
     if "error" in outcome:
         return JobResult(model.name, target, "failed", key, round(time.perf_counter() - started, 2),
                          error=outcome["error"])
-    entry = cache.put(key, Path(outcome["out_dir"]))
+    entry = cache.put(key, Path(outcome["out_dir"]), replace=force)
     return _finish(project, model, target, key, entry, "built", started)
 
 

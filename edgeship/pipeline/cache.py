@@ -94,13 +94,20 @@ class Cache:
         entry = self.entry(key)
         return entry if (entry / "manifest.json").is_file() else None
 
-    def put(self, key: str, export_dir: Path) -> Path:
-        """Copy `export_dir` into the cache under `key`; returns the entry (ours or a racer's)."""
+    def put(self, key: str, export_dir: Path, replace: bool = False) -> Path:
+        """Copy `export_dir` into the cache under `key`; returns the entry. Without `replace`, an
+        entry another build stored first is kept (same key, same inputs); with it (--force), ours
+        replaces it."""
         final = self.entry(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}.tmp-", dir=final.parent))
         try:
             shutil.copytree(export_dir, tmp, dirs_exist_ok=True)
+            if replace and final.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{key[:12]}.old-", dir=final.parent))
+                with contextlib.suppress(OSError):  # a racer may have moved it already
+                    os.rename(final, old / "entry")
+                shutil.rmtree(old, ignore_errors=True)
             try:
                 os.rename(tmp, final)
             except OSError:  # another build stored the same key first: keep theirs

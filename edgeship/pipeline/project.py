@@ -153,9 +153,10 @@ def _model(where, name: str, body: dict, default_targets, budgets: Budgets) -> M
         raise ConfigError(f"{where(table)}: [models.{name}] has no targets; set targets here or in [project]")
     from edgeship.targets.devices import builtin_names
 
+    declared = table if "targets" in body else ("project",)
     for t in targets:
         if not t.endswith(".toml") and t not in builtin_names():
-            raise ConfigError(f"{where(table, 'targets')}: unknown target {t!r}; known targets: "
+            raise ConfigError(f"{where(declared, 'targets')}: unknown target {t!r}; known targets: "
                               f"{', '.join(builtin_names())}")
     from edgeship.quantize.recipe import RECIPES
 

@@ -1,0 +1,81 @@
+"""edgeship.toml validation: errors name the file, line and key; init writes a valid starter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_cli
+
+from edgeship.errors import ConfigError
+from edgeship.pipeline.project import STARTER, load_project
+
+GOOD = """[project]
+targets = ["host"]
+
+[models.a]
+source = "m.py:build"
+calibration = "c.npz"
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "edgeship.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, where, message", [
+    (GOOD + "sourc = 'x'\n", 7, "[models.a] unknown key 'sourc'; valid keys:"),
+    (GOOD.replace('targets = ["host"]', 'targets = ["pixel-99"]'), 2, "unknown target 'pixel-99'; known targets:"),
+    (GOOD + "\n[budgets]\nmin_cosine = 'high'\n", 9, "budget min_cosine must be a number"),
+    (GOOD + "\n[budgets.host.tflite]\nmax_latency_ms = 3\n", 8, "'tflite' is not a runtime"),
+    (GOOD.replace('calibration = "c.npz"\n', ""), 4, "[models.a] needs calibration"),
+    ("[project]\ntargets = ['host']\njobz = 2\n", 3, "unknown key 'jobz'"),
+], ids=["unknown-key", "unknown-target", "budget-type", "budget-runtime", "missing-key", "project-key"])
+def test_errors_point_at_line_and_key(tmp_path, text, where, message) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_project(path)
+    assert f"{path}:{where}:" in str(err.value) and message in str(err.value), str(err.value)
+
+
+def test_budgets_most_specific_wins(tmp_path) -> None:
+    path = _write(tmp_path, GOOD + """
+[budgets]
+min_cosine = 0.9
+max_size_mb = 10
+
+[budgets.host]
+min_cosine = 0.95
+
+[budgets.host.litert]
+max_size_mb = 2
+
+[models.a.budgets]
+min_sqnr_db = 20
+""")
+    model = load_project(path).models[0]
+    assert model.budgets.for_artifact("host", "litert").active() == {
+        "min_cosine": 0.95, "max_size_mb": 2.0, "min_sqnr_db": 20.0}
+    assert model.budgets.for_artifact("host", "executorch").active()["max_size_mb"] == 10.0
+
+
+def test_init_writes_a_starter_that_loads(tmp_path, monkeypatch, capsys) -> None:
+    path = tmp_path / "edgeship.toml"
+    code, out, _ = run_cli(["init", str(path)], monkeypatch, capsys)
+    assert code == 0 and path.read_text() == STARTER
+    project = load_project(path)
+    assert [m.name for m in project.models] == ["mobilenet"]
+    code, _, err = run_cli(["init", str(path)], monkeypatch, capsys)
+    assert code == 1 and "already exists" in err
+
+
+def test_config_error_exits_2_from_build(tmp_path, monkeypatch, capsys) -> None:
+    path = _write(tmp_path, GOOD + "colour = 1\n")
+    code, _, err = run_cli(["build", "--project", str(path)], monkeypatch, capsys)
+    assert code == 2 and "unknown key 'colour'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_starter_points_at_shipped_files() -> None:
+    assert (ROOT / "examples/mobilenet_v2.py").is_file() and (ROOT / "calibration_data/imagenet-sample").is_dir()
