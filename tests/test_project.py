@@ -79,3 +79,14 @@ def test_config_error_exits_2_from_build(tmp_path, monkeypatch, capsys) -> None:
 
 def test_starter_points_at_shipped_files() -> None:
     assert (ROOT / "examples/mobilenet_v2.py").is_file() and (ROOT / "calibration_data/imagenet-sample").is_dir()
+
+
+def test_app_pipeline_example_project_is_valid() -> None:
+    from edgeship.pipeline.cache import job_key
+
+    project = load_project(ROOT / "examples/app-pipeline/edgeship.toml")
+    assert [(m.name, t) for m, t in project.matrix()] == [
+        ("classifier", "android-arm64"), ("classifier", "ios-arm64"),
+        ("embedder", "android-arm64"), ("embedder", "ios-arm64")]
+    keys = {job_key(m, t, project.root) for m, t in project.matrix()}
+    assert len(keys) == 4  # every job has its own cache key, computed from files that exist
