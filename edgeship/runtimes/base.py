@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from edgeship.errors import unknown_name
+from edgeship.registry import instantiate
 
 
 @dataclass(frozen=True)
@@ -50,10 +49,7 @@ HARNESSES = {
 
 
 def get_harness(name: str) -> Harness:
-    if name not in HARNESSES:
-        raise unknown_name("runtime", name, tuple(HARNESSES))
-    module, _, cls = HARNESSES[name].partition(":")
-    return getattr(importlib.import_module(module), cls)()
+    return instantiate(HARNESSES, "runtime", name)
 
 
 def quantize(x: np.ndarray, info: TensorInfo, dtype) -> np.ndarray:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
-from edgeship.errors import unknown_name
+from edgeship.registry import instantiate
 from edgeship.quantize.calibrate import QuantizedGraph
 
 
@@ -49,10 +48,7 @@ ADAPTERS = {
 
 
 def get_adapter(name: str) -> Adapter:
-    if name not in ADAPTERS:
-        raise unknown_name("runtime", name, tuple(ADAPTERS))
-    module, _, cls = ADAPTERS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)()
+    return instantiate(ADAPTERS, "runtime", name)
 
 
 def count_ops(names: list[str], reason: str) -> list[dict]:
