@@ -228,3 +228,13 @@ def test_html_report_renders_in_headless_chromium(project, first_build, tmp_path
     assert run.returncode == 0 and shot.stat().st_size > 10_000, run.stderr[-2000:]
     if os.environ.get("EDGESHIP_DOCS_SCREENSHOT"):
         shutil.copy(shot, ROOT / "docs/report.png")
+
+
+def test_fail_fast_starts_nothing_after_a_failure(tmp_path) -> None:
+    folder = make_project(tmp_path / "app")
+    np.savez(folder / "conv.npz", x=np.zeros((8, 5), np.float32))  # conv (first in the matrix) fails
+    code, index, _ = build(folder, "--only", "conv/host", "--only", "mlp/host", "--fail-fast", "-j", "1")
+    assert code == 1
+    assert statuses(index) == {"conv/host": "failed", "mlp/host": "skipped"}
+    suite = ET.parse(folder / "build/junit.xml").getroot()
+    assert suite.get("errors") == "2"

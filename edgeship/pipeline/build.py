@@ -142,36 +142,38 @@ def build(project: Project, only: list[str] | None = None, force: bool = False, 
 
 def _run_pending(project: Project, cache: Cache, pending, fail_fast: bool, workers: int | None, event,
                  force: bool):
+    """At most `n` jobs in flight; the next starts when one ends. With `fail_fast`, none starts
+    after a failure (those are reported as skipped); the ones running finish."""
     results = []
     work_root = Path(tempfile.mkdtemp(prefix=".edgeship-work-", dir=project.cache.parent
                                       if project.cache.parent.exists() else None))
-    n = workers or project.jobs or default_workers(len(pending))
-    context = multiprocessing.get_context("spawn")
+    n = min(workers or project.jobs or default_workers(len(pending)), len(pending))
+    queue = list(pending)
     try:
         level = logging.getLogger("edgeship").getEffectiveLevel()
-        with ProcessPoolExecutor(max_workers=min(n, len(pending)), mp_context=context,
+        with ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_worker_init, initargs=(level,)) as pool:
-            futures = {}
-            for model, target, key in pending:
-                work = work_root / f"{model.name}-{key[:12]}"
-                fut = pool.submit(_export_job, model, target, str(project.root), str(work))
-                futures[fut] = (model, target, key, time.perf_counter())
-                event("start", None, f"{model.name}/{target}")
-            remaining = set(futures)
-            while remaining:
-                done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+            running: dict = {}
+            stop = False
+            while queue or running:
+                while queue and len(running) < n and not stop:
+                    model, target, key = queue.pop(0)
+                    work = work_root / f"{model.name}-{key[:12]}"
+                    fut = pool.submit(_export_job, model, target, str(project.root), str(work))
+                    running[fut] = (model, target, key, time.perf_counter())
+                    event("start", None, f"{model.name}/{target}")
+                if stop and not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    model, target, key, started = futures[fut]
+                    model, target, key, started = running.pop(fut)
                     job = _collect(project, cache, fut, model, target, key, started, force)
                     results.append(job)
                     event("done", job, job.name)
-                    if fail_fast and not job.ok:
-                        for other in remaining:
-                            if other.cancel():
-                                m, t, k, _ = futures[other]
-                                results.append(JobResult(m.name, t, "skipped", k, 0.0,
-                                                         error="not run: --fail-fast after a failed job"))
-                        remaining = {f for f in remaining if not f.cancelled()}
+                    stop = stop or (fail_fast and not job.ok)
+            for model, target, key in queue:
+                results.append(JobResult(model.name, target, "skipped", key, 0.0,
+                                         error="not run: --fail-fast after a failed job"))
     finally:
         shutil.rmtree(work_root, ignore_errors=True)
     return results
