@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -79,11 +82,45 @@ def _float_nodes(onnx_path: Path, scratch: Path) -> list[str]:
     return [n.op_type for n in graph.node if n.op_type not in _INT8_KERNELS | _DATA_MOVEMENT]
 
 
-def _save_ort_format(onnx_path: Path, ort_path: Path) -> None:
-    """The ORT-format model for the mobile (minimal) build, optimised as an ARM build would."""
-    import onnxruntime as ort
+_ORT_CONVERT = """
+import sys
+import onnxruntime as ort
+options = ort.SessionOptions()
+options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+options.log_severity_level = 3
+for pair in sys.argv[3:]:
+    key, _, value = pair.partition("=")
+    options.add_session_config_entry(key, value)
+options.optimized_model_filepath = sys.argv[2]
+options.add_session_config_entry("session.save_model_format", "ORT")
+ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"], disabled_optimizers=["NchwcTransformer"])
+"""
+_ADDR_NO_RANDOMIZE = 0x0040000
 
-    tmp = ort_path.with_suffix(".tmp.ort")
-    ort.InferenceSession(str(onnx_path), _session_options(tmp, ort_format=True),
-                         providers=["CPUExecutionProvider"], disabled_optimizers=["NchwcTransformer"])
-    shutil.move(tmp, ort_path)
+
+def _no_aslr() -> None:
+    """ONNX Runtime's ORT-format writer orders initializers by hash tables seeded from memory
+    addresses; with address randomization off, the same model gives the same bytes."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.personality(_ADDR_NO_RANDOMIZE)
+
+
+def _save_ort_format(onnx_path: Path, ort_path: Path) -> None:
+    """The ORT-format model for the mobile (minimal) build, optimised as an ARM build would.
+    Written by a fresh process with a fixed environment and address randomization off, so that
+    rebuilds are byte-identical."""
+    config = [f"{k}={v}" for k, v in ARM_SESSION_CONFIG.items()]
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    # same argv, environment and working-folder length every time: nothing shifts the address space
+    with tempfile.TemporaryDirectory(prefix="edgeship-ort-") as work:
+        shutil.copy(onnx_path, Path(work) / "in.onnx")
+        run = subprocess.run([sys.executable, "-c", _ORT_CONVERT, "in.onnx", "out.ort", *config],
+                             capture_output=True, text=True, env=env, cwd=work,
+                             preexec_fn=_no_aslr if sys.platform == "linux" else None)
+        if run.returncode != 0 or not (Path(work) / "out.ort").exists():
+            raise ExportError(f"ONNX Runtime cannot convert {onnx_path.name} to the ORT format: "
+                              f"{(run.stderr.strip().splitlines() or ['no output'])[-1][:300]}; "
+                              "run with --debug for the full trace")
+        shutil.move(Path(work) / "out.ort", ort_path)
