@@ -85,7 +85,8 @@ def export(
                            "repeat for several inputs.")] = None,
     input_dtype: Annotated[Optional[list[str]], typer.Option("--input-dtype", help="float32, int64, ...; "
                            "one for all inputs or one per --input-shape.")] = None,
-    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Quantization recipe.")] = "int8",
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe name (see `edgeship recipes`) "
+                                        "or a .toml/.json recipe file.")] = "int8",
     resize: Annotated[Optional[int], typer.Option(help="Images: resize the short side to this.")] = None,
     crop: Annotated[Optional[int], typer.Option(help="Images: center crop size.")] = None,
     mean: Annotated[Optional[str], typer.Option(help="Images: per-channel mean, e.g. 0.5,0.5,0.5.")] = None,
@@ -142,6 +143,27 @@ def _floats(flag: str, text: str | None) -> tuple[float, ...] | None:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
         raise typer.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint=flag)
+
+
+@app.command()
+def recipes(format: FormatOpt = Format.table) -> None:
+    """List the built-in quantization recipes (a .toml/.json file with the same keys works too).
+
+    Example: edgeship export m.py:build -t host -c data.npz --recipe int8-percentile
+    """
+    from edgeship.quantize.recipe import RECIPES
+
+    if format is Format.json:
+        typer.echo(json.dumps({n: r.to_dict() for n, r in RECIPES.items()}, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("recipe", "scheme", "weights", "activations", "activation ranges")
+    for name, r in RECIPES.items():
+        table.add_row(name, r.scheme, f"int8 {r.weight_granularity}", f"int8 {r.activation_granularity}",
+                      r.activation_method)
+    Console(width=160).print(table)
 
 
 @app.command()

@@ -55,3 +55,21 @@ def test_export_json_with_input_shapes_and_eval_data(tmp_path, monkeypatch, caps
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "o/models-two_inputs").iterdir()) == ["host"]
     assert (tmp_path / "o/models-two_inputs/host/model.int8.onnx").read_bytes() == first
+
+
+def test_recipes_and_recipe_files(tmp_path, monkeypatch, capsys) -> None:
+    from edgeship.errors import ConfigError
+    from edgeship.quantize.recipe import recipe_by_name
+
+    code, out, _ = run_cli(["recipes", "--format", "json"], monkeypatch, capsys)
+    listed = json.loads(out)
+    assert code == 0 and {"int8", "int8-percentile", "int8-entropy", "int8-minmax"} <= set(listed)
+    (tmp_path / "mine.toml").write_text('activation_method = "entropy"\n')
+    assert recipe_by_name(str(tmp_path / "mine.toml")).activation_method == "entropy"
+    (tmp_path / "bad.toml").write_text('activation_methd = "entropy"\n')
+    try:
+        recipe_by_name(str(tmp_path / "bad.toml"))
+    except ConfigError as exc:
+        assert "unknown recipe key(s) activation_methd; valid keys:" in str(exc)
+    else:
+        raise AssertionError("an unknown recipe key was accepted")

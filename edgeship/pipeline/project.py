@@ -161,7 +161,7 @@ def _model(where, name: str, body: dict, default_targets, budgets: Budgets) -> M
     from edgeship.quantize.recipe import RECIPES
 
     recipe = body.get("recipe", "int8")
-    if recipe not in RECIPES:
+    if recipe not in RECIPES and not str(recipe).endswith((".toml", ".json")):
         raise ConfigError(f"{where(table, 'recipe')}: unknown recipe {recipe!r}; known recipes: {', '.join(RECIPES)}")
     own = _budgets(where, (*table, "budgets"), body.get("budgets", {}))
     return ModelEntry(name, body["source"], body["calibration"], tuple(targets), body.get("eval_data"), recipe,

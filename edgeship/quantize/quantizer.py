@@ -45,17 +45,20 @@ SHARING_OPS = {
 
 @dataclass(frozen=True)
 class ActivationRange:
-    """How activation ranges are calibrated: `histogram` (L2-optimal range search) or `minmax`."""
+    """How activation ranges are calibrated: `histogram`/`mse` (L2-optimal range search on a
+    histogram), `minmax`, `percentile` (99.99th), or `entropy` (KL divergence)."""
 
     method: str = "histogram"
 
     def observer(self):
+        from edgeship.quantize.observers import EntropyObserver, PercentileObserver
+
         eps = 2**-12
-        if self.method == "histogram":
-            return HistogramObserver.with_args(eps=eps)
-        if self.method == "minmax":
-            return MinMaxObserver.with_args(eps=eps)
-        raise ValueError(f"unknown activation range method {self.method!r}")
+        observers = {"histogram": HistogramObserver, "mse": HistogramObserver, "minmax": MinMaxObserver,
+                     "percentile": PercentileObserver, "entropy": EntropyObserver}
+        if self.method not in observers:
+            raise ValueError(f"unknown activation range method {self.method!r}")
+        return observers[self.method].with_args(eps=eps)
 
 
 def _act_spec(method: str) -> QuantizationSpec:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 
 from edgeship.errors import ConfigError, unknown_name
 
 SCHEMES = ("w8a8",)
-ACTIVATION_METHODS = ("histogram", "minmax")
+ACTIVATION_METHODS = ("histogram", "mse", "minmax", "percentile", "entropy")
 
 
 @dataclass(frozen=True)
@@ -43,10 +46,33 @@ class Recipe:
         return cls(**data)
 
 
-RECIPES = {"int8": Recipe()}
+RECIPES = {
+    "int8": Recipe(),
+    "int8-percentile": Recipe(name="int8-percentile", activation_method="percentile"),
+    "int8-entropy": Recipe(name="int8-entropy", activation_method="entropy"),
+    "int8-minmax": Recipe(name="int8-minmax", activation_method="minmax"),
+}
 
 
 def recipe_by_name(name: str) -> Recipe:
+    """A built-in recipe by name, or a recipe file (.toml or .json) with Recipe's keys."""
+    if name.endswith((".toml", ".json")):
+        return _from_file(Path(name))
     if name not in RECIPES:
         raise unknown_name("recipe", name, tuple(RECIPES))
     return RECIPES[name]
+
+
+def _from_file(path: Path) -> Recipe:
+    if not path.is_file():
+        raise ConfigError(f"recipe file {path} does not exist; check the path or use a built-in recipe "
+                          f"({', '.join(RECIPES)})")
+    try:
+        data = json.loads(path.read_text()) if path.suffix == ".json" else tomllib.loads(path.read_text())
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the recipe ({exc}); fix the syntax") from exc
+    data.setdefault("name", path.stem)
+    try:
+        return Recipe.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
