@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from edgeship.errors import ConfigError
+from edgeship.errors import ConfigError, EdgeshipError
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,15 @@ def list_targets():
 def export(model: str, target: str, calibration: str | Path, *, eval_data: str | Path | None = None,
            out: str | Path = "out", input_shapes: list[str] | None = None,
            input_dtypes: list[str] | None = None, recipe: str = "int8",
-           preprocess: dict | None = None, progress: Progress = _no_progress) -> ExportResult:
+           preprocess: dict | None = None, budget: dict | None = None,
+           progress: Progress = _no_progress) -> ExportResult:
     """Capture, quantize once, lower for every runtime of `target`, verify, time, and write
     `out/<model>/<target>/` atomically. Raises an EdgeshipError subclass on bad input.
 
     `preprocess` overrides image preprocessing keys (resize, crop, mean, std, layout, color) on top
-    of the image folder's preprocess.toml, or of the ImageNet defaults."""
+    of the image folder's preprocess.toml, or of the ImageNet defaults. `budget` ({"cosine": 0.99},
+    {"sqnr_db": 25}, {"top1_agreement": 0.995}) keeps the fewest, most sensitive layers in float so
+    that the simulated model meets it on the eval data; BudgetError when it cannot."""
     from edgeship.quantize.recipe import recipe_by_name
     from edgeship.targets.devices import load_device
 
@@ -77,14 +80,15 @@ def export(model: str, target: str, calibration: str | Path, *, eval_data: str |
         calib, evaluation = split_held_out(calib)
     final = out / loaded.name / device.name
     with _staging(final) as stage:
-        manifest = _export_into(stage, loaded, device, resolved, calib, evaluation, progress)
+        manifest = _export_into(stage, loaded, device, resolved, calib, evaluation, progress, budget)
     return ExportResult(final, manifest)
 
 
-def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progress: Progress) -> dict:
+def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progress: Progress,
+                 budget: dict | None = None) -> dict:
     from edgeship.export import capture as cap
     from edgeship.export.inputs import example_inputs, specs_from_samples
-    from edgeship.quantize.calibrate import quantize
+    from edgeship.quantize.calibrate import calibrate, convert
     from edgeship.report import manifest as mf
     from edgeship.report.markdown import report
     from edgeship.targets.base import LowerJob, get_adapter
@@ -101,7 +105,15 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     cap.export_float_onnx(program, float_onnx, in_names, out_names)
 
     advance = progress("calibrate", len(calib))
-    quantized = quantize(program, recipe, calib, advance)
+    prepared = calibrate(program, recipe, calib, advance)
+    reference = torch_outputs(flat, evaluation)
+    choice = None
+    if budget:
+        choice = _choose_float_layers(prepared, evaluation, reference, budget, progress)
+        if choice["keep_float"]:
+            prepared = calibrate(program, recipe, calib, progress("recalibrate", len(calib)),
+                                 frozenset(choice["keep_float"]))
+    quantized = convert(prepared)
     (stage / "encodings.json").write_text(json.dumps(quantized.encodings, indent=1) + "\n")
     (stage / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1) + "\n")
 
@@ -112,7 +124,6 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
         artifacts += get_adapter(runtime).lower(job, stage, device.precisions)
         advance(1)
 
-    reference = torch_outputs(flat, evaluation)
     simulated = torch_outputs(quantized.folded, evaluation)
     scales = output_scales(quantized.folded)
     threads = device.host_threads()
@@ -132,6 +143,7 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
                        "sha256": evaluation.content_hash()},
         "simulated_int8": accuracy(reference, simulated),
         "float_ops_in_quantized_graph": quantized.float_ops,
+        "precision_choice": choice,
         "artifacts": [mf.artifact_record(c, stage) for c in checked],
         "int8_agreement_steps": pairwise_steps(checked, scales),
         "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
@@ -141,6 +153,43 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     (stage / "report.md").write_text(report(manifest))
     return manifest
+
+
+RANKING_SAMPLES = 32
+
+
+class BudgetError(EdgeshipError):
+    """The accuracy budget cannot be met even with every quantizable layer in float."""
+
+
+def _choose_float_layers(prepared, evaluation, reference, budget: dict, progress: Progress) -> dict:
+    import copy
+
+    from edgeship.quantize import sensitivity as sens
+
+    sim = sens.Simulator(copy.deepcopy(prepared), evaluation, reference)
+    metric = next(iter(budget))
+    # ranking on a subset of the eval samples bounds its cost; the choice is checked on all of them
+    subset = list(range(min(len(evaluation), RANKING_SAMPLES)))
+    quick = sens.Simulator.__new__(sens.Simulator)
+    quick.__dict__ = sim.__dict__ | {"evaluation": evaluation.take(subset, evaluation.source),
+                                     "reference": [reference[i] for i in subset]}
+    advance = progress("rank layer sensitivity", len(sim.layers))
+    ranked = []
+    for layer in sim.layers:
+        ranked.append(sens.Sensitivity(layer, {}, quick.evaluate({layer.name})))
+        advance(1)
+    ranked.sort(key=lambda s: -sens._score(s.kept_float, metric))
+    layers, acc, met = sens.fewest_float_layers(sim, ranked, budget)
+    wanted = ", ".join(f"{k} >= {v:g}" for k, v in budget.items())
+    if not met:
+        reached = ", ".join(f"{k} {acc[k]}" for k in budget)
+        raise BudgetError(f"the accuracy budget ({wanted}) cannot be met on {len(evaluation)} eval samples: "
+                          f"with all {len(layers)} quantizable layers in float the simulated model reaches "
+                          f"{reached}; loosen the budget or check the eval data")
+    log.info("keeping %d layer(s) in float for %s: %s", len(layers), wanted, layers)
+    return {"budget": budget, "keep_float": layers, "simulated": acc,
+            "candidates": len(sim.layers), "ranking_metric": metric}
 
 
 def init_project(path: str | Path = "edgeship.toml", force: bool = False) -> Path:

@@ -93,6 +93,9 @@ def export(
     std: Annotated[Optional[str], typer.Option(help="Images: per-channel std, e.g. 0.5,0.5,0.5.")] = None,
     layout: Annotated[Optional[str], typer.Option(help="Images: nchw or nhwc.")] = None,
     color: Annotated[Optional[str], typer.Option(help="Images: rgb, bgr or gray.")] = None,
+    min_cosine: Annotated[Optional[float], typer.Option(help="Budget: mean cosine to float, e.g. 0.99.")] = None,
+    min_sqnr: Annotated[Optional[float], typer.Option(help="Budget: SQNR to float in dB, e.g. 25.")] = None,
+    max_drop: Annotated[Optional[str], typer.Option(help="Budget: top-1 agreement drop, e.g. 0.5%.")] = None,
     format: FormatOpt = Format.table,
 ) -> None:
     """Export MODEL for a device target: fp32 and int8 artifacts for each runtime, verified and timed.
@@ -102,13 +105,20 @@ def export(
     """
     from edgeship import api
 
+    budget = {}
+    if min_cosine is not None:
+        budget["cosine"] = min_cosine
+    if min_sqnr is not None:
+        budget["sqnr_db"] = min_sqnr
+    if max_drop is not None:
+        budget["top1_agreement"] = 1.0 - _percent("--max-drop", max_drop)
     preprocess = {"resize": resize, "crop": crop, "mean": _floats("--mean", mean),
                   "std": _floats("--std", std), "layout": layout, "color": color}
     _quiet_torch()
     with _progress() as progress:
         result = api.export(model, target, calibration, eval_data=eval_data, out=out,
                             input_shapes=input_shape, input_dtypes=input_dtype, recipe=recipe,
-                            preprocess=preprocess, progress=progress)
+                            preprocess=preprocess, budget=budget or None, progress=progress)
     if format is Format.json:
         typer.echo(json.dumps(result.manifest, indent=1))
         return
@@ -134,6 +144,16 @@ def targets(format: FormatOpt = Format.table) -> None:
     for d in devices:
         table.add_row(d.name, f"{d.os} / {d.abi}", ", ".join(d.runtimes), str(d.threads), d.description)
     Console(width=160).print(table)
+
+
+def _percent(flag: str, text: str) -> float:
+    try:
+        value = float(text.rstrip("%")) / (100.0 if text.endswith("%") else 1.0)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a number or a percentage like 0.5%", param_hint=flag)
+    if not 0.0 <= value < 1.0:
+        raise typer.BadParameter(f"{text!r} must be between 0% and 100%", param_hint=flag)
+    return value
 
 
 def _floats(flag: str, text: str | None) -> tuple[float, ...] | None:

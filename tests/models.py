@@ -93,3 +93,26 @@ def two_inputs() -> nn.Module:
 
     torch.manual_seed(0)
     return TwoInputs().eval()
+
+
+class OutlierFFN(nn.Module):
+    """A transformer feed-forward block whose hidden activations have one outlier channel, the
+    pattern that makes BERT's FFN down-projection the layer int8 hurts most."""
+
+    def __init__(self, dim: int = 32, hidden: int = 128) -> None:
+        super().__init__()
+        self.up = nn.Linear(dim, hidden)
+        self.down = nn.Linear(hidden, dim)
+        self.head = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.down(nn.functional.gelu(self.up(x)))))
+
+
+def outlier_ffn(seed: int = 0) -> OutlierFFN:
+    torch.manual_seed(seed)
+    net = OutlierFFN()
+    with torch.no_grad():
+        net.up.weight[5] *= 60.0  # hidden channel 5 is ~60x larger than the rest
+        net.up.bias[5] = 20.0
+    return net.eval()

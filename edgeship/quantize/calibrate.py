@@ -37,13 +37,14 @@ class QuantizedGraph:
     float_ops: list[str]
 
 
-def quantize(program: torch.export.ExportedProgram, recipe: Recipe, samples: Samples,
-             progress: Callable[[int], None] | None = None) -> QuantizedGraph:
-    quantizer = EdgeshipQuantizer(activation_method=recipe.activation_method)
+def calibrate(program: torch.export.ExportedProgram, recipe: Recipe, samples: Samples,
+              progress: Callable[[int], None] | None = None, keep_float: frozenset[str] = frozenset()) -> GraphModule:
+    """The prepared graph with its observers fed every calibration sample. `keep_float`: node
+    names the quantizer leaves unannotated."""
+    quantizer = EdgeshipQuantizer(activation_method=recipe.activation_method, skip=keep_float)
     module = program.module()
     restore_integer_constants(module)
     prepared = prepare_pt2e(module, quantizer)
-    left_float = float_ops(prepared)
     with torch.no_grad():
         for i in range(len(samples)):
             try:
@@ -54,7 +55,18 @@ def quantize(program: torch.export.ExportedProgram, recipe: Recipe, samples: Sam
                     "check that every sample matches the model's inputs") from exc
             if progress is not None:
                 progress(1)
+    return prepared
+
+
+def convert(prepared: GraphModule) -> QuantizedGraph:
+    left_float = float_ops(prepared)
     encodings = collect_encodings(prepared)
     unfolded = convert_pt2e(copy.deepcopy(prepared), fold_quantize=False)
     folded = convert_pt2e(prepared, fold_quantize=True)
     return QuantizedGraph(folded, unfolded, encodings, left_float)
+
+
+def quantize(program: torch.export.ExportedProgram, recipe: Recipe, samples: Samples,
+             progress: Callable[[int], None] | None = None, keep_float: frozenset[str] = frozenset()
+             ) -> QuantizedGraph:
+    return convert(calibrate(program, recipe, samples, progress, keep_float))

@@ -1,0 +1,170 @@
+"""Per-layer sensitivity and the fewest layers to keep in float to meet an accuracy budget.
+
+pt2e observers watch float values, so calibration does not depend on which layers end up
+quantized: one calibration serves every choice. Each observer is replaced by a fake-quantize module
+that can be switched off, and a layer "kept in float" switches off the observers of its weight and
+of its activation inputs. The chosen layers are then left unannotated by the quantizer, which gives
+the same graph.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch.fx import GraphModule, Node
+from torchao.quantization.pt2e.observer import ObserverBase
+
+from edgeship.calibration.samples import Samples
+from edgeship.export.inputs import to_torch
+from edgeship.quantize.quantizer import CONV_OPS, LINEAR_OPS, MATMUL_OPS
+from edgeship.report.compare import accuracy
+
+log = logging.getLogger(__name__)
+
+LAYER_OPS = CONV_OPS | LINEAR_OPS | MATMUL_OPS
+
+
+class _FakeQuant(torch.nn.Module):
+    def __init__(self, observer: ObserverBase) -> None:
+        super().__init__()
+        scale, zero_point = observer.calculate_qparams()
+        self.register_buffer("scale", scale.float())
+        self.register_buffer("zero_point", zero_point.int())
+        self.qmin, self.qmax = int(observer.quant_min), int(observer.quant_max)
+        self.axis = getattr(observer, "ch_axis", None) if scale.numel() > 1 else None
+        self.enabled = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        if self.axis is None:
+            return torch.fake_quantize_per_tensor_affine(x, float(self.scale), int(self.zero_point),
+                                                         self.qmin, self.qmax)
+        return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point, self.axis,
+                                                      self.qmin, self.qmax)
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str  # node name in the exported graph (what the quantizer's skip set holds)
+    op: str
+    module: str  # the nn.Module path it came from
+    observers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    layer: Layer
+    alone: dict  # accuracy with only this layer quantized
+    kept_float: dict  # accuracy with every layer quantized but this one
+
+
+class Simulator:
+    """The calibrated graph with switchable fake quantization, evaluated against float outputs."""
+
+    def __init__(self, prepared: GraphModule, evaluation: Samples, reference) -> None:
+        self.gm = prepared
+        self.evaluation, self.reference = evaluation, reference
+        self.fq: dict[str, _FakeQuant] = {}
+        for node in prepared.graph.nodes:
+            if node.op == "call_module" and isinstance(getattr(prepared, node.target), ObserverBase):
+                fq = _FakeQuant(getattr(prepared, node.target))
+                setattr(prepared, node.target, fq)
+                self.fq[node.target] = fq
+        self.layers = _layers(prepared)
+
+    def evaluate(self, float_layers: set[str] | frozenset[str] = frozenset(), only: str | None = None) -> dict:
+        off = {o for layer in self.layers if layer.name in float_layers for o in layer.observers}
+        on_only = None if only is None else set(next(l for l in self.layers if l.name == only).observers)
+        for name, fq in self.fq.items():
+            fq.enabled = (name in on_only) if on_only is not None else (name not in off)
+        outputs = []
+        with torch.no_grad():
+            for i in range(len(self.evaluation)):
+                result = self.gm(*to_torch(self.evaluation.sample(i)))
+                result = result if isinstance(result, (tuple, list)) else (result,)
+                outputs.append([r.numpy() for r in result])
+        return accuracy(self.reference, outputs)
+
+
+def _observers_of(nodes) -> list[str]:
+    return [n.target for n in nodes if isinstance(n, Node) and n.op == "call_module"]
+
+
+def _downstream_observers(node: Node) -> list[str] | None:
+    """Observers after `node` through value-preserving ops and fused activations, or None when
+    any of them feeds a layer (then it is that layer's input and stays on)."""
+    from edgeship.quantize.quantizer import ACTIVATIONS, SHARING_OPS
+
+    found, frontier = [], list(node.users)
+    while frontier:
+        user = frontier.pop()
+        if user.op == "call_module":
+            found.append(user.target)
+            frontier += list(user.users)
+        elif user.op == "call_function" and user.target in LAYER_OPS:
+            if found:
+                return None
+        elif user.op == "call_function" and (user.target in SHARING_OPS or user.target in ACTIVATIONS):
+            frontier += list(user.users)
+    return found
+
+
+def _layers(prepared: GraphModule) -> list[Layer]:
+    """Each conv/linear/matmul with the observers of its weight and activation inputs, and the
+    ones after its output (through reshapes and fused activations) that no other layer reads."""
+    layers = []
+    for node in prepared.graph.nodes:
+        if node.op != "call_function" or node.target not in LAYER_OPS:
+            continue
+        inputs = _observers_of(node.args)
+        if not inputs:
+            continue
+        outputs = _downstream_observers(node) or []
+        observers = tuple(dict.fromkeys(inputs + outputs))
+        stack = node.meta.get("nn_module_stack") or {}
+        module = list(stack.values())[-1][0] if stack else ""
+        layers.append(Layer(node.name, str(node.target).split(".")[-2], module, observers))
+    return layers
+
+
+def rank(sim: Simulator, metric: str) -> list[Sensitivity]:
+    """Layers ordered by how much keeping each one in float recovers (most first)."""
+    found = []
+    for layer in sim.layers:
+        found.append(Sensitivity(layer, sim.evaluate(only=layer.name), sim.evaluate({layer.name})))
+    return sorted(found, key=lambda s: -_score(s.kept_float, metric))
+
+
+def _score(acc: dict, metric: str) -> float:
+    value = acc[metric]
+    return float("inf") if value is None and metric == "sqnr_db" else float(value if value is not None else 0)
+
+
+def meets(acc: dict, budget: dict) -> bool:
+    return all(_score(acc, metric) >= limit for metric, limit in budget.items())
+
+
+def fewest_float_layers(sim: Simulator, ranked: list[Sensitivity], budget: dict) -> tuple[list[str], dict, bool]:
+    """The shortest prefix of `ranked` to keep in float so the simulated model meets `budget`
+    (`{"cosine": 0.99, "sqnr_db": 25, "top1_agreement": 0.995}`). Binary search over the prefix
+    length (the metric rises, near enough monotonically, as layers return to float); returns
+    (layers, accuracy, met). When even all layers in float cannot meet it, met is False."""
+    names = [s.layer.name for s in ranked]
+    full = sim.evaluate()
+    if meets(full, budget):
+        return [], full, True
+    everything = sim.evaluate(set(names))
+    if not meets(everything, budget):
+        return names, everything, False
+    lo, hi, best = 0, len(names), (names, everything)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        acc = sim.evaluate(set(names[:mid]))
+        if meets(acc, budget):
+            hi, best = mid, (names[:mid], acc)
+        else:
+            lo = mid + 1
+    return best[0], best[1], True

@@ -1,0 +1,57 @@
+"""Accuracy budgets on export: the fewest, most sensitive layers go back to float, verified in the
+real runtimes; an unreachable budget fails with the best it could reach."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+MODELS = str(Path(__file__).parent / "models.py")
+
+
+@pytest.fixture
+def ffn_data(tmp_path: Path) -> Path:
+    np.savez(tmp_path / "ffn.npz", x=np.random.default_rng(0).standard_normal((24, 8, 32)).astype(np.float32))
+    return tmp_path / "ffn.npz"
+
+
+def test_budget_keeps_the_fewest_layers_in_float(tmp_path, ffn_data, monkeypatch, capsys) -> None:
+    code, out, err = run_cli(["export", f"{MODELS}:outlier_ffn", "--target", "host", "--calibration",
+                              str(ffn_data), "--out", str(tmp_path / "plain"), "--format", "json"],
+                             monkeypatch, capsys)
+    assert code == 0, err
+    plain = json.loads(out)
+    plain_sqnr = min(a["accuracy"]["sqnr_db"] for a in plain["artifacts"] if a["precision"] == "int8")
+    target = plain_sqnr + 3.0  # a budget the all-int8 model misses by 3 dB
+    code, out, err = run_cli(["export", f"{MODELS}:outlier_ffn", "--target", "host", "--calibration",
+                              str(ffn_data), "--out", str(tmp_path / "budget"), "--format", "json",
+                              "--min-sqnr", f"{target:.2f}"], monkeypatch, capsys)
+    assert code == 0, err
+    manifest = json.loads(out)
+    choice = manifest["precision_choice"]
+    # the two layers that carry the outlier channel go back to float; the head stays int8
+    assert sorted(choice["keep_float"]) == ["linear", "linear_1"] and choice["candidates"] == 3
+    assert choice["simulated"]["sqnr_db"] >= target
+    for a in manifest["artifacts"]:
+        if a["precision"] == "int8":  # the real runtimes land where the simulation said
+            assert a["accuracy"]["sqnr_db"] >= target - 1.0, a
+    assert plain["precision_choice"] is None
+
+
+def test_unreachable_budget_fails_with_the_best_reached(tmp_path, monkeypatch, capsys) -> None:
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
+    code, _, err = run_cli(["export", f"{MODELS}:tiny_conv_net", "--target", "host", "--calibration",
+                            str(tmp_path / "c.npz"), "--out", str(tmp_path / "o"), "--min-sqnr", "200"],
+                           monkeypatch, capsys)
+    assert code == 1 and "cannot be met" in err and "reaches sqnr_db" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_max_drop_parses_percentages(tmp_path, monkeypatch, capsys) -> None:
+    code, _, err = run_cli(["export", f"{MODELS}:tiny_conv_net", "--target", "host", "--calibration",
+                            str(tmp_path / "none.npz"), "--max-drop", "150%"], monkeypatch, capsys)
+    assert code == 2 and "between 0% and 100%" in err
