@@ -65,19 +65,7 @@ def export(model: str, target: str, calibration: str | Path, *, eval_data: str |
     out = Path(out)
     _check_writable(out)
 
-    from edgeship.calibration.readers import read_samples
-    from edgeship.calibration.samples import split_held_out
-    from edgeship.export import inputs as model_inputs
-    from edgeship.export.load import load_model
-
-    loaded = load_model(model)
-    specs = (model_inputs.specs_from_flags(input_shapes, input_dtypes or [], loaded.input_names)
-             if input_shapes else None)
-    calib = model_inputs.bind(read_samples(calibration, overrides=preprocess), loaded.input_names, specs)
-    if eval_data is not None:
-        evaluation = model_inputs.bind(read_samples(eval_data, overrides=preprocess), loaded.input_names, specs)
-    else:
-        calib, evaluation = split_held_out(calib)
+    loaded, calib, evaluation = _load_inputs(model, calibration, eval_data, input_shapes, input_dtypes, preprocess)
     final = out / loaded.name / device.name
     with _staging(final) as stage:
         manifest = _export_into(stage, loaded, device, resolved, calib, evaluation, progress, budget)
@@ -156,6 +144,73 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
 
 
 RANKING_SAMPLES = 32
+
+
+@dataclass(frozen=True)
+class AnalyzeResult:
+    model: str
+    metric: str
+    all_int8: dict  # simulated accuracy with every layer quantized
+    rows: list[dict]  # ranked: layer, op, module, alone, kept_float, cumulative
+
+
+def analyze(model: str, calibration: str | Path, *, eval_data: str | Path | None = None,
+            input_shapes: list[str] | None = None, input_dtypes: list[str] | None = None,
+            recipe: str = "int8", preprocess: dict | None = None, metric: str = "sqnr_db",
+            progress: Progress = _no_progress) -> AnalyzeResult:
+    """Per-layer sensitivity of `model` under `recipe`, simulated on the eval samples: the accuracy
+    with only that layer quantized, with only that layer kept in float, and with it and every layer
+    ranked above it kept in float (the order `export` uses to meet a budget)."""
+    import copy
+
+    from edgeship.export import capture as cap
+    from edgeship.export.inputs import example_inputs
+    from edgeship.quantize import sensitivity as sens
+    from edgeship.quantize.calibrate import calibrate
+    from edgeship.quantize.recipe import recipe_by_name
+    from edgeship.verify import torch_outputs
+
+    if metric not in ("sqnr_db", "cosine", "top1_agreement"):
+        raise ConfigError(f"unknown metric {metric!r}; use sqnr_db, cosine or top1_agreement")
+    loaded, calib, evaluation = _load_inputs(model, calibration, eval_data, input_shapes, input_dtypes, preprocess)
+    args = example_inputs(calib)
+    flat = cap.FlatOutputs(loaded.module).eval()
+    cap.run_float(flat, args, loaded.source_file)
+    program = cap.capture(flat, args, loaded.source_file)
+    prepared = calibrate(program, recipe_by_name(recipe), calib, progress("calibrate", len(calib)))
+    subset = list(range(min(len(evaluation), RANKING_SAMPLES)))
+    evaluation = evaluation.take(subset, evaluation.source)
+    sim = sens.Simulator(copy.deepcopy(prepared), evaluation, torch_outputs(flat, evaluation))
+    advance = progress("per-layer sensitivity", 2 * len(sim.layers))
+    found = []
+    for layer in sim.layers:
+        alone, kept = sim.evaluate(only=layer.name), sim.evaluate({layer.name})
+        found.append(sens.Sensitivity(layer, alone, kept))
+        advance(2)
+    found.sort(key=lambda x: -sens._score(x.kept_float, metric))
+    rows, kept_float = [], set()
+    for s in found:
+        kept_float.add(s.layer.name)
+        rows.append({"layer": s.layer.name, "op": s.layer.op, "module": s.layer.module, "alone": s.alone,
+                     "kept_float": s.kept_float, "cumulative": sim.evaluate(kept_float)})
+    return AnalyzeResult(loaded.source, metric, sim.evaluate(), rows)
+
+
+def _load_inputs(model, calibration, eval_data, input_shapes, input_dtypes, preprocess):
+    from edgeship.calibration.readers import read_samples
+    from edgeship.calibration.samples import split_held_out
+    from edgeship.export import inputs as model_inputs
+    from edgeship.export.load import load_model
+
+    loaded = load_model(model)
+    specs = (model_inputs.specs_from_flags(input_shapes, input_dtypes or [], loaded.input_names)
+             if input_shapes else None)
+    calib = model_inputs.bind(read_samples(calibration, overrides=preprocess), loaded.input_names, specs)
+    if eval_data is not None:
+        evaluation = model_inputs.bind(read_samples(eval_data, overrides=preprocess), loaded.input_names, specs)
+    else:
+        calib, evaluation = split_held_out(calib)
+    return loaded, calib, evaluation
 
 
 class BudgetError(EdgeshipError):

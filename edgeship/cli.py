@@ -165,6 +165,48 @@ def _floats(flag: str, text: str | None) -> tuple[float, ...] | None:
         raise typer.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint=flag)
 
 
+@app.command(no_args_is_help=True)
+def analyze(
+    model: Annotated[str, typer.Argument(help="path/to/file.py:callable or package.module:callable.")],
+    calibration: CalibrationOpt,
+    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Evaluation samples.")] = None,
+    input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape")] = None,
+    input_dtype: Annotated[Optional[list[str]], typer.Option("--input-dtype")] = None,
+    recipe: Annotated[str, typer.Option("--recipe", "-r")] = "int8",
+    metric: Annotated[str, typer.Option(help="Rank by sqnr_db, cosine or top1_agreement.")] = "sqnr_db",
+    top: Annotated[int, typer.Option(help="Rows to show.")] = 20,
+    format: FormatOpt = Format.table,
+) -> None:
+    """Rank the layers by how much int8 hurts them (simulated on the eval samples).
+
+    Example: edgeship analyze examples/minilm.py:build -c calibration_data/sentences-minilm.npz --metric cosine
+    """
+    from edgeship import api
+
+    _quiet_torch()
+    with _progress() as progress:
+        result = api.analyze(model, calibration, eval_data=eval_data, input_shapes=input_shape,
+                             input_dtypes=input_dtype, recipe=recipe, metric=metric, progress=progress)
+    if format is Format.json:
+        typer.echo(json.dumps({"model": result.model, "metric": result.metric, "all_int8": result.all_int8,
+                               "rows": result.rows}, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    m = result.metric
+    table = Table("rank", "layer", "op", "module", f"{m}: only this int8", f"{m}: this in float",
+                  f"{m}: this and above in float",
+                  title=f"{result.model}: all layers int8 gives {m} {result.all_int8[m]}")
+    def cell(acc: dict) -> str:
+        return "exact" if acc[m] is None and acc["max_abs_error"] == 0 else str(acc[m])
+
+    for i, row in enumerate(result.rows[:top], 1):
+        table.add_row(str(i), row["layer"], row["op"], row["module"], cell(row["alone"]),
+                      cell(row["kept_float"]), cell(row["cumulative"]))
+    Console(width=180).print(table)
+
+
 @app.command()
 def recipes(format: FormatOpt = Format.table) -> None:
     """List the built-in quantization recipes (a .toml/.json file with the same keys works too).

@@ -55,3 +55,18 @@ def test_max_drop_parses_percentages(tmp_path, monkeypatch, capsys) -> None:
     code, _, err = run_cli(["export", f"{MODELS}:tiny_conv_net", "--target", "host", "--calibration",
                             str(tmp_path / "none.npz"), "--max-drop", "150%"], monkeypatch, capsys)
     assert code == 2 and "between 0% and 100%" in err
+
+
+def test_analyze_ranks_layers(ffn_data, monkeypatch, capsys) -> None:
+    code, out, err = run_cli(["analyze", f"{MODELS}:outlier_ffn", "--calibration", str(ffn_data),
+                              "--format", "json"], monkeypatch, capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    rows = result["rows"]
+    assert [r["module"] for r in rows][-1] == "model.head"  # the layer without the outlier matters least
+    gains = [r["kept_float"]["sqnr_db"] for r in rows]
+    assert gains == sorted(gains, reverse=True)
+    # quantizing the head alone costs least; with every layer in float the model is exact
+    assert max(rows, key=lambda r: r["alone"]["sqnr_db"])["module"] == "model.head"
+    assert rows[-1]["cumulative"]["max_abs_error"] == 0.0
+    assert result["all_int8"]["sqnr_db"] < min(gains)
