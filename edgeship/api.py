@@ -103,6 +103,10 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
                                  frozenset(choice["keep_float"]))
     quantized = convert(prepared)
     (stage / "encodings.json").write_text(json.dumps(quantized.encodings, indent=1) + "\n")
+    import numpy as np
+
+    # one real input, for `edgeship bench` and for reproducing a result from this folder
+    np.savez(stage / "sample_inputs.npz", **dict(zip(in_names, evaluation.sample(0))))
     (stage / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1) + "\n")
 
     job = LowerJob(program, quantized, args, tuple(in_names), tuple(out_names), float_onnx)
@@ -245,6 +249,100 @@ def _choose_float_layers(prepared, evaluation, reference, budget: dict, progress
     log.info("keeping %d layer(s) in float for %s: %s", len(layers), wanted, layers)
     return {"budget": budget, "keep_float": layers, "simulated": acc,
             "candidates": len(sim.layers), "ranking_metric": metric}
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    out_dir: Path
+    host: dict
+    rows: list[dict]  # one per artifact: path, runtime, precision, and the measurements
+    ratios: dict  # "int8/fp32 <runtime>" and "<artifact>/fastest int8" median ratios, one run
+    regressions: list[dict]  # against --baseline: artifacts whose median regressed beyond the noise
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.regressions else 0
+
+
+def bench(out_dir: str | Path, *, artifacts: list[str] | None = None, threads: int | None = None,
+          budget_s: float = 2.0, baseline: str | Path | None = None, threshold: float = 0.05,
+          progress: Progress = _no_progress) -> BenchResult:
+    """Time every artifact of an export folder with one method (fresh process each: load time,
+    first inference, warm-up, runs until the median is stable or `budget_s`, median/p90/p99/min,
+    spread, peak memory). Writes OUT_DIR/bench.json and adds it to manifest.json. With `baseline`
+    (an earlier bench.json), medians slower by more than max(threshold, the two runs' spread) are
+    regressions."""
+    from edgeship.runtimes.bench import bench_artifact, host_info
+
+    out_dir = Path(out_dir)
+    manifest_path = out_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise ConfigError(f"{out_dir} holds no manifest.json; pass an export folder (out/<model>/<target>)")
+    inputs = out_dir / "sample_inputs.npz"
+    if not inputs.is_file():
+        raise ConfigError(f"{out_dir} has no sample_inputs.npz (exported by an older edgeship); re-export it")
+    manifest = json.loads(manifest_path.read_text())
+    chosen = [a for a in manifest["artifacts"] if not artifacts or a["path"] in artifacts]
+    if artifacts and len(chosen) != len(set(artifacts)):
+        known = ", ".join(a["path"] for a in manifest["artifacts"])
+        raise ConfigError(f"no artifact named {sorted(set(artifacts) - {a['path'] for a in chosen})} in "
+                          f"{out_dir}; artifacts: {known}")
+    threads = threads or manifest["target"].get("threads", 1)
+    threads = max(1, min(threads, os.cpu_count() or 1))
+    advance = progress("bench", len(chosen))
+    rows = []
+    for a in chosen:
+        rows.append({"path": a["path"], "runtime": a["runtime"], "precision": a["precision"]}
+                    | bench_artifact(a["runtime"], out_dir / a["path"], inputs, threads, budget_s))
+        advance(1)
+    result = BenchResult(out_dir, host_info(), rows, _ratios(rows),
+                         _regressions(rows, Path(baseline), threshold) if baseline else [])
+    record = {"host": result.host, "rows": rows, "ratios": result.ratios}
+    _write_json(out_dir / "bench.json", record)
+    manifest["bench"] = record
+    _write_json(manifest_path, manifest)
+    return result
+
+
+def _ratios(rows: list[dict]) -> dict:
+    ratios = {}
+    for runtime in sorted({r["runtime"] for r in rows}):
+        fp32 = [r for r in rows if r["runtime"] == runtime and r["precision"] == "fp32"]
+        for r in rows:
+            if fp32 and r["runtime"] == runtime and r["precision"] == "int8":
+                ratios[f"{r['path']} / {fp32[0]['path']}"] = round(r["median"] / fp32[0]["median"], 3)
+    int8 = [r for r in rows if r["precision"] == "int8"]
+    if int8:
+        fastest = min(int8, key=lambda r: r["median"])
+        for r in int8:
+            ratios[f"{r['path']} / {fastest['path']} (fastest int8)"] = round(r["median"] / fastest["median"], 3)
+    return ratios
+
+
+def _regressions(rows: list[dict], baseline: Path, threshold: float) -> list[dict]:
+    if not baseline.is_file():
+        raise ConfigError(f"baseline {baseline} does not exist; pass a bench.json from an earlier run")
+    try:
+        base = {r["path"]: r for r in json.loads(baseline.read_text())["rows"]}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"baseline {baseline} is not a bench.json ({exc}); pass one written by edgeship bench") from exc
+    found = []
+    for r in rows:
+        old = base.get(r["path"])
+        if old is None:
+            continue
+        allowed = max(threshold, old["spread"] + r["spread"])
+        change = r["median"] / old["median"] - 1.0
+        if change > allowed:
+            found.append({"path": r["path"], "baseline_median": old["median"], "median": r["median"],
+                          "change": round(change, 4), "allowed": round(allowed, 4)})
+    return found
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
 
 
 def init_project(path: str | Path = "edgeship.toml", force: bool = False) -> Path:

@@ -207,6 +207,54 @@ def analyze(
     Console(width=180).print(table)
 
 
+@app.command(no_args_is_help=True)
+def bench(
+    out_dir: Annotated[Path, typer.Argument(help="An export folder, out/<model>/<target>.")],
+    artifact: Annotated[Optional[list[str]], typer.Option("--artifact", "-a", help="Only this artifact; repeatable.")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Default: the target's, capped by local cores.")] = None,
+    seconds: Annotated[float, typer.Option(min=0.1, help="Time bound per artifact.")] = 2.0,
+    compare: Annotated[bool, typer.Option("--compare", help="Print int8/fp32 and runtime/runtime ratios.")] = False,
+    baseline: Annotated[Optional[Path], typer.Option(help="An earlier bench.json: fail on regressions.")] = None,
+    threshold: Annotated[float, typer.Option(help="Smallest median slowdown counted as a regression.")] = 0.05,
+    format: FormatOpt = Format.table,
+) -> None:
+    """Time every artifact of an export on this machine, one method for all runtimes.
+
+    Example: edgeship bench out/mobilenet_v2/android-arm64 --compare --baseline old/bench.json
+    """
+    from edgeship import api
+
+    with _progress() as progress:
+        result = api.bench(out_dir, artifacts=artifact, threads=threads, budget_s=seconds, baseline=baseline,
+                           threshold=threshold, progress=progress)
+    if format is Format.json:
+        typer.echo(json.dumps({"host": result.host, "rows": result.rows, "ratios": result.ratios,
+                               "regressions": result.regressions}, indent=1))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        host = result.host
+        table = Table("artifact", "runtime", "precision", "load ms", "first ms", "median ms", "p90", "p99", "min",
+                      "spread", "runs", "peak MB", "threads",
+                      title=f"{out_dir} on {host['cpu_model']} ({host['cpu_count']} cpus, governor {host['governor']})")
+        for r in result.rows:
+            table.add_row(r["path"], r["runtime"], r["precision"], f"{r['load_ms']:.1f}",
+                          f"{r['first_inference_ms']:.2f}", f"{r['median']:.3f}", f"{r['p90']:.3f}",
+                          f"{r['p99']:.3f}", f"{r['min']:.3f}", f"{r['spread']:.2f}", str(r["runs"]),
+                          f"{r['peak_rss_mb']:.0f}", str(r["threads"]))
+        console = Console(width=200)
+        console.print(table)
+        if compare:
+            for name, ratio in result.ratios.items():
+                console.print(f"{name}: {ratio:.3f}x")
+        for reg in result.regressions:
+            console.print(f"REGRESSION {reg['path']}: median {reg['baseline_median']:.3f} -> {reg['median']:.3f} ms "
+                          f"(+{reg['change'] * 100:.1f}%, allowed +{reg['allowed'] * 100:.1f}%)")
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
+
+
 @app.command()
 def recipes(format: FormatOpt = Format.table) -> None:
     """List the built-in quantization recipes (a .toml/.json file with the same keys works too).

@@ -10,6 +10,9 @@ import numpy as np
 from edgeship.errors import RuntimeFailure
 from edgeship.runtimes.base import TensorInfo
 
+# the session settings an ARM build uses: int8 QDQ kept signed (no uint8 rewrite)
+ARM_SESSION_CONFIG = {"session.qdqisint8allowed": "1"}
+
 _TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32",
           "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool",
           "tensor(float16)": "float16"}
@@ -18,8 +21,6 @@ _TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)":
 class OnnxRuntimeSession:
     def __init__(self, path: Path, threads: int, device_numerics: bool = True) -> None:
         import onnxruntime as ort
-
-        from edgeship.targets.onnxruntime import ARM_SESSION_CONFIG
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads

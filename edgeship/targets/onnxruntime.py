@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from edgeship.errors import ExportError
+from edgeship.runtimes.onnxruntime import ARM_SESSION_CONFIG
 from edgeship.targets.base import Artifact, LowerJob, count_ops
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,6 @@ _INT8_KERNELS = {"QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinear
                  "QLinearGlobalAveragePool", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu",
                  "QLinearSoftmax", "QuantizeLinear", "DequantizeLinear", "MatMulInteger", "ConvInteger",
                  "DynamicQuantizeLinear", "MaxPool", "QAttention", "DynamicQuantizeMatMul"}
-# the session settings an ARM build of ONNX Runtime uses: int8 QDQ kept signed (no u8 rewrite)
-ARM_SESSION_CONFIG = {"session.qdqisint8allowed": "1"}
 
 
 class OnnxRuntimeAdapter:
