@@ -126,13 +126,24 @@ def export(
 
 
 @app.command()
-def targets(format: FormatOpt = Format.table) -> None:
-    """List the built-in device targets.
+def targets(show: Annotated[Optional[str], typer.Option("--show", help="Show one profile in full.")] = None,
+            format: FormatOpt = Format.table) -> None:
+    """List the built-in device targets (or show one with --show NAME).
 
-    Example: edgeship targets --format json
+    Example: edgeship targets --show raspberry-pi-5
     """
     from edgeship import api
 
+    if show is not None:
+        from edgeship.targets.devices import load_device
+
+        device = load_device(show)
+        if format is Format.json:
+            typer.echo(json.dumps(device.to_dict(), indent=1))
+        else:
+            for key, value in device.to_dict().items():
+                typer.echo(f"{key:12s} {', '.join(value) if isinstance(value, tuple) else value}")
+        return
     devices = api.list_targets()
     if format is Format.json:
         typer.echo(json.dumps([d.to_dict() for d in devices], indent=1))
@@ -140,9 +151,10 @@ def targets(format: FormatOpt = Format.table) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("target", "os / abi", "runtimes", "threads", "description")
+    table = Table("target", "os / abi", "cores", "int8 ISA", "threads", "reach", "description")
     for d in devices:
-        table.add_row(d.name, f"{d.os} / {d.abi}", ", ".join(d.runtimes), str(d.threads), d.description)
+        table.add_row(d.name, f"{d.os} / {d.abi}", str(d.cores), ", ".join(d.isa) or "-", str(d.threads),
+                      d.reach, d.description)
     Console(width=160).print(table)
 
 

@@ -73,3 +73,20 @@ def test_recipes_and_recipe_files(tmp_path, monkeypatch, capsys) -> None:
         assert "unknown recipe key(s) activation_methd; valid keys:" in str(exc)
     else:
         raise AssertionError("an unknown recipe key was accepted")
+
+
+def test_every_builtin_profile_loads_and_shows(monkeypatch, capsys) -> None:
+    from edgeship.targets.devices import all_devices
+
+    names = {d.name for d in all_devices()}
+    assert {"android-arm64", "pixel-8", "galaxy-s24", "raspberry-pi-5", "raspberry-pi-4", "jetson-orin-cpu",
+            "ios-arm64", "linux-arm64", "host"} <= names
+    code, out, _ = run_cli(["targets", "--show", "raspberry-pi-4", "--format", "json"], monkeypatch, capsys)
+    assert code == 0 and "dotprod" not in json.loads(out)["isa"]
+
+
+def test_user_profile_with_unknown_key(tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "board.toml").write_text('description = "x"\nos = "linux"\nabi = "aarch64"\ncores = 4\n'
+                                         'isa = []\nruntimes = ["litert"]\nthreadz = 2\n')
+    code, _, err = run_cli(["targets", "--show", str(tmp_path / "board.toml")], monkeypatch, capsys)
+    assert code == 1 and "unknown key(s) threadz; valid keys:" in err
