@@ -266,12 +266,14 @@ class BenchResult:
 
 def bench(out_dir: str | Path, *, artifacts: list[str] | None = None, threads: int | None = None,
           budget_s: float = 2.0, baseline: str | Path | None = None, threshold: float = 0.05,
+          profile: bool = False, fail_on_fallback: bool = False, min_delegated: float | None = None,
           progress: Progress = _no_progress) -> BenchResult:
     """Time every artifact of an export folder with one method (fresh process each: load time,
     first inference, warm-up, runs until the median is stable or `budget_s`, median/p90/p99/min,
     spread, peak memory). Writes OUT_DIR/bench.json and adds it to manifest.json. With `baseline`
     (an earlier bench.json), medians slower by more than max(threshold, the two runs' spread) are
-    regressions."""
+    regressions. `profile` adds per-op profiles; `fail_on_fallback` / `min_delegated` (a share)
+    turn int8 artifacts with ops outside int8 kernels or the delegate into failures."""
     from edgeship.runtimes.bench import bench_artifact, host_info
 
     out_dir = Path(out_dir)
@@ -295,13 +297,42 @@ def bench(out_dir: str | Path, *, artifacts: list[str] | None = None, threads: i
         rows.append({"path": a["path"], "runtime": a["runtime"], "precision": a["precision"]}
                     | bench_artifact(a["runtime"], out_dir / a["path"], inputs, threads, budget_s))
         advance(1)
+    gate = []
+    if profile or fail_on_fallback or min_delegated is not None:
+        gate = _profiles(out_dir, rows, inputs, threads, fail_on_fallback, min_delegated, progress)
     result = BenchResult(out_dir, host_info(), rows, _ratios(rows),
-                         _regressions(rows, Path(baseline), threshold) if baseline else [])
+                         (_regressions(rows, Path(baseline), threshold) if baseline else []) + gate)
     record = {"host": result.host, "rows": rows, "ratios": result.ratios}
     _write_json(out_dir / "bench.json", record)
     manifest["bench"] = record
     _write_json(manifest_path, manifest)
     return result
+
+
+def _profiles(out_dir: Path, rows: list[dict], inputs: Path, threads: int, fail_on_fallback: bool,
+              min_delegated: float | None, progress: Progress) -> list[dict]:
+    """Adds `profile` and `delegated_share` to each row; returns the gate failures."""
+    import numpy as np
+
+    from edgeship.runtimes.profile import delegated_share, fallbacks, profile
+
+    with np.load(inputs) as data:
+        arrays = [data[k] for k in data.files]
+    failures = []
+    advance = progress("per-op profiles", len(rows))
+    for row in rows:
+        prof = profile(row["runtime"], out_dir / row["path"], arrays, threads)
+        row["profile"], row["delegated_share"] = prof, delegated_share(prof)
+        advance(1)
+        if row["precision"] != "int8":
+            continue
+        fell_back = fallbacks(prof)
+        if fail_on_fallback and fell_back:
+            failures.append({"path": row["path"], "gate": "fallback", "ops": fell_back})
+        if min_delegated is not None and row["delegated_share"] < min_delegated:
+            failures.append({"path": row["path"], "gate": "min_delegated", "share": row["delegated_share"],
+                             "required": min_delegated})
+    return failures
 
 
 def _ratios(rows: list[dict]) -> dict:

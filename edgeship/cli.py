@@ -163,7 +163,7 @@ def _percent(flag: str, text: str) -> float:
         value = float(text.rstrip("%")) / (100.0 if text.endswith("%") else 1.0)
     except ValueError:
         raise typer.BadParameter(f"{text!r} is not a number or a percentage like 0.5%", param_hint=flag)
-    if not 0.0 <= value < 1.0:
+    if not 0.0 <= value <= 1.0:
         raise typer.BadParameter(f"{text!r} must be between 0% and 100%", param_hint=flag)
     return value
 
@@ -228,6 +228,11 @@ def bench(
     compare: Annotated[bool, typer.Option("--compare", help="Print int8/fp32 and runtime/runtime ratios.")] = False,
     baseline: Annotated[Optional[Path], typer.Option(help="An earlier bench.json: fail on regressions.")] = None,
     threshold: Annotated[float, typer.Option(help="Smallest median slowdown counted as a regression.")] = 0.05,
+    profile: Annotated[bool, typer.Option("--profile", help="Per-op profile of each artifact.")] = False,
+    fail_on_fallback: Annotated[bool, typer.Option("--fail-on-fallback", help="Fail when an int8 artifact runs "
+                                "any op outside int8 kernels / the delegate.")] = False,
+    min_delegated: Annotated[Optional[str], typer.Option(help="Fail below this share of int8/delegated ops, "
+                             "e.g. 95%.")] = None,
     format: FormatOpt = Format.table,
 ) -> None:
     """Time every artifact of an export on this machine, one method for all runtimes.
@@ -238,7 +243,9 @@ def bench(
 
     with _progress() as progress:
         result = api.bench(out_dir, artifacts=artifact, threads=threads, budget_s=seconds, baseline=baseline,
-                           threshold=threshold, progress=progress)
+                           threshold=threshold, profile=profile, fail_on_fallback=fail_on_fallback,
+                           min_delegated=_percent("--min-delegated", min_delegated) if min_delegated else None,
+                           progress=progress)
     if format is Format.json:
         typer.echo(json.dumps({"host": result.host, "rows": result.rows, "ratios": result.ratios,
                                "regressions": result.regressions}, indent=1))
@@ -260,7 +267,21 @@ def bench(
         if compare:
             for name, ratio in result.ratios.items():
                 console.print(f"{name}: {ratio:.3f}x")
+        for r in result.rows:
+            if "profile" not in r:
+                continue
+            console.print(f"\n{r['path']}: {r['delegated_share'] * 100:.1f}% of compute ops int8/delegated")
+            for op in r["profile"]["ops"][:12]:
+                flag = op.get("delegated", op.get("int8"))
+                timing = f"{op['ms_per_run']:.4f} ms ({op['share'] * 100:.1f}%)" if op["ms_per_run"] is not None else "-"
+                console.print(f"  {op['op']:40s} x{op['count']:<4d} {timing:24s} "
+                              f"{'-' if flag is None else 'yes' if flag else 'NO'}")
         for reg in result.regressions:
+            if "gate" in reg:
+                console.print(f"FAILED {reg['gate']} {reg['path']}: "
+                              + (", ".join(reg["ops"]) if reg["gate"] == "fallback" else
+                                 f"{reg['share'] * 100:.1f}% < {reg['required'] * 100:.1f}%"))
+                continue
             console.print(f"REGRESSION {reg['path']}: median {reg['baseline_median']:.3f} -> {reg['median']:.3f} ms "
                           f"(+{reg['change'] * 100:.1f}%, allowed +{reg['allowed'] * 100:.1f}%)")
     if result.exit_code:

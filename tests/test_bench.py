@@ -65,3 +65,24 @@ def test_baseline_within_noise_passes(export_dir, tmp_path, monkeypatch, capsys)
 def test_bench_needs_an_export_folder(tmp_path, monkeypatch, capsys) -> None:
     code, _, err = run_cli(["bench", str(tmp_path)], monkeypatch, capsys)
     assert code == 1 and "holds no manifest.json" in err
+
+
+def test_profiles_and_delegation_gates(export_dir, monkeypatch, capsys) -> None:
+    args = ["bench", str(export_dir), "--seconds", "0.2", "--format", "json", "--profile"]
+    code, out, err = run_cli(args + ["--artifact", "model.int8.pte", "--artifact", "model.int8.onnx",
+                                     "--artifact", "model.int8.tflite", "--min-delegated", "50%"],
+                             monkeypatch, capsys)
+    assert code == 0, err
+    rows = {r["path"]: r for r in json.loads(out)["rows"]}
+    et = rows["model.int8.pte"]["profile"]
+    assert rows["model.int8.pte"]["delegated_share"] == 1.0
+    assert any("QC8" in op["op"] and op["delegated"] for op in et["ops"])  # XNNPACK's int8 convolutions
+    assert all(op["ms_per_run"] >= 0 for op in et["ops"])
+    ort_ops = {op["op"]: op for op in rows["model.int8.onnx"]["profile"]["ops"]}
+    assert ort_ops["QLinearConv"]["count"] == 3 and ort_ops["QLinearConv"]["int8"] is True
+    assert ort_ops["ReduceMean"]["int8"] is False  # global average pooling stays float in ONNX Runtime
+    assert rows["model.int8.tflite"]["profile"]["timed"] is False
+    # the same ReduceMean fails a build that allows no fallback
+    code, out, _ = run_cli(["bench", str(export_dir), "--seconds", "0.2", "--artifact", "model.int8.onnx",
+                            "--fail-on-fallback"], monkeypatch, capsys)
+    assert code == 1 and "FAILED fallback model.int8.onnx: ReduceMean" in out
