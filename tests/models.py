@@ -116,3 +116,7 @@ def outlier_ffn(seed: int = 0) -> OutlierFFN:
         net.up.weight[5] *= 60.0  # hidden channel 5 is ~60x larger than the rest
         net.up.bias[5] = 20.0
     return net.eval()
+
+
+def broken_builder():
+    return torch.nn.Embedding(10, 4, padding_idx=12)  # raises inside torch: the user's bug

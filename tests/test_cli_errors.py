@@ -155,3 +155,9 @@ def test_interrupt_leaves_no_folder(tmp_path, npz, monkeypatch, capsys) -> None:
     code, _, err = _export(monkeypatch, capsys, f"{MODELS}:tiny_conv_net", npz, tmp_path / "out")
     assert code == 130 and "interrupted; no output was written" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_builder_that_raises(tmp_path, npz, monkeypatch, capsys) -> None:
+    code, _, err = _export(monkeypatch, capsys, f"{MODELS}:broken_builder", npz, tmp_path / "out")
+    _assert_clean_failure(code, err, tmp_path / "out", "broken_builder() raised AssertionError")
+    assert "models.py:" in err and "padding_idx=12" in err

@@ -47,7 +47,14 @@ def load_model(source: str) -> LoadedModel:
     if not callable(factory):
         raise ModelLoadError(f"{where}:{attr} is a {type(factory).__name__}, not a callable; "
                              "name a function or class that returns an nn.Module")
-    net = factory() if not isinstance(factory, torch.nn.Module) else factory
+    try:
+        net = factory() if not isinstance(factory, torch.nn.Module) else factory
+    except Exception as exc:  # user code: report it as theirs, with their line
+        from edgeship.export.capture import _user_line
+
+        where = _user_line(exc, getattr(module, "__file__", None))
+        raise ModelLoadError(f"{where_name(source)} raised {type(exc).__name__}: {str(exc).strip()[:300]}{where}; "
+                             "fix the model's builder") from exc
     if not isinstance(net, torch.nn.Module):
         raise ModelLoadError(
             f"{where}:{attr}() returned {type(net).__name__}, not a torch.nn.Module; "
@@ -56,6 +63,10 @@ def load_model(source: str) -> LoadedModel:
     name = _model_name(where, attr)
     source_file = getattr(module, "__file__", None)
     return LoadedModel(net, name, source, source_file, _input_names(net))
+
+
+def where_name(source: str) -> str:
+    return f"{source}()"
 
 
 def _model_name(where: str, attr: str) -> str:
