@@ -120,3 +120,21 @@ def outlier_ffn(seed: int = 0) -> OutlierFFN:
 
 def broken_builder():
     return torch.nn.Embedding(10, 4, padding_idx=12)  # raises inside torch: the user's bug
+
+
+class Branches(nn.Module):
+    """Two conv branches concatenated (Inception/DenseNet style), then a 1x1 conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], dim=1)).mean((2, 3))
+
+
+def branches() -> Branches:
+    torch.manual_seed(0)
+    return Branches().eval()

@@ -120,3 +120,15 @@ def test_transformer_layer_in_every_runtime(tmp_path, runtime) -> None:
         # layer norm output is float: reported, not hidden
         if runtime != "executorch":
             assert artifact.not_quantized, artifact.path.name
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "executorch", "litert"])
+def test_int8_concat_in_every_runtime(tmp_path, runtime) -> None:
+    from models import branches
+
+    job, flat, held = _job(branches(), (3, 16, 16), tmp_path)
+    simulated = torch_outputs(job.quantized.folded, held)
+    scales = output_scales(job.quantized.folded)
+    for artifact in get_adapter(runtime).lower(job, tmp_path, ("int8",)):
+        outputs = _run(artifact, held)
+        assert max_steps(simulated, outputs, scales) <= 2.0, artifact.path.name

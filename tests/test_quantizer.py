@@ -53,3 +53,40 @@ def test_activation_scales_cover_the_observed_range() -> None:
         qmax = (enc["quant_max"] - enc["zero_point"]) * enc["scale"]
         # histogram calibration may clip outliers but never widens the range past what was seen
         assert qmin >= min(lo, 0.0) - 2 * enc["scale"] and qmax <= max(hi, 0.0) + 2 * enc["scale"], name
+
+
+def test_concat_of_int8_tensors_shares_one_range() -> None:
+    class Branches(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 4, 1)
+            self.b = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.head = torch.nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.head(torch.cat([torch.relu(self.a(x)), self.b(x)], dim=1))
+
+    torch.manual_seed(0)
+    q, _ = _quantize(Branches().eval(), (3, 8, 8))
+    cat = next(n for n in q.folded.graph.nodes if n.op == "call_function" and "cat" in str(n.target))
+    scales = {float(a.args[1]) for a in cat.args[0]}
+    assert len(scales) == 1  # one observer for both branches and the output
+    (user,) = cat.users
+    assert float(user.args[1]) in scales
+
+
+def test_concat_with_a_float_input_stays_float() -> None:
+    class ClassToken(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.patch = torch.nn.Conv2d(3, 8, 4, 4)
+            self.cls = torch.nn.Parameter(torch.randn(1, 1, 8) * 0.02)
+
+        def forward(self, x):
+            tokens = self.patch(x).flatten(2).transpose(1, 2)
+            return torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], dim=1)
+
+    torch.manual_seed(0)
+    q, _ = _quantize(ClassToken().eval(), (3, 16, 16))
+    cat = next(n for n in q.folded.graph.nodes if n.op == "call_function" and "cat" in str(n.target))
+    assert not any("quantize_per_tensor" in str(u.target) for u in cat.users)
