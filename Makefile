@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean browser
+.PHONY: demo test bench clean system-packages
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -20,12 +20,14 @@ demo: $(STAMP)
 	$(BIN)/edgeship export examples/mobilenet_v2.py:build --target android-arm64 \
 		--calibration calibration_data/imagenet-sample --out out
 
-# Debian's Chromium renders the HTML build report in a test; installed when missing (needs root)
-browser:
-	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
-		|| echo "chromium could not be installed: the HTML report test will be skipped"
+# Debian packages some tests use: Chromium renders the HTML build report, an OpenSSH server stands in
+# for a remote device. Installed when missing (needs root); without them those tests are skipped.
+system-packages:
+	@(command -v chromium >/dev/null 2>&1 && test -x /usr/sbin/sshd) || \
+		(apt-get update -qq && apt-get install -y -qq chromium openssh-server >/dev/null) \
+		|| echo "chromium / openssh-server could not be installed: their tests will be skipped"
 
-test: $(STAMP) browser
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -x -q tests
 
 bench: $(STAMP)

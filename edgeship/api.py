@@ -267,13 +267,16 @@ class BenchResult:
 def bench(out_dir: str | Path, *, artifacts: list[str] | None = None, threads: int | None = None,
           budget_s: float = 2.0, baseline: str | Path | None = None, threshold: float = 0.05,
           profile: bool = False, fail_on_fallback: bool = False, min_delegated: float | None = None,
-          progress: Progress = _no_progress) -> BenchResult:
+          device: str | None = None, ssh_config: str | Path | None = None, remote_python: str = "python3",
+          setup: bool = False, progress: Progress = _no_progress) -> BenchResult:
     """Time every artifact of an export folder with one method (fresh process each: load time,
     first inference, warm-up, runs until the median is stable or `budget_s`, median/p90/p99/min,
     spread, peak memory). Writes OUT_DIR/bench.json and adds it to manifest.json. With `baseline`
     (an earlier bench.json), medians slower by more than max(threshold, the two runs' spread) are
     regressions. `profile` adds per-op profiles; `fail_on_fallback` / `min_delegated` (a share)
-    turn int8 artifacts with ops outside int8 kernels or the delegate into failures."""
+    turn int8 artifacts with ops outside int8 kernels or the delegate into failures. `device`
+    (ssh://[user@]host[:port]) runs the same runner there, and checks each artifact's outputs there
+    against this machine's (`vs_host_max_abs`); `setup` first installs the runtime wheels on it."""
     from edgeship.runtimes.bench import bench_artifact, host_info
 
     out_dir = Path(out_dir)
@@ -293,20 +296,59 @@ def bench(out_dir: str | Path, *, artifacts: list[str] | None = None, threads: i
     threads = max(1, min(threads, os.cpu_count() or 1))
     advance = progress("bench", len(chosen))
     rows = []
-    for a in chosen:
+    if device is not None:
+        rows = _bench_remote(out_dir, chosen, inputs, threads, budget_s, device, ssh_config, remote_python,
+                             setup, advance)
+    for a in chosen if device is None else []:
         rows.append({"path": a["path"], "runtime": a["runtime"], "precision": a["precision"]}
                     | bench_artifact(a["runtime"], out_dir / a["path"], inputs, threads, budget_s))
         advance(1)
     gate = []
     if profile or fail_on_fallback or min_delegated is not None:
         gate = _profiles(out_dir, rows, inputs, threads, fail_on_fallback, min_delegated, progress)
-    result = BenchResult(out_dir, host_info(), rows, _ratios(rows),
+    host = host_info() if device is None else rows[0]["device_info"] if rows else {}
+    result = BenchResult(out_dir, host, rows, _ratios(rows),
                          (_regressions(rows, Path(baseline), threshold) if baseline else []) + gate)
     record = {"host": result.host, "rows": rows, "ratios": result.ratios}
     _write_json(out_dir / "bench.json", record)
     manifest["bench"] = record
     _write_json(manifest_path, manifest)
     return result
+
+
+RUNTIME_WHEELS = {"onnxruntime": "onnxruntime==1.31.1", "litert": "ai-edge-litert==2.3.0",
+                  "executorch": "executorch==1.5.1"}
+
+
+def _bench_remote(out_dir: Path, chosen: list[dict], inputs: Path, threads: int, budget_s: float, url: str,
+                  ssh_config, python: str, setup: bool, advance) -> list[dict]:
+    import tempfile
+
+    from edgeship.runtimes.bench import SSHDevice, bench_artifact, max_difference
+    from edgeship.runtimes.onnxruntime import ARM_SESSION_CONFIG
+
+    dev = SSHDevice(url, Path(ssh_config) if ssh_config else None, python)
+    dev.push([out_dir / a["path"] for a in chosen] + [inputs])
+    try:
+        if setup:
+            dev.setup(sorted({RUNTIME_WHEELS[a["runtime"]] for a in chosen}) + ["numpy"])
+        info = dev.info()
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            for a in chosen:
+                # the device's numerics: ONNX Runtime keeps int8 QDQ signed, as its ARM builds do
+                config = ARM_SESSION_CONFIG if a["runtime"] == "onnxruntime" else {}
+                remote = dev.bench(a["runtime"], a["path"], inputs.name, threads, budget_s, tmp, config)
+                local_out = tmp / f"host-{a['path']}.npz"
+                bench_artifact(a["runtime"], out_dir / a["path"], inputs, threads, 0.05, local_out, config)
+                rows.append({"path": a["path"], "runtime": a["runtime"], "precision": a["precision"],
+                             "device": url, "device_info": info} | remote
+                            | {"vs_host_max_abs": max_difference(tmp / f"out-{a['path']}.npz", local_out)})
+                advance(1)
+    finally:
+        dev.clean()
+    return rows
 
 
 def _profiles(out_dir: Path, rows: list[dict], inputs: Path, threads: int, fail_on_fallback: bool,

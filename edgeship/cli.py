@@ -233,6 +233,11 @@ def bench(
                                 "any op outside int8 kernels / the delegate.")] = False,
     min_delegated: Annotated[Optional[str], typer.Option(help="Fail below this share of int8/delegated ops, "
                              "e.g. 95%.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="Run on ssh://[user@]host[:port] instead of here.")] = None,
+    ssh_config: Annotated[Optional[Path], typer.Option(help="ssh config file (default: your own).")] = None,
+    remote_python: Annotated[str, typer.Option(help="Python on the device.")] = "python3",
+    setup: Annotated[bool, typer.Option("--setup", help="Install the runtime wheels on the device first, "
+                     "into ~/.edgeship/site there.")] = False,
     format: FormatOpt = Format.table,
 ) -> None:
     """Time every artifact of an export on this machine, one method for all runtimes.
@@ -245,6 +250,7 @@ def bench(
         result = api.bench(out_dir, artifacts=artifact, threads=threads, budget_s=seconds, baseline=baseline,
                            threshold=threshold, profile=profile, fail_on_fallback=fail_on_fallback,
                            min_delegated=_percent("--min-delegated", min_delegated) if min_delegated else None,
+                           device=device, ssh_config=ssh_config, remote_python=remote_python, setup=setup,
                            progress=progress)
     if format is Format.json:
         typer.echo(json.dumps({"host": result.host, "rows": result.rows, "ratios": result.ratios,

@@ -1,0 +1,151 @@
+"""The benchmark runner: one self-contained file (numpy and the runtime's own package, nothing from
+edgeship) so that it runs the same way here and on a remote device after a copy.
+
+    python runner.py RUNTIME ARTIFACT INPUTS.npz THREADS BUDGET_S [OUTPUTS.npz] [KEY=VALUE ...]
+
+Loads the artifact, times the first inference, warms up, then runs until the median is stable or the
+time bound passes; prints one JSON line. With OUTPUTS.npz it also saves the outputs of one run, for
+comparing devices. KEY=VALUE pairs are ONNX Runtime session config entries.
+"""
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+import numpy as np
+
+MIN_RUNS, MAX_RUNS, WARMUP = 10, 2000, 5
+
+
+def _ort(path, threads, config):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    for key, value in config.items():
+        options.add_session_config_entry(key, value)
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    types = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+    dtypes = [types.get(i.type, np.float32) for i in session.get_inputs()]
+    return lambda xs: session.run(None, {n: np.asarray(x, d) for n, x, d in zip(names, xs, dtypes)})
+
+
+def _executorch(path, threads, config):
+    import torch
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime
+
+    try:
+        import executorch.kernels.quantized  # noqa: F401  quantized ops outside the delegate
+    except ImportError:
+        pass
+    if portable_lib._threadpool_get_thread_count() != threads:
+        portable_lib._unsafe_reset_threadpool(threads)
+    method = Runtime.get().load_program(path).load_method("forward")
+    return lambda xs: [o.numpy() for o in method.execute([torch.from_numpy(np.ascontiguousarray(x)) for x in xs])]
+
+
+def _litert(path, threads, config):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        from tflite_runtime.interpreter import Interpreter
+    interp = Interpreter(model_path=path, num_threads=threads)
+    interp.allocate_tensors()
+    ins, outs = interp.get_input_details(), interp.get_output_details()
+
+    def run(xs):
+        for d, x in zip(ins, xs):
+            scale, zero = d["quantization"]
+            if scale and np.dtype(d["dtype"]).kind in "iu":
+                info = np.iinfo(d["dtype"])
+                x = np.clip(np.round(np.asarray(x, np.float32) / scale) + zero, info.min, info.max)
+            interp.set_tensor(d["index"], np.ascontiguousarray(x, dtype=d["dtype"]))
+        interp.invoke()
+        result = []
+        for d in outs:
+            y = interp.get_tensor(d["index"])
+            scale, zero = d["quantization"]
+            result.append((y.astype(np.float32) - zero) * scale if scale and y.dtype.kind in "iu" else np.array(y))
+        return result
+
+    return run
+
+
+LOADERS = {"onnxruntime": _ort, "executorch": _executorch, "litert": _litert}
+SDK_MODULES = {"onnxruntime": ("onnxruntime",),
+               "executorch": ("torch", "executorch.runtime", "executorch.extension.pybindings.portable_lib"),
+               "litert": ("ai_edge_litert.interpreter",)}
+
+
+def _stable(times):
+    """The median of the last half agrees with the median of all runs within 2%."""
+    if len(times) < 2 * MIN_RUNS:
+        return False
+    recent, overall = float(np.median(times[len(times) // 2:])), float(np.median(times))
+    return abs(recent - overall) <= 0.02 * overall
+
+
+def measure(runtime, path, inputs, threads, budget_s, config):
+    import importlib
+
+    for module in SDK_MODULES[runtime]:  # imported before the clock starts
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass
+    started = time.perf_counter()
+    run = LOADERS[runtime](path, threads, config)
+    load_ms = (time.perf_counter() - started) * 1000
+    t0 = time.perf_counter()
+    outputs = run(inputs)
+    first_ms = (time.perf_counter() - t0) * 1000
+    for _ in range(WARMUP):
+        run(inputs)
+    times = []
+    bench_start = time.perf_counter()
+    while len(times) < MAX_RUNS:
+        t0 = time.perf_counter()
+        run(inputs)
+        times.append((time.perf_counter() - t0) * 1000)
+        elapsed = time.perf_counter() - bench_start
+        if len(times) >= MIN_RUNS and (elapsed >= budget_s or (_stable(times) and elapsed >= budget_s / 4)):
+            break
+    arr = np.array(times)
+    median = float(np.median(arr))
+    result = {
+        "load_ms": round(load_ms, 3), "first_inference_ms": round(first_ms, 3), "warmup": WARMUP,
+        "runs": len(times), "median": round(median, 4), "p90": round(float(np.percentile(arr, 90)), 4),
+        "p99": round(float(np.percentile(arr, 99)), 4), "min": round(float(arr.min()), 4),
+        "spread": round(float((np.percentile(arr, 90) - np.percentile(arr, 10)) / median), 4),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "threads": threads, "stable": _stable(times), "machine": platform.machine(),
+    }
+    return result, outputs
+
+
+def main(argv):
+    runtime, path, inputs_path, threads, budget = argv[:5]
+    rest = argv[5:]
+    outputs_path = rest.pop(0) if rest and rest[0].endswith(".npz") else None
+    config = dict(pair.split("=", 1) for pair in rest)
+    with np.load(inputs_path) as data:
+        inputs = [data[k] for k in data.files]
+    result, outputs = measure(runtime, path, inputs, int(threads), float(budget), config)
+    if outputs_path:
+        np.savez(outputs_path, *[np.asarray(o) for o in outputs])
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    # run as a script, this file's folder comes first on sys.path; next to it in edgeship's sources
+    # sit modules named like the runtimes' packages (onnxruntime.py), which must not shadow them
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    main(sys.argv[1:])

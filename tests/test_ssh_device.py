@@ -1,0 +1,104 @@
+"""`edgeship bench --device ssh://...` against a real OpenSSH server started on 127.0.0.1 with
+throwaway keys: artifacts and the runner are pushed, run there, and results and outputs come back.
+The "device" here is this x86_64 machine (no aarch64 emulation yet)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
+MODELS = str(Path(__file__).parent / "models.py")
+
+pytestmark = pytest.mark.skipif(SSHD is None, reason="OpenSSH server not installed (make test installs it as root)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ssh_host(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sshd")
+    for key in ("host_key", "user_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True)
+    (d / "authorized_keys").write_text((d / "user_key.pub").read_text())
+    (d / "authorized_keys").chmod(0o600)
+    port = _free_port()
+    (d / "sshd_config").write_text(f"""Port {port}
+ListenAddress 127.0.0.1
+HostKey {d / 'host_key'}
+AuthorizedKeysFile {d / 'authorized_keys'}
+PasswordAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin prohibit-password
+StrictModes no
+UsePAM no
+PidFile {d / 'sshd.pid'}
+Subsystem sftp /usr/lib/openssh/sftp-server
+""")
+    Path("/run/sshd").mkdir(exist_ok=True) if os.geteuid() == 0 else None
+    server = subprocess.Popen([SSHD, "-D", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")])
+    user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    (d / "ssh_config").write_text(f"""Host test-device
+  HostName 127.0.0.1
+  Port {port}
+  User {user}
+  IdentityFile {d / 'user_key'}
+  StrictHostKeyChecking no
+  UserKnownHostsFile /dev/null
+  LogLevel ERROR
+""")
+    for _ in range(50):
+        ok = subprocess.run(["ssh", "-F", str(d / "ssh_config"), "-o", "BatchMode=yes", "test-device", "true"],
+                            capture_output=True)
+        if ok.returncode == 0:
+            break
+        time.sleep(0.2)
+    else:
+        server.terminate()
+        pytest.fail(f"sshd did not come up: {(d / 'sshd.log').read_text()[-2000:]}")
+    yield d / "ssh_config"
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory) -> Path:
+    from edgeship import api
+
+    root = tmp_path_factory.mktemp("export")
+    np.savez(root / "c.npz", x=np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
+    return api.export(f"{MODELS}:tiny_conv_net", "linux-arm64", root / "c.npz", out=root / "out").out_dir
+
+
+def test_bench_over_ssh_matches_this_machine(ssh_host, export_dir, monkeypatch, capsys) -> None:
+    code, out, err = run_cli(["bench", str(export_dir), "--device", "ssh://test-device", "--ssh-config",
+                              str(ssh_host), "--remote-python", sys.executable, "--seconds", "0.2",
+                              "--format", "json"], monkeypatch, capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert len(result["rows"]) == 7 and result["host"]["device"] == "test-device"
+    for row in result["rows"]:
+        assert row["device"] == "ssh://test-device" and row["runs"] >= 10
+        assert row["vs_host_max_abs"] == 0.0, row  # the same runtime builds: identical outputs
+    bench = json.loads((export_dir / "bench.json").read_text())
+    assert bench["rows"][0]["device"] == "ssh://test-device"
+
+
+def test_unreachable_device_is_a_clear_error(ssh_host, export_dir, monkeypatch, capsys) -> None:
+    code, _, err = run_cli(["bench", str(export_dir), "--device", "ssh://nobody@127.0.0.1:1", "--seconds", "0.2"],
+                           monkeypatch, capsys)
+    assert code == 1 and "ssh nobody@127.0.0.1 failed" in err and "without a password" in err
