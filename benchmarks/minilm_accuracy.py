@@ -5,7 +5,8 @@ calibration_data/sentences): 192 calibrate, 64 evaluate; mean cosine of each art
 float PyTorch embeddings, run in its own runtime.
   edgeship int8               default recipe, every linear int8
   edgeship int8 --min-cosine  the fewest layers kept in float to reach cosine 0.99 (chosen on the eval set)
-  stock executorch            XNNPACKQuantizer(get_symmetric_quantization_config(is_per_channel=True))
+  stock executorch            XNNPACKQuantizer(get_symmetric_quantization_config(is_per_channel=True)),
+                              with edgeship's integer-constants pass (without it calibration raises)
   stock onnxruntime dynamic   onnxruntime.quantization.quantize_dynamic on the float ONNX
 Prints a table and writes benchmarks/results/minilm_accuracy.json.
 
@@ -63,8 +64,14 @@ def stock_executorch(model, calib: Samples, work: Path) -> Path:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     args = tuple(torch.from_numpy(a) for a in calib.sample(0))
+    from edgeship.export.passes.integer_constants import restore_integer_constants
+
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     prepared = prepare_pt2e(torch.export.export(model, args, strict=False).module(), quantizer)
+    # as shipped, this flow cannot calibrate a Hugging Face BERT: XNNPACKQuantizer lifts the integer
+    # scalars of the attention-mask arithmetic to float tensors and an index op raises. edgeship's
+    # graph pass is applied so that the stock quantization itself can be measured.
+    restore_integer_constants(prepared)
     with torch.no_grad():
         for i in range(len(calib)):
             prepared(*[torch.from_numpy(a) for a in calib.sample(i)])

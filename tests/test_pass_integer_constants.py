@@ -36,6 +36,32 @@ def lift_scalars_to_float_constants(gm: torch.fx.GraphModule) -> int:
 
 
 @pytest.mark.slow
+def test_fixes_the_stock_xnnpack_flow_on_real_bert() -> None:
+    """The failure DESIGN.md describes, as it happens: XNNPACKQuantizer's prepare_pt2e lifts the
+    attention-mask scalars to float tensors and calibrating raises in an index op."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    import minilm
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    from edgeship.export.capture import FlatOutputs
+
+    net = FlatOutputs(minilm.build()).eval()
+    enc = minilm.tokenize(["Quantization keeps a model small.", "The cat sat on the mat."])
+    args = tuple(torch.from_numpy(enc[k][:1]) for k in ("input_ids", "attention_mask"))
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(torch.export.export(net, args, strict=False).module(), quantizer)
+    with pytest.raises(IndexError, match="tensors used as indices must be long"):
+        prepared(*args)
+    assert restore_integer_constants(prepared)
+    with torch.no_grad():
+        assert torch.equal(prepared(*args)[0], net(*args)[0])  # observers do not change values
+
+
+@pytest.mark.slow
 def test_applies_to_real_bert_and_fixes_calibration() -> None:
     sys.path.insert(0, str(ROOT / "examples"))
     import minilm
