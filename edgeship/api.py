@@ -80,7 +80,7 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     from edgeship.report import manifest as mf
     from edgeship.report.markdown import report
     from edgeship.targets.base import LowerJob, get_adapter
-    from edgeship.verify import check_artifact, output_scales, pairwise_steps, torch_outputs
+    from edgeship.verify import check_artifact, output_scales, pairwise_max_abs, pairwise_steps, torch_outputs
 
     started = time.perf_counter()
     args = example_inputs(calib)
@@ -138,6 +138,7 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
         "precision_choice": choice,
         "artifacts": [mf.artifact_record(c, stage) for c in checked],
         "int8_agreement_steps": pairwise_steps(checked, scales),
+        "int8_agreement_max_abs": pairwise_max_abs(checked),
         "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                  "cpu_count": os.cpu_count()},
         "export_seconds": round(time.perf_counter() - started, 1),

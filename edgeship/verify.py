@@ -78,6 +78,18 @@ def check_artifact(artifact: Artifact, samples: Samples, reference: list[list[np
     return checked
 
 
+def pairwise_max_abs(checked: list[Checked]) -> dict:
+    """Largest absolute difference between every two int8 artifacts' outputs."""
+    int8 = [c for c in checked if c.artifact.precision == "int8"]
+    result = {}
+    for i, a in enumerate(int8):
+        for b in int8[i + 1:]:
+            worst = max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+                        for oa, ob in zip(a.outputs, b.outputs) for x, y in zip(oa, ob))
+            result[f"{a.artifact.path.name} vs {b.artifact.path.name}"] = worst
+    return result
+
+
 def pairwise_steps(checked: list[Checked], scales: list[float | None]) -> dict:
     """Largest disagreement between every two int8 artifacts, in output quantization steps."""
     int8 = [c for c in checked if c.artifact.precision == "int8"]

@@ -70,3 +70,14 @@ def test_analyze_ranks_layers(ffn_data, monkeypatch, capsys) -> None:
     assert max(rows, key=lambda r: r["alone"]["sqnr_db"])["module"] == "model.head"
     assert rows[-1]["cumulative"]["max_abs_error"] == 0.0
     assert result["all_int8"]["sqnr_db"] < min(gains)
+
+
+def test_budget_choice_is_in_the_report(tmp_path, ffn_data, monkeypatch, capsys) -> None:
+    code, _, err = run_cli(["export", f"{MODELS}:outlier_ffn", "--target", "host", "--calibration", str(ffn_data),
+                            "--out", str(tmp_path), "--min-cosine", "0.9999"], monkeypatch, capsys)
+    assert code == 0, err
+    report = (tmp_path / "models-outlier_ffn/host/report.md").read_text()
+    assert "## Accuracy budget" in report and "cosine >= 0.9999" in report
+    manifest = json.loads((tmp_path / "models-outlier_ffn/host/manifest.json").read_text())
+    assert f"{len(manifest['precision_choice']['keep_float'])} of 3 quantizable layers kept in float" in report
+    assert manifest["int8_agreement_max_abs"]["model.int8.onnx vs model.int8.ort"] == 0.0

@@ -57,9 +57,21 @@ def report(manifest: dict) -> str:
                   "runs them); on this x86 host those kernels are slow, so its latency here says nothing "
                   "about the device. `model.int8.onnx` is timed with this host's own ONNX Runtime settings."]
     agreement = manifest.get("int8_agreement_steps") or {}
+    max_abs = manifest.get("int8_agreement_max_abs") or {}
     if agreement:
-        lines += ["", "## int8 artifacts against each other (output quantization steps)", ""]
-        lines += [f"- {k}: {_fmt(v)}" for k, v in agreement.items()]
+        lines += ["", "## int8 artifacts against each other", "",
+                  "Largest output difference, in output quantization steps where the output is quantized:", ""]
+        lines += [f"- {k}: {_fmt(v, '.1f') + ' steps, ' if v is not None else ''}max abs {max_abs.get(k, 0):.4g}"
+                  for k, v in agreement.items()]
+    choice = manifest.get("precision_choice")
+    if choice:
+        wanted = ", ".join(f"{k} >= {v:g}" for k, v in choice["budget"].items())
+        kept = ", ".join(choice["keep_float"]) or "none"
+        lines += ["", "## Accuracy budget", "",
+                  f"Budget {wanted} on the verification samples: {len(choice['keep_float'])} of "
+                  f"{choice['candidates']} quantizable layers kept in float ({kept}), chosen by per-layer "
+                  f"sensitivity ({choice['ranking_metric']}); simulated result: "
+                  + ", ".join(f"{k} {choice['simulated'][k]}" for k in choice["budget"]) + "."]
     lines += ["", "## Ops that do not run in int8", ""]
     for a in manifest["artifacts"]:
         if a["precision"] == "fp32":
