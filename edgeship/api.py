@@ -143,9 +143,26 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
                  "cpu_count": os.cpu_count()},
         "export_seconds": round(time.perf_counter() - started, 1),
     }
+    _flag_slower_than_fp32(manifest["artifacts"])
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     (stage / "report.md").write_text(report(manifest))
     return manifest
+
+
+def _flag_slower_than_fp32(artifacts: list[dict]) -> None:
+    """Marks each int8 artifact whose host median is above its runtime's fp32 artifact, and warns."""
+    fp32 = {a["runtime"]: a for a in artifacts if a["precision"] == "fp32"}
+    for a in artifacts:
+        base = fp32.get(a["runtime"])
+        if a["precision"] == "fp32" or base is None:
+            continue
+        ratio = a["latency_ms"]["median"] / base["latency_ms"]["median"]
+        a["latency_ms"]["vs_fp32"] = round(ratio, 3)
+        a["slower_than_fp32"] = ratio > 1.0
+        if a["slower_than_fp32"]:
+            log.warning("%s is slower than %s on this machine (%.2fx the median); check the ops it runs "
+                        "outside int8 kernels, or ship the fp32 artifact for %s", a["path"], base["path"],
+                        ratio, a["runtime"])
 
 
 RANKING_SAMPLES = 32

@@ -43,6 +43,9 @@ def _root(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, he
     level = logging.ERROR if quiet else logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     _quiet_upstream(verbose > 1)
+    # upstream libraries log through the root logger, which _quiet_upstream raised to ERROR: edgeship's
+    # own loggers get the level the user asked for
+    logging.getLogger("edgeship").setLevel(level)
 
 
 def _quiet_upstream(keep: bool) -> None:

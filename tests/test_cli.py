@@ -17,7 +17,7 @@ def test_targets_lists_builtin_profiles(monkeypatch, capsys) -> None:
     assert {"android-arm64", "linux-arm64", "ios-arm64", "host"} <= {t["name"] for t in json.loads(out)}
 
 
-def test_export_table_from_image_folder(image_folder, tmp_path, monkeypatch, capsys) -> None:
+def test_export_table_from_image_folder(image_folder, tmp_path, monkeypatch, capsys, caplog) -> None:
     (image_folder / "preprocess.toml").write_text("resize = 40\ncrop = 32\n")
     code, out, err = run_cli(["export", f"{MODELS}:tiny_conv_net", "--target", "host", "--calibration",
                               str(image_folder), "--out", str(tmp_path / "o"), "--mean", "0.5,0.5,0.5",
@@ -27,6 +27,13 @@ def test_export_table_from_image_folder(image_folder, tmp_path, monkeypatch, cap
         assert name in out
     manifest = json.loads((tmp_path / "o/models-tiny_conv_net/host/manifest.json").read_text())
     assert manifest["calibration"]["samples"] == 6 and manifest["evaluation"]["samples"] == 2
+    fp32 = {a["runtime"]: a["latency_ms"]["median"] for a in manifest["artifacts"] if a["precision"] == "fp32"}
+    report = (tmp_path / "o/models-tiny_conv_net/host/report.md").read_text()
+    for a in manifest["artifacts"]:
+        if a["precision"] == "int8":  # every int8 artifact is compared with its runtime's fp32 one
+            assert a["slower_than_fp32"] == (a["latency_ms"]["median"] > fp32[a["runtime"]])
+            assert (f"- {a['path']}:" in report) == a["slower_than_fp32"]
+            assert (f"{a['path']} is slower than" in caplog.text) == a["slower_than_fp32"]
     assert "resize 40, crop 32, mean [0.5, 0.5, 0.5], std [0.25, 0.25, 0.25]" in manifest["calibration"]["source"]
 
 

@@ -63,6 +63,10 @@ def report(manifest: dict) -> str:
                   "Largest output difference, in output quantization steps where the output is quantized:", ""]
         lines += [f"- {k}: {_fmt(v, '.1f') + ' steps, ' if v is not None else ''}max abs {max_abs.get(k, 0):.4g}"
                   for k, v in agreement.items()]
+    slower = [a for a in manifest["artifacts"] if a.get("slower_than_fp32")]
+    if slower:
+        lines += ["", "## Slower than fp32 on this machine", ""]
+        lines += [f"- {a['path']}: {a['latency_ms']['vs_fp32']:.2f}x its runtime's fp32 median" for a in slower]
     choice = manifest.get("precision_choice")
     if choice:
         wanted = ", ".join(f"{k} >= {v:g}" for k, v in choice["budget"].items())
