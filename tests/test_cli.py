@@ -32,7 +32,8 @@ def test_export_table_from_image_folder(image_folder, tmp_path, monkeypatch, cap
     for a in manifest["artifacts"]:
         if a["precision"] == "int8":  # every int8 artifact is compared with its runtime's fp32 one
             assert a["slower_than_fp32"] == (a["latency_ms"]["median"] > fp32[a["runtime"]])
-            assert (f"- {a['path']}:" in report) == a["slower_than_fp32"]
+            assert (f"- {a['path']}: {a['latency_ms']['vs_fp32']:.2f}x its runtime's fp32 median" in report) \
+                == a["slower_than_fp32"]
             assert (f"{a['path']} is slower than" in caplog.text) == a["slower_than_fp32"]
     assert "resize 40, crop 32, mean [0.5, 0.5, 0.5], std [0.25, 0.25, 0.25]" in manifest["calibration"]["source"]
 
