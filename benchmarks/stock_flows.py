@@ -13,7 +13,6 @@ float PyTorch model; every artifact is run in its own runtime and timed with the
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import shutil

@@ -75,7 +75,7 @@ def export(model: str, target: str, calibration: str | Path, *, eval_data: str |
 def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progress: Progress,
                  budget: dict | None = None) -> dict:
     from edgeship.export import capture as cap
-    from edgeship.export.inputs import example_inputs, specs_from_samples
+    from edgeship.export.inputs import specs_from_samples
     from edgeship.quantize.calibrate import calibrate, convert
     from edgeship.report import manifest as mf
     from edgeship.report.markdown import report
@@ -83,11 +83,8 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     from edgeship.verify import check_artifact, output_scales, pairwise_max_abs, pairwise_steps, torch_outputs
 
     started = time.perf_counter()
-    args = example_inputs(calib)
-    flat = cap.FlatOutputs(loaded.module).eval()
-    cap.run_float(flat, args, loaded.source_file)
+    args, flat, program = _capture(loaded, calib)
     out_names = cap.output_names(loaded.module, args)
-    program = cap.capture(flat, args, loaded.source_file)
     in_names = [s.name for s in specs_from_samples(calib)]
     float_onnx = stage / "model.fp32.onnx"
     cap.export_float_onnx(program, float_onnx, in_names, out_names)
@@ -185,8 +182,6 @@ def analyze(model: str, calibration: str | Path, *, eval_data: str | Path | None
     ranked above it kept in float (the order `export` uses to meet a budget)."""
     import copy
 
-    from edgeship.export import capture as cap
-    from edgeship.export.inputs import example_inputs
     from edgeship.quantize import sensitivity as sens
     from edgeship.quantize.calibrate import calibrate
     from edgeship.quantize.recipe import recipe_by_name
@@ -195,27 +190,29 @@ def analyze(model: str, calibration: str | Path, *, eval_data: str | Path | None
     if metric not in ("sqnr_db", "cosine", "top1_agreement"):
         raise ConfigError(f"unknown metric {metric!r}; use sqnr_db, cosine or top1_agreement")
     loaded, calib, evaluation = _load_inputs(model, calibration, eval_data, input_shapes, input_dtypes, preprocess)
-    args = example_inputs(calib)
-    flat = cap.FlatOutputs(loaded.module).eval()
-    cap.run_float(flat, args, loaded.source_file)
-    program = cap.capture(flat, args, loaded.source_file)
+    _, flat, program = _capture(loaded, calib)
     prepared = calibrate(program, recipe_by_name(recipe), calib, progress("calibrate", len(calib)))
-    subset = list(range(min(len(evaluation), RANKING_SAMPLES)))
-    evaluation = evaluation.take(subset, evaluation.source)
+    evaluation = evaluation.take(list(range(min(len(evaluation), RANKING_SAMPLES))), evaluation.source)
     sim = sens.Simulator(copy.deepcopy(prepared), evaluation, torch_outputs(flat, evaluation))
-    advance = progress("per-layer sensitivity", 2 * len(sim.layers))
-    found = []
-    for layer in sim.layers:
-        alone, kept = sim.evaluate(only=layer.name), sim.evaluate({layer.name})
-        found.append(sens.Sensitivity(layer, alone, kept))
-        advance(2)
-    found.sort(key=lambda x: -sens._score(x.kept_float, metric))
+    found = sens.rank(sim, metric, alone=True, advance=progress("per-layer sensitivity", len(sim.layers)))
     rows, kept_float = [], set()
     for s in found:
         kept_float.add(s.layer.name)
         rows.append({"layer": s.layer.name, "op": s.layer.op, "module": s.layer.module, "alone": s.alone,
                      "kept_float": s.kept_float, "cumulative": sim.evaluate(kept_float)})
     return AnalyzeResult(loaded.source, metric, sim.evaluate(), rows)
+
+
+def _capture(loaded, calib):
+    """Example inputs (the first calibration sample), the model with flat tuple outputs, checked on
+    them, and its torch.export program."""
+    from edgeship.export import capture as cap
+    from edgeship.export.inputs import example_inputs
+
+    args = example_inputs(calib)
+    flat = cap.FlatOutputs(loaded.module).eval()
+    cap.run_float(flat, args, loaded.source_file)
+    return args, flat, cap.capture(flat, args, loaded.source_file)
 
 
 def _load_inputs(model, calibration, eval_data, input_shapes, input_dtypes, preprocess):
@@ -247,16 +244,8 @@ def _choose_float_layers(prepared, evaluation, reference, budget: dict, progress
     sim = sens.Simulator(copy.deepcopy(prepared), evaluation, reference)
     metric = next(iter(budget))
     # ranking on a subset of the eval samples bounds its cost; the choice is checked on all of them
-    subset = list(range(min(len(evaluation), RANKING_SAMPLES)))
-    quick = sens.Simulator.__new__(sens.Simulator)
-    quick.__dict__ = sim.__dict__ | {"evaluation": evaluation.take(subset, evaluation.source),
-                                     "reference": [reference[i] for i in subset]}
-    advance = progress("rank layer sensitivity", len(sim.layers))
-    ranked = []
-    for layer in sim.layers:
-        ranked.append(sens.Sensitivity(layer, {}, quick.evaluate({layer.name})))
-        advance(1)
-    ranked.sort(key=lambda s: -sens._score(s.kept_float, metric))
+    ranked = sens.rank(sim.subset(RANKING_SAMPLES), metric,
+                       advance=progress("rank layer sensitivity", len(sim.layers)))
     layers, acc, met = sens.fewest_float_layers(sim, ranked, budget)
     wanted = ", ".join(f"{k} >= {v:g}" for k, v in budget.items())
     if not met:

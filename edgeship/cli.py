@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
-import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from edgeship import logs
 from edgeship.errors import ConfigError, EdgeshipError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -41,38 +40,7 @@ def _root(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, he
           debug: Annotated[bool, typer.Option("--debug", help="Full tracebacks on errors.")] = False) -> None:
     _state["debug"] = debug
     level = logging.ERROR if quiet else logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    _quiet_upstream(verbose > 1)
-    # upstream libraries log through the root logger, which _quiet_upstream raised to ERROR: edgeship's
-    # own loggers get the level the user asked for
-    logging.getLogger("edgeship").setLevel(level)
-
-
-def _quiet_upstream(keep: bool) -> None:
-    """Upstream libraries print banners and warnings that say nothing about the user's model."""
-    if keep:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("GLOG_minloglevel", "3")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    for name in ("torch", "torchao", "torch.onnx", "onnxscript", "executorch", "litert_torch", "absl",
-                 "root", "transformers", "torch._export", "torch.export"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def _quiet_torch() -> None:
-    """torch configures its own loggers at import; set them after importing it."""
-    if logging.getLogger("edgeship").getEffectiveLevel() <= logging.DEBUG:
-        return
-    import torch._logging
-
-    torch._logging.set_logs(all=logging.ERROR)
-    for name in list(logging.root.manager.loggerDict):
-        if name.split(".")[0] in ("torch", "torchao", "executorch", "litert_torch", "onnxscript"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-    logging.getLogger("torch.fx.experimental.symbolic_shapes").setLevel(logging.CRITICAL)
+    logs.configure(level)
 
 
 @app.command(no_args_is_help=True)
@@ -117,7 +85,7 @@ def export(
         budget["top1_agreement"] = 1.0 - _percent("--max-drop", max_drop)
     preprocess = {"resize": resize, "crop": crop, "mean": _floats("--mean", mean),
                   "std": _floats("--std", std), "layout": layout, "color": color}
-    _quiet_torch()
+    logs.quiet_torch()
     with _progress() as progress:
         result = api.export(model, target, calibration, eval_data=eval_data, out=out,
                             input_shapes=input_shape, input_dtypes=input_dtype, recipe=recipe,
@@ -198,7 +166,7 @@ def analyze(
     """
     from edgeship import api
 
-    _quiet_torch()
+    logs.quiet_torch()
     with _progress() as progress:
         result = api.analyze(model, calibration, eval_data=eval_data, input_shapes=input_shape,
                              input_dtypes=input_dtype, recipe=recipe, metric=metric, progress=progress)

@@ -53,7 +53,7 @@ def load_model(source: str) -> LoadedModel:
         from edgeship.export.capture import _user_line
 
         where = _user_line(exc, getattr(module, "__file__", None))
-        raise ModelLoadError(f"{where_name(source)} raised {type(exc).__name__}: {str(exc).strip()[:300]}{where}; "
+        raise ModelLoadError(f"{source}() raised {type(exc).__name__}: {str(exc).strip()[:300]}{where}; "
                              "fix the model's builder") from exc
     if not isinstance(net, torch.nn.Module):
         raise ModelLoadError(
@@ -63,10 +63,6 @@ def load_model(source: str) -> LoadedModel:
     name = _model_name(where, attr)
     source_file = getattr(module, "__file__", None)
     return LoadedModel(net, name, source, source_file, _input_names(net))
-
-
-def where_name(source: str) -> str:
-    return f"{source}()"
 
 
 def _model_name(where: str, attr: str) -> str:

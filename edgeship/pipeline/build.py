@@ -78,22 +78,11 @@ def select(project: Project, only: list[str] | None) -> list[tuple[ModelEntry, s
 
 
 def _worker_init(level: int) -> None:
-    """A spawned worker logs like the process that started it; upstream libraries' import-time
-    chatter (FutureWarnings, banners) is silenced unless that process logs at DEBUG."""
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if level <= logging.DEBUG:
-        return
-    import warnings
+    """A spawned worker logs like the process that started it."""
+    from edgeship import logs
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    for category in (FutureWarning, DeprecationWarning, UserWarning):
-        warnings.filterwarnings("ignore", category=category)
-    import torch._logging
-
-    torch._logging.set_logs(all=logging.ERROR)
-    for name in ("torch", "torchao", "root", "litert_torch", "onnxscript", "executorch"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    logging.root.setLevel(max(level, logging.ERROR) if level > logging.INFO else level)
+    logs.configure(level)
+    logs.quiet_torch()
 
 
 def _export_job(model: ModelEntry, target: str, root: str, work: str) -> dict:

@@ -9,6 +9,7 @@ the same graph.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 
@@ -75,6 +76,14 @@ class Simulator:
                 self.fq[node.target] = fq
         self.layers = _layers(prepared)
 
+    def subset(self, count: int) -> Simulator:
+        """The same graph and switches, evaluated on the first `count` samples only."""
+        view = copy.copy(self)
+        view.evaluation = self.evaluation.take(list(range(min(count, len(self.evaluation)))),
+                                               self.evaluation.source)
+        view.reference = self.reference[:count]
+        return view
+
     def evaluate(self, float_layers: set[str] | frozenset[str] = frozenset(), only: str | None = None) -> dict:
         off = {o for layer in self.layers if layer.name in float_layers for o in layer.observers}
         on_only = None if only is None else set(next(l for l in self.layers if l.name == only).observers)
@@ -130,21 +139,25 @@ def _layers(prepared: GraphModule) -> list[Layer]:
     return layers
 
 
-def rank(sim: Simulator, metric: str) -> list[Sensitivity]:
-    """Layers ordered by how much keeping each one in float recovers (most first)."""
+def rank(sim: Simulator, metric: str, alone: bool = False, advance=None) -> list[Sensitivity]:
+    """Layers ordered by how much keeping each one in float recovers (most first). `alone` also
+    measures each layer quantized on its own; `advance(1)` is called per layer."""
     found = []
     for layer in sim.layers:
-        found.append(Sensitivity(layer, sim.evaluate(only=layer.name), sim.evaluate({layer.name})))
-    return sorted(found, key=lambda s: -_score(s.kept_float, metric))
+        found.append(Sensitivity(layer, sim.evaluate(only=layer.name) if alone else {},
+                                 sim.evaluate({layer.name})))
+        if advance is not None:
+            advance(1)
+    return sorted(found, key=lambda s: -score(s.kept_float, metric))
 
 
-def _score(acc: dict, metric: str) -> float:
+def score(acc: dict, metric: str) -> float:
     value = acc[metric]
     return float("inf") if value is None and metric == "sqnr_db" else float(value if value is not None else 0)
 
 
 def meets(acc: dict, budget: dict) -> bool:
-    return all(_score(acc, metric) >= limit for metric, limit in budget.items())
+    return all(score(acc, metric) >= limit for metric, limit in budget.items())
 
 
 def fewest_float_layers(sim: Simulator, ranked: list[Sensitivity], budget: dict) -> tuple[list[str], dict, bool]:

@@ -18,17 +18,26 @@ _TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)":
           "tensor(float16)": "float16"}
 
 
+def session_options(threads: int | None = None, device_numerics: bool = True):
+    """Session options for the CPU provider: `device_numerics` applies ARM_SESSION_CONFIG."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    for key, value in (ARM_SESSION_CONFIG if device_numerics else {}).items():
+        options.add_session_config_entry(key, value)
+    return options
+
+
 class OnnxRuntimeSession:
     def __init__(self, path: Path, threads: int, device_numerics: bool = True) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
+        options = session_options(threads, device_numerics)
         self.session_config = dict(ARM_SESSION_CONFIG) if device_numerics else {}
-        for key, value in self.session_config.items():
-            options.add_session_config_entry(key, value)
         try:
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types

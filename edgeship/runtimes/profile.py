@@ -28,15 +28,11 @@ def _rows(times: dict, counts: dict, flags: dict, runs: int, flag_name: str) -> 
 def profile_onnxruntime(path: Path, inputs: list[np.ndarray], threads: int, runs: int = 20) -> dict:
     import onnxruntime as ort
 
-    from edgeship.runtimes.onnxruntime import ARM_SESSION_CONFIG
+    from edgeship.runtimes.onnxruntime import session_options
     from edgeship.targets.onnxruntime import _DATA_MOVEMENT as ORT_MOVEMENT
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options = session_options(threads)  # fused as an ARM build fuses it
     options.enable_profiling = True
-    for key, value in ARM_SESSION_CONFIG.items():  # fused as an ARM build fuses it
-        options.add_session_config_entry(key, value)
-    options.log_severity_level = 3
     with tempfile.TemporaryDirectory() as tmp:
         options.profile_file_prefix = str(Path(tmp) / "ort")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from edgeship.errors import ExportError
-from edgeship.runtimes.onnxruntime import ARM_SESSION_CONFIG
+from edgeship.runtimes.onnxruntime import ARM_SESSION_CONFIG, session_options
 from edgeship.targets.base import Artifact, LowerJob, count_ops
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,8 @@ class OnnxRuntimeAdapter:
 def _session_options(optimized_path: Path | None = None, ort_format: bool = False):
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
+    options = session_options()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.log_severity_level = 3
-    for key, value in ARM_SESSION_CONFIG.items():
-        options.add_session_config_entry(key, value)
     if optimized_path is not None:
         options.optimized_model_filepath = str(optimized_path)
     if ort_format:
