@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from edgeship.errors import ConfigError, EdgeshipError
+from edgeship.errors import ConfigError, DeviceError, EdgeshipError
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,7 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
         "float_ops_in_quantized_graph": quantized.float_ops,
         "precision_choice": choice,
         "artifacts": [mf.artifact_record(c, stage) for c in checked],
+        "int8_output_scales": scales,
         "int8_agreement_steps": pairwise_steps(checked, scales),
         "int8_agreement_max_abs": pairwise_max_abs(checked),
         "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
@@ -302,17 +303,17 @@ def bench(out_dir: str | Path, *, artifacts: list[str] | None = None, threads: i
     threads = threads or manifest["target"].get("threads", 1)
     threads = max(1, min(threads, os.cpu_count() or 1))
     advance = progress("bench", len(chosen))
-    rows = []
+    rows, mismatches = [], []
     if device is not None:
-        rows = _bench_remote(out_dir, chosen, inputs, threads, budget_s, device, ssh_config, remote_python,
-                             setup, advance)
+        rows, mismatches = _bench_remote(out_dir, chosen, inputs, threads, budget_s, device, ssh_config,
+                                         remote_python, setup, advance)
     for a in chosen if device is None else []:
         rows.append({"path": a["path"], "runtime": a["runtime"], "precision": a["precision"]}
                     | bench_artifact(a["runtime"], out_dir / a["path"], inputs, threads, budget_s))
         advance(1)
-    gate = []
+    gate = mismatches
     if profile or fail_on_fallback or min_delegated is not None:
-        gate = _profiles(out_dir, rows, inputs, threads, fail_on_fallback, min_delegated, progress)
+        gate += _profiles(out_dir, rows, inputs, threads, fail_on_fallback, min_delegated, progress)
     host = host_info() if device is None else rows[0]["device_info"] if rows else {}
     result = BenchResult(out_dir, host, rows, _ratios(rows),
                          (_regressions(rows, Path(baseline), threshold) if baseline else []) + gate)
@@ -323,24 +324,34 @@ def bench(out_dir: str | Path, *, artifacts: list[str] | None = None, threads: i
     return result
 
 
-RUNTIME_WHEELS = {"onnxruntime": "onnxruntime==1.31.1", "litert": "ai-edge-litert==2.3.0",
-                  "executorch": "executorch==1.5.1"}
+# outputs on a device against this machine's: int8 kernels may round a requantization the other way
+# (one output step); float kernels sum in another order
+DEVICE_INT8_STEPS, DEVICE_FP32_RELATIVE = 1.0, 1e-4
 
 
 def _bench_remote(out_dir: Path, chosen: list[dict], inputs: Path, threads: int, budget_s: float, url: str,
-                  ssh_config, python: str, setup: bool, advance) -> list[dict]:
-    import tempfile
+                  ssh_config, python: str, setup: bool, advance) -> tuple[list[dict], list[dict]]:
+    """Rows measured on the device, and the artifacts whose device outputs differ from this machine's."""
+    import numpy as np
 
-    from edgeship.runtimes.bench import SSHDevice, bench_artifact, max_difference
+    from edgeship.runtimes.bench import SETUP_DISTRIBUTIONS, SSHDevice, bench_artifact, output_differences
     from edgeship.runtimes.onnxruntime import ARM_SESSION_CONFIG
 
+    scales = json.loads((out_dir / "manifest.json").read_text()).get("int8_output_scales")
     dev = SSHDevice(url, Path(ssh_config) if ssh_config else None, python)
     dev.push([out_dir / a["path"] for a in chosen] + [inputs])
     try:
+        needed = sorted({a["runtime"] for a in chosen})
+        probe = dev.probe()
         if setup:
-            dev.setup(sorted({RUNTIME_WHEELS[a["runtime"]] for a in chosen}) + ["numpy"])
-        info = dev.info()
-        rows = []
+            dev.setup([r for r in needed if r in SETUP_DISTRIBUTIONS or probe["runtimes"].get(r)], probe)
+            probe = dev.probe()
+        missing = {r: probe["runtimes"].get(r, "unknown runtime") for r in needed if probe["runtimes"].get(r) is not None}
+        if missing:
+            raise DeviceError(f"{url} cannot run " + "; ".join(f"{r} ({why})" for r, why in missing.items())
+                              + ": pass --setup to install onnxruntime / ai-edge-litert there, install the "
+                              "others yourself, or choose artifacts with --artifact")
+        rows, mismatches = [], []
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             for a in chosen:
@@ -349,13 +360,25 @@ def _bench_remote(out_dir: Path, chosen: list[dict], inputs: Path, threads: int,
                 remote = dev.bench(a["runtime"], a["path"], inputs.name, threads, budget_s, tmp, config)
                 local_out = tmp / f"host-{a['path']}.npz"
                 bench_artifact(a["runtime"], out_dir / a["path"], inputs, threads, 0.05, local_out, config)
-                rows.append({"path": a["path"], "runtime": a["runtime"], "precision": a["precision"],
-                             "device": url, "device_info": info} | remote
-                            | {"vs_host_max_abs": max_difference(tmp / f"out-{a['path']}.npz", local_out)})
+                diffs = output_differences(tmp / f"out-{a['path']}.npz", local_out)
+                row = {"path": a["path"], "runtime": a["runtime"], "precision": a["precision"], "device": url,
+                       "device_info": probe} | remote | {"vs_host_max_abs": max(diffs)}
+                if a["precision"] == "int8" and scales and None not in scales and len(scales) == len(diffs):
+                    row["vs_host_steps"] = round(max(d / s for d, s in zip(diffs, scales)), 3)
+                    allowed, measured = DEVICE_INT8_STEPS, row["vs_host_steps"]
+                else:
+                    with np.load(local_out) as host_out:
+                        magnitude = max(float(np.max(np.abs(host_out[k]))) for k in host_out.files) or 1.0
+                    allowed, measured = DEVICE_FP32_RELATIVE, max(diffs) / magnitude
+                    row["vs_host_relative"] = measured
+                if measured > allowed:
+                    mismatches.append({"path": a["path"], "gate": "device_outputs", "measured": measured,
+                                       "allowed": allowed, "unit": "steps" if "vs_host_steps" in row else "relative"})
+                rows.append(row)
                 advance(1)
     finally:
         dev.clean()
-    return rows
+    return rows, mismatches
 
 
 def _profiles(out_dir: Path, rows: list[dict], inputs: Path, threads: int, fail_on_fallback: bool,

@@ -208,7 +208,8 @@ def bench(
     ssh_config: Annotated[Optional[Path], typer.Option(help="ssh config file (default: your own).")] = None,
     remote_python: Annotated[str, typer.Option(help="Python on the device.")] = "python3",
     setup: Annotated[bool, typer.Option("--setup", help="Install the runtime wheels on the device first, "
-                     "into ~/.edgeship/site there.")] = False,
+                     "(numpy, onnxruntime, ai-edge-litert wheels for its platform, downloaded here) into "
+                     "~/.edgeship/site-MACHINE-cpXY there.")] = False,
     format: FormatOpt = Format.table,
 ) -> None:
     """Time every artifact of an export on this machine, one method for all runtimes.
@@ -231,14 +232,24 @@ def bench(
         from rich.table import Table
 
         host = result.host
+        title = f"{out_dir} on {host.get('cpu_model')} ({host.get('cpu_count')} cpus, governor {host.get('governor')})"
+        if host.get("emulated"):
+            title += f"\nEMULATED ({host['emulated']}): outputs are checked; timings are NOT ARM latency"
         table = Table("artifact", "runtime", "precision", "load ms", "first ms", "median ms", "p90", "p99", "min",
                       "spread", "runs", "peak MB", "threads",
-                      title=f"{out_dir} on {host['cpu_model']} ({host['cpu_count']} cpus, governor {host['governor']})")
+                      title=title)
+        remote = any("vs_host_max_abs" in r for r in result.rows)
+        if remote:
+            table.add_column("vs this machine")
         for r in result.rows:
-            table.add_row(r["path"], r["runtime"], r["precision"], f"{r['load_ms']:.1f}",
-                          f"{r['first_inference_ms']:.2f}", f"{r['median']:.3f}", f"{r['p90']:.3f}",
-                          f"{r['p99']:.3f}", f"{r['min']:.3f}", f"{r['spread']:.2f}", str(r["runs"]),
-                          f"{r['peak_rss_mb']:.0f}", str(r["threads"]))
+            cells = [r["path"], r["runtime"], r["precision"], f"{r['load_ms']:.1f}",
+                     f"{r['first_inference_ms']:.2f}", f"{r['median']:.3f}", f"{r['p90']:.3f}",
+                     f"{r['p99']:.3f}", f"{r['min']:.3f}", f"{r['spread']:.2f}", str(r["runs"]),
+                     f"{r['peak_rss_mb']:.0f}", str(r["threads"])]
+            if remote:
+                cells.append(f"{r['vs_host_steps']:g} steps" if "vs_host_steps" in r
+                             else f"{r.get('vs_host_relative', 0):.1e} rel")
+            table.add_row(*cells)
         console = Console(width=200)
         console.print(table)
         if compare:
@@ -254,6 +265,10 @@ def bench(
                 console.print(f"  {op['op']:40s} x{op['count']:<4d} {timing:24s} "
                               f"{'-' if flag is None else 'yes' if flag else 'NO'}")
         for reg in result.regressions:
+            if reg.get("gate") == "device_outputs":
+                console.print(f"FAILED {reg['path']}: outputs on the device differ from this machine's by "
+                              f"{reg['measured']:.3g} {reg['unit']} (allowed {reg['allowed']:g})")
+                continue
             if "gate" in reg:
                 console.print(f"FAILED {reg['gate']} {reg['path']}: "
                               + (", ".join(reg["ops"]) if reg["gate"] == "fallback" else

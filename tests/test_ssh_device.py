@@ -1,6 +1,7 @@
 """`edgeship bench --device ssh://...` against a real OpenSSH server started on 127.0.0.1 with
 throwaway keys: artifacts and the runner are pushed, run there, and results and outputs come back.
-The "device" here is this x86_64 machine (no aarch64 emulation yet)."""
+The "device" is this machine's Python, or an aarch64 Python under qemu-user (tools/aarch64-python.sh,
+built by `make test`) that runs the aarch64 builds of ONNX Runtime and LiteRT installed by --setup."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
+ROOT = Path(__file__).resolve().parents[1]
+AARCH64_PYTHON = ROOT / ".cache" / "aarch64" / "python3"
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
 MODELS = str(Path(__file__).parent / "models.py")
 
@@ -102,3 +105,64 @@ def test_unreachable_device_is_a_clear_error(ssh_host, export_dir, monkeypatch, 
     code, _, err = run_cli(["bench", str(export_dir), "--device", "ssh://nobody@127.0.0.1:1", "--seconds", "0.2"],
                            monkeypatch, capsys)
     assert code == 1 and "ssh nobody@127.0.0.1 failed" in err and "without a password" in err
+
+
+aarch64 = pytest.mark.skipif(not AARCH64_PYTHON.exists(), reason="no emulated aarch64 Python: run "
+                             "tools/aarch64-python.sh .cache/aarch64 (make test does, as root)")
+NOT_EXECUTORCH = ["model.fp32.onnx", "model.int8.onnx", "model.int8.ort", "model.fp32.tflite", "model.int8.tflite"]
+
+
+@pytest.fixture(scope="module")
+def aarch64_site():
+    """The runner's private folder for aarch64 in this user's home: removed after the module if it was
+    not there before."""
+    site = Path.home() / ".edgeship" / "site-aarch64-cp311"
+    existed = site.exists()
+    yield site
+    if not existed:
+        shutil.rmtree(site, ignore_errors=True)
+
+
+@aarch64
+def test_aarch64_device_without_runtimes_says_what_to_do(ssh_host, export_dir, aarch64_site, monkeypatch,
+                                                          capsys) -> None:
+    if aarch64_site.exists():
+        pytest.skip(f"{aarch64_site} was installed before this test")
+    code, _, err = run_cli(["bench", str(export_dir), "--device", "ssh://test-device", "--ssh-config",
+                            str(ssh_host), "--remote-python", str(AARCH64_PYTHON), "--seconds", "0.2",
+                            *[arg for a in NOT_EXECUTORCH for arg in ("-a", a)]], monkeypatch, capsys)
+    assert code == 1, err
+    assert "cannot run litert (numpy is not installed); onnxruntime (numpy is not installed)" in err
+    assert "--setup" in err
+
+
+@aarch64
+def test_bench_on_emulated_aarch64_matches_x86(ssh_host, export_dir, aarch64_site, monkeypatch, capsys) -> None:
+    code, out, err = run_cli(["bench", str(export_dir), "--device", "ssh://test-device", "--ssh-config",
+                              str(ssh_host), "--remote-python", str(AARCH64_PYTHON), "--setup", "--seconds", "0.2",
+                              "--format", "json", *[arg for a in NOT_EXECUTORCH for arg in ("-a", a)]],
+                             monkeypatch, capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    host = result["host"]
+    assert host["machine"] == "aarch64" and host["emulated"].startswith("qemu-aarch64")
+    assert host["cpu_model"] == "Neoverse-N1" and host["runtimes"]["onnxruntime"] is None
+    assert sorted(r["path"] for r in result["rows"]) == sorted(NOT_EXECUTORCH)
+    for row in result["rows"]:
+        assert row["machine"] == "aarch64" and row["runs"] >= 10  # measured by the aarch64 runner
+        if row["precision"] == "int8":
+            assert row["vs_host_steps"] <= 1.0, row  # the aarch64 int8 kernels agree with x86 within a step
+        else:
+            assert row["vs_host_relative"] <= 1e-4, row
+    assert (aarch64_site / "onnxruntime").is_dir() and (aarch64_site / "ai_edge_litert").is_dir()
+    assert (aarch64_site / "onnxruntime" / "capi" / "onnxruntime_pybind11_state.cpython-311-aarch64-linux-gnu.so").is_file()
+
+
+@aarch64
+def test_emulated_timings_are_marked_in_the_table(ssh_host, export_dir, aarch64_site, monkeypatch, capsys) -> None:
+    code, out, err = run_cli(["bench", str(export_dir), "--device", "ssh://test-device", "--ssh-config",
+                              str(ssh_host), "--remote-python", str(AARCH64_PYTHON), "--setup", "--seconds", "0.1",
+                              "-a", "model.int8.tflite"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "EMULATED (qemu-aarch64 -cpu neoverse-n1)" in out and "NOT ARM latency" in out
+    assert "steps" in out  # the vs-this-machine column

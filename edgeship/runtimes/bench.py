@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,27 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from edgeship.errors import DeviceError, RuntimeFailure
+from edgeship.runtimes.runner import host_info  # noqa: F401  (one reading of the machine, here and on devices)
 
 RUNNER = Path(__file__).with_name("runner.py")
-
-
-def host_info() -> dict:
-    def read(path: str) -> str | None:
-        try:
-            return Path(path).read_text().strip()
-        except OSError:
-            return None
-
-    model = None
-    for line in (read("/proc/cpuinfo") or "").splitlines():
-        if line.lower().startswith(("model name", "hardware", "cpu model")):
-            model = line.split(":", 1)[1].strip()
-            break
-    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {"machine": platform.machine(), "cpu_model": model or platform.processor() or None,
-            "cpu_count": os.cpu_count(), "cpus_allowed": affinity,
-            "governor": read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
-            "max_mhz": (lambda v: int(v) / 1000 if v else None)(read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"))}
+# distributions --setup installs per runtime; ExecuTorch's Python runtime needs torch, whose PyPI build for
+# aarch64 is a CUDA one (427 MB, needing NVIDIA libraries): install it on a device yourself
+SETUP_DISTRIBUTIONS = {"onnxruntime": "onnxruntime", "litert": "ai-edge-litert"}
 
 
 def bench_artifact(runtime: str, path: Path, inputs: Path, threads: int, budget_s: float,
@@ -97,20 +84,31 @@ class SSHDevice:
         self._ssh(f"mkdir -p {self.work}")
         self._scp([str(f) for f in files] + [str(RUNNER)], f"{self.host}:{self.work}/")
 
-    def setup(self, packages: list[str]) -> None:
-        """Install the runtime wheels for the device's architecture into ~/.edgeship/site."""
-        self._ssh(f"{self.python} -m pip install -q --target .edgeship/site {' '.join(packages)}")
+    def probe(self) -> dict:
+        """The device's machine, Python, C library and which runtimes import there (runner.py --probe)."""
+        run = self._ssh(f"cd {self.work} && {self.python} runner.py --probe")
+        lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
+        if not lines:
+            raise DeviceError(f"{self.python} on {self.host} did not run the edgeship runner; "
+                              "pass --remote-python a Python 3 with numpy (or --setup)")
+        return json.loads(lines[-1]) | {"device": self.host}
 
-    def info(self) -> dict:
-        run = self._ssh(f"{self.python} -c 'import platform, os; print(platform.machine(), os.cpu_count())'")
-        machine, cpus = run.stdout.split()[:2]
-        return {"machine": machine, "cpu_count": int(cpus), "device": self.host}
+    def setup(self, runtimes: list[str], probe: dict) -> None:
+        """Installs this machine's versions of numpy and the runtimes, as wheels for the device's platform,
+        into the runner's private folder there (~/.edgeship/site-MACHINE-cpXY). The wheels are downloaded
+        here: the device needs no index access and no pip."""
+        wheels = device_wheels(runtimes, probe)
+        site = shlex.quote(probe["site"])
+        self._ssh(f"mkdir -p {self.work}/wheels {site}")
+        self._scp([str(w) for w in wheels], f"{self.host}:{self.work}/wheels/")
+        self._ssh(" && ".join(f"{self.python} -m zipfile -e {self.work}/wheels/{w.name} {site}/"
+                              for w in wheels))
 
     def bench(self, runtime: str, artifact: str, inputs: str, threads: int, budget_s: float,
               outputs_dir: Path, config: dict) -> dict:
         out_name = f"out-{artifact}.npz"
         pairs = " ".join(f"{k}={v}" for k, v in config.items())
-        command = (f"cd {self.work} && PYTHONPATH=$HOME/.edgeship/site:$PYTHONPATH {self.python} runner.py "
+        command = (f"cd {self.work} && {self.python} runner.py "
                    f"{runtime} {artifact} {inputs} {threads} {budget_s} {out_name} {pairs}")
         result = _parse(self._ssh(command, check=False), artifact, f"{runtime} on {self.host}")
         self._scp([f"{self.host}:{self.work}/{out_name}"], str(outputs_dir / out_name))
@@ -120,6 +118,43 @@ class SSHDevice:
         self._ssh(f"rm -rf {self.work}", check=False)
 
 
-def max_difference(a: Path, b: Path) -> float:
+def device_wheels(runtimes: list[str], probe: dict) -> list[Path]:
+    """Wheels of numpy and the runtimes, at this machine's versions, for the device's machine, Python and
+    glibc; downloaded once into the user's cache folder."""
+    from importlib.metadata import version
+
+    unknown = sorted(set(runtimes) - set(SETUP_DISTRIBUTIONS))
+    if unknown:
+        raise DeviceError(f"--setup installs {', '.join(SETUP_DISTRIBUTIONS)} only, not {', '.join(unknown)} "
+                          "(ExecuTorch needs a CPU build of torch for the device); install it on the device "
+                          "yourself, or choose other artifacts with --artifact")
+    machine, python, (libc, libc_version) = probe["machine"], probe["python"], probe["libc"]
+    if libc != "glibc" or not libc_version:
+        raise DeviceError(f"--setup needs a glibc Linux device; {probe['device']} reports {libc or 'no libc'}; "
+                          "install numpy and the runtimes on it yourself")
+    minor = int(libc_version.split(".")[1])
+    platforms = [f"manylinux_2_{m}_{machine}" for m in range(17, minor + 1)] + [f"manylinux2014_{machine}"]
+    wanted = [f"numpy=={np.__version__}"] + [f"{SETUP_DISTRIBUTIONS[r]}=={version(SETUP_DISTRIBUTIONS[r])}"
+                                              for r in sorted(set(runtimes))]
+    cache = (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgeship" / "wheels"
+             / f"{machine}-cp{python.replace('.', '')}-glibc{libc_version}")
+    folder = cache / "-".join(sorted(w.replace("==", "-") for w in wanted))
+    if not folder.is_dir():
+        staging = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
+        command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                   "--implementation", "cp", "--python-version", python, "-d", str(staging)]
+        command += [arg for p in platforms for arg in ("--platform", p)] + wanted
+        run = subprocess.run(command, capture_output=True, text=True)
+        if run.returncode != 0:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise DeviceError(f"no wheels of {', '.join(wanted)} for {machine} / Python {python} / glibc "
+                              f"{libc_version}: {(run.stderr.strip().splitlines() or ['no output'])[-1][:300]}; "
+                              "install the runtimes on the device yourself")
+        staging.replace(folder)
+    return sorted(folder.glob("*.whl"))
+
+
+def output_differences(a: Path, b: Path) -> list[float]:
+    """Largest absolute difference of each output between two saved runs."""
     with np.load(a) as x, np.load(b) as y:
-        return max(float(np.max(np.abs(x[k].astype(np.float64) - y[k].astype(np.float64)))) for k in x.files)
+        return [float(np.max(np.abs(x[k].astype(np.float64) - y[k].astype(np.float64)))) for k in x.files]

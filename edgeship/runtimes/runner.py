@@ -2,6 +2,8 @@
 edgeship) so that it runs the same way here and on a remote device after a copy.
 
     python runner.py RUNTIME ARTIFACT INPUTS.npz THREADS BUDGET_S [OUTPUTS.npz] [KEY=VALUE ...]
+    python runner.py --probe
+
 
 Loads the artifact, times the first inference, warms up, then runs until the median is stable or the
 time bound passes; prints one JSON line. With OUTPUTS.npz it also saves the outputs of one run, for
@@ -14,10 +16,54 @@ import platform
 import resource
 import sys
 import time
+from pathlib import Path
 
-import numpy as np
+# `edgeship bench --setup` installs numpy and the runtimes here on a device, per machine and Python
+SITE = os.path.join(os.path.expanduser("~"), ".edgeship",
+                    "site-%s-cp%d%d" % (platform.machine(), *sys.version_info[:2]))
+if __name__ == "__main__":
+    # run as a script, this file's folder comes first on sys.path; next to it in edgeship's sources
+    # sit modules named like the runtimes' packages (onnxruntime.py), which must not shadow them
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+    if os.path.isdir(SITE):
+        sys.path.insert(0, SITE)
+
+try:
+    import numpy as np
+except ImportError:  # only --probe runs without numpy, to say that it is missing
+    np = None
 
 MIN_RUNS, MAX_RUNS, WARMUP = 10, 2000, 5
+ARM_PARTS = {"0xd03": "Cortex-A53", "0xd05": "Cortex-A55", "0xd08": "Cortex-A72", "0xd0b": "Cortex-A76",
+             "0xd0c": "Neoverse-N1", "0xd0d": "Cortex-A77", "0xd40": "Neoverse-V1", "0xd41": "Cortex-A78",
+             "0xd42": "Cortex-A78AE", "0xd44": "Cortex-X1", "0xd46": "Cortex-A510", "0xd47": "Cortex-A710",
+             "0xd48": "Cortex-X2", "0xd4d": "Cortex-A715", "0xd4e": "Cortex-X3", "0xd4f": "Neoverse-V2",
+             "0xd80": "Cortex-A520", "0xd81": "Cortex-A720", "0xd82": "Cortex-X4"}
+
+
+def host_info():
+    """CPU model, cores, allowed CPUs, frequency governor; `emulated` when a wrapper says so (qemu-user)."""
+    def read(path):
+        try:
+            return Path(path).read_text().strip()
+        except OSError:
+            return None
+
+    model, part = None, None
+    for line in (read("/proc/cpuinfo") or "").splitlines():
+        if line.lower().startswith(("model name", "hardware", "cpu model")) and model is None:
+            model = line.split(":", 1)[1].strip()
+        elif line.startswith("CPU part") and part is None:
+            part = line.split(":", 1)[1].strip().lower()
+    if model is None and part is not None:  # Arm Linux names the core by its part number only
+        model = ARM_PARTS.get(part, f"Arm CPU part {part}")
+    affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {"machine": platform.machine(), "cpu_model": model or platform.processor() or None,
+            "cpu_count": os.cpu_count(), "cpus_allowed": affinity,
+            "governor": read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+            "emulated": os.environ.get("EDGESHIP_EMULATED") or None,
+            "max_mhz": (lambda v: int(v) / 1000 if v else None)(read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"))}
 
 
 def _ort(path, threads, config):
@@ -129,7 +175,30 @@ def measure(runtime, path, inputs, threads, budget_s, config):
     return result, outputs
 
 
+def probe():
+    """What this machine is and which runtimes import here (None, or why not)."""
+    import importlib
+
+    runtimes = {}
+    for runtime, modules in SDK_MODULES.items():
+        if np is None:
+            runtimes[runtime] = "numpy is not installed"
+            continue
+        try:
+            for module in modules:
+                importlib.import_module(module)
+            runtimes[runtime] = None
+        except (ImportError, OSError, ValueError) as exc:  # torch raises ValueError for missing CUDA libraries
+            runtimes[runtime] = f"{type(exc).__name__}: {exc}"[:300]
+    return {"machine": platform.machine(), "cpu_count": os.cpu_count(),
+            "python": "%d.%d" % sys.version_info[:2], "libc": list(platform.libc_ver()),
+            "numpy": np and np.__version__, "site": SITE, "runtimes": runtimes, **host_info()}
+
+
 def main(argv):
+    if argv == ["--probe"]:
+        sys.stdout.write(json.dumps(probe()) + "\n")
+        return
     runtime, path, inputs_path, threads, budget = argv[:5]
     rest = argv[5:]
     outputs_path = rest.pop(0) if rest and rest[0].endswith(".npz") else None
@@ -143,9 +212,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    # run as a script, this file's folder comes first on sys.path; next to it in edgeship's sources
-    # sit modules named like the runtimes' packages (onnxruntime.py), which must not shadow them
-    here = os.path.dirname(os.path.abspath(__file__))
-    sys.path = [p for p in sys.path if os.path.abspath(p or ".") != here]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     main(sys.argv[1:])
