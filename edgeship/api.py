@@ -275,16 +275,19 @@ class BenchResult:
 def bench(out_dir: str | Path, *, artifacts: list[str] | None = None, threads: int | None = None,
           budget_s: float = 2.0, baseline: str | Path | None = None, threshold: float = 0.05,
           profile: bool = False, fail_on_fallback: bool = False, min_delegated: float | None = None,
-          device: str | None = None, ssh_config: str | Path | None = None, remote_python: str = "python3",
-          setup: bool = False, progress: Progress = _no_progress) -> BenchResult:
+          device: str | None = None, ssh_config: str | Path | None = None, remote_python: str | None = None,
+          setup: bool = False, benchmark_tools: dict[str, str] | None = None,
+          progress: Progress = _no_progress) -> BenchResult:
     """Time every artifact of an export folder with one method (fresh process each: load time,
     first inference, warm-up, runs until the median is stable or `budget_s`, median/p90/p99/min,
     spread, peak memory). Writes OUT_DIR/bench.json and adds it to manifest.json. With `baseline`
     (an earlier bench.json), medians slower by more than max(threshold, the two runs' spread) are
     regressions. `profile` adds per-op profiles; `fail_on_fallback` / `min_delegated` (a share)
     turn int8 artifacts with ops outside int8 kernels or the delegate into failures. `device`
-    (ssh://[user@]host[:port]) runs the same runner there, and checks each artifact's outputs there
-    against this machine's (`vs_host_max_abs`); `setup` first installs the runtime wheels on it."""
+    (ssh://[user@]host[:port], adb://SERIAL, or a device profile with an `address`) runs the same runner
+    there and checks each artifact's outputs against this machine's (`vs_host_steps` for int8,
+    `vs_host_relative` for fp32); `setup` first installs the runtime wheels on an ssh device;
+    `benchmark_tools` (runtime -> local path) runs the runtimes' own benchmark binaries on an adb device."""
     from edgeship.runtimes.bench import bench_artifact, host_info
 
     out_dir = Path(out_dir)
@@ -305,8 +308,8 @@ def bench(out_dir: str | Path, *, artifacts: list[str] | None = None, threads: i
     advance = progress("bench", len(chosen))
     rows, mismatches = [], []
     if device is not None:
-        rows, mismatches = _bench_remote(out_dir, chosen, inputs, threads, budget_s, device, ssh_config,
-                                         remote_python, setup, advance)
+        rows, mismatches = _bench_remote(out_dir, chosen, inputs, threads, budget_s,
+                                         _device(device, ssh_config, remote_python, benchmark_tools), setup, advance)
     for a in chosen if device is None else []:
         rows.append({"path": a["path"], "runtime": a["runtime"], "precision": a["precision"]}
                     | bench_artifact(a["runtime"], out_dir / a["path"], inputs, threads, budget_s))
@@ -329,28 +332,47 @@ def bench(out_dir: str | Path, *, artifacts: list[str] | None = None, threads: i
 DEVICE_INT8_STEPS, DEVICE_FP32_RELATIVE = 1.0, 1e-4
 
 
-def _bench_remote(out_dir: Path, chosen: list[dict], inputs: Path, threads: int, budget_s: float, url: str,
-                  ssh_config, python: str, setup: bool, advance) -> tuple[list[dict], list[dict]]:
+def _device(address: str, ssh_config, python: str | None, tools: dict[str, str] | None):
+    """A remote device from an address, or from a device profile (name or .toml) that has one."""
+    from edgeship.runtimes.bench import connect
+    from edgeship.targets.devices import load_device
+
+    if "://" not in address:
+        profile = load_device(address)
+        if profile.address is None:
+            raise ConfigError(f"device profile {profile.name!r} has no address; add `address = \"ssh://user@host\"`"
+                              " (or adb://SERIAL) to your copy of it, or pass --device ssh://... directly")
+        address, python = profile.address, python or profile.python
+        tools = {**profile.benchmark_tools, **(tools or {})}
+    return connect(address, Path(ssh_config) if ssh_config else None, python,
+                   {r: Path(p).expanduser() for r, p in (tools or {}).items()})
+
+
+def _bench_remote(out_dir: Path, chosen: list[dict], inputs: Path, threads: int, budget_s: float, dev,
+                  setup: bool, advance) -> tuple[list[dict], list[dict]]:
     """Rows measured on the device, and the artifacts whose device outputs differ from this machine's."""
     import numpy as np
 
-    from edgeship.runtimes.bench import SETUP_DISTRIBUTIONS, SSHDevice, bench_artifact, output_differences
+    from edgeship.runtimes.bench import SETUP_DISTRIBUTIONS, bench_artifact, output_differences
     from edgeship.runtimes.onnxruntime import ARM_SESSION_CONFIG
 
     scales = json.loads((out_dir / "manifest.json").read_text()).get("int8_output_scales")
-    dev = SSHDevice(url, Path(ssh_config) if ssh_config else None, python)
     dev.push([out_dir / a["path"] for a in chosen] + [inputs])
     try:
         needed = sorted({a["runtime"] for a in chosen})
         probe = dev.probe()
         if setup:
+            if not hasattr(dev, "setup"):
+                raise DeviceError("--setup installs wheels on ssh:// Linux devices; on Android give --remote-python "
+                                  "a Python that has the runtimes, or --benchmark-tool RUNTIME=PATH")
             dev.setup([r for r in needed if r in SETUP_DISTRIBUTIONS or probe["runtimes"].get(r)], probe)
             probe = dev.probe()
         missing = {r: probe["runtimes"].get(r, "unknown runtime") for r in needed if probe["runtimes"].get(r) is not None}
         if missing:
-            raise DeviceError(f"{url} cannot run " + "; ".join(f"{r} ({why})" for r, why in missing.items())
-                              + ": pass --setup to install onnxruntime / ai-edge-litert there, install the "
-                              "others yourself, or choose artifacts with --artifact")
+            fix = ("pass --setup to install onnxruntime / ai-edge-litert there, install the others yourself, or "
+                   if hasattr(dev, "setup") else "")
+            raise DeviceError(f"{dev.address} cannot run " + "; ".join(f"{r} ({why})" for r, why in missing.items())
+                              + f": {fix}choose artifacts with --artifact")
         rows, mismatches = [], []
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
@@ -358,11 +380,16 @@ def _bench_remote(out_dir: Path, chosen: list[dict], inputs: Path, threads: int,
                 # the device's numerics: ONNX Runtime keeps int8 QDQ signed, as its ARM builds do
                 config = ARM_SESSION_CONFIG if a["runtime"] == "onnxruntime" else {}
                 remote = dev.bench(a["runtime"], a["path"], inputs.name, threads, budget_s, tmp, config)
+                row = {"path": a["path"], "runtime": a["runtime"], "precision": a["precision"],
+                       "device": dev.address, "device_info": probe} | remote
+                if "tool" in remote:  # the runtime's own benchmark binary: its own inputs, no outputs back
+                    rows.append(row | {"vs_host_max_abs": None})
+                    advance(1)
+                    continue
                 local_out = tmp / f"host-{a['path']}.npz"
                 bench_artifact(a["runtime"], out_dir / a["path"], inputs, threads, 0.05, local_out, config)
                 diffs = output_differences(tmp / f"out-{a['path']}.npz", local_out)
-                row = {"path": a["path"], "runtime": a["runtime"], "precision": a["precision"], "device": url,
-                       "device_info": probe} | remote | {"vs_host_max_abs": max(diffs)}
+                row["vs_host_max_abs"] = max(diffs)
                 if a["precision"] == "int8" and scales and None not in scales and len(scales) == len(diffs):
                     row["vs_host_steps"] = round(max(d / s for d, s in zip(diffs, scales)), 3)
                     allowed, measured = DEVICE_INT8_STEPS, row["vs_host_steps"]
@@ -434,7 +461,7 @@ def _regressions(rows: list[dict], baseline: Path, threshold: float) -> list[dic
         old = base.get(r["path"])
         if old is None:
             continue
-        allowed = max(threshold, old["spread"] + r["spread"])
+        allowed = max(threshold, (old.get("spread") or 0.0) + (r.get("spread") or 0.0))
         change = r["median"] / old["median"] - 1.0
         if change > allowed:
             found.append({"path": r["path"], "baseline_median": old["median"], "median": r["median"],

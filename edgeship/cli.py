@@ -204,9 +204,13 @@ def bench(
                                 "any op outside int8 kernels / the delegate.")] = False,
     min_delegated: Annotated[Optional[str], typer.Option(help="Fail below this share of int8/delegated ops, "
                              "e.g. 95%.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="Run on ssh://[user@]host[:port] instead of here.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="Run on ssh://[user@]host[:port], adb://SERIAL, or a device "
+                      "profile (name or .toml) with an address, instead of here.")] = None,
     ssh_config: Annotated[Optional[Path], typer.Option(help="ssh config file (default: your own).")] = None,
-    remote_python: Annotated[str, typer.Option(help="Python on the device.")] = "python3",
+    remote_python: Annotated[Optional[str], typer.Option(help="Python on the device (ssh default: python3).")] = None,
+    benchmark_tool: Annotated[Optional[list[str]], typer.Option("--benchmark-tool", help="RUNTIME=PATH of the "
+                              "runtime's own benchmark binary for an adb device (onnxruntime_perf_test, "
+                              "benchmark_model, executor_runner); repeatable.")] = None,
     setup: Annotated[bool, typer.Option("--setup", help="Install the runtime wheels on the device first, "
                      "(numpy, onnxruntime, ai-edge-litert wheels for its platform, downloaded here) into "
                      "~/.edgeship/site-MACHINE-cpXY there.")] = False,
@@ -223,7 +227,7 @@ def bench(
                            threshold=threshold, profile=profile, fail_on_fallback=fail_on_fallback,
                            min_delegated=_percent("--min-delegated", min_delegated) if min_delegated else None,
                            device=device, ssh_config=ssh_config, remote_python=remote_python, setup=setup,
-                           progress=progress)
+                           benchmark_tools=_pairs("--benchmark-tool", benchmark_tool), progress=progress)
     if format is Format.json:
         typer.echo(json.dumps({"host": result.host, "rows": result.rows, "ratios": result.ratios,
                                "regressions": result.regressions}, indent=1))
@@ -242,13 +246,15 @@ def bench(
         if remote:
             table.add_column("vs this machine")
         for r in result.rows:
-            cells = [r["path"], r["runtime"], r["precision"], f"{r['load_ms']:.1f}",
-                     f"{r['first_inference_ms']:.2f}", f"{r['median']:.3f}", f"{r['p90']:.3f}",
-                     f"{r['p99']:.3f}", f"{r['min']:.3f}", f"{r['spread']:.2f}", str(r["runs"]),
-                     f"{r['peak_rss_mb']:.0f}", str(r["threads"])]
+            cells = [r["path"], r["runtime"] + (f" ({r['tool']})" if "tool" in r else ""), r["precision"],
+                     *[_cell(r.get(k), f) for k, f in (("load_ms", ".1f"), ("first_inference_ms", ".2f"),
+                                                        ("median", ".3f"), ("p90", ".3f"), ("p99", ".3f"),
+                                                        ("min", ".3f"), ("spread", ".2f"), ("runs", "d"),
+                                                        ("peak_rss_mb", ".0f"), ("threads", "d"))]]
             if remote:
                 cells.append(f"{r['vs_host_steps']:g} steps" if "vs_host_steps" in r
-                             else f"{r.get('vs_host_relative', 0):.1e} rel")
+                             else f"{r['vs_host_relative']:.1e} rel" if "vs_host_relative" in r
+                             else "not checked (tool's own inputs)")
             table.add_row(*cells)
         console = Console(width=200)
         console.print(table)
@@ -278,6 +284,21 @@ def bench(
                           f"(+{reg['change'] * 100:.1f}%, allowed +{reg['allowed'] * 100:.1f}%)")
     if result.exit_code:
         raise typer.Exit(result.exit_code)
+
+
+def _cell(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _pairs(option: str, values: list[str] | None) -> dict[str, str]:
+    pairs = {}
+    for value in values or []:
+        key, sep, path = value.partition("=")
+        if not sep or not key or not path:
+            raise typer.BadParameter(f"{value!r} is not RUNTIME=PATH, e.g. litert=./benchmark_model",
+                                     param_hint=option)
+        pairs[key] = path
+    return pairs
 
 
 @app.command()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -31,10 +30,10 @@ def bench_artifact(runtime: str, path: Path, inputs: Path, threads: int, budget_
     args += [str(outputs)] if outputs else []
     args += [f"{k}={v}" for k, v in (config or {}).items()]
     run = subprocess.run([sys.executable, str(RUNNER), *args], capture_output=True, text=True)
-    return _parse(run, path.name, runtime)
+    return parse_runner(run, path.name, runtime)
 
 
-def _parse(run: subprocess.CompletedProcess, name: str, runtime: str) -> dict:
+def parse_runner(run: subprocess.CompletedProcess, name: str, runtime: str) -> dict:
     lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
     if run.returncode != 0 or not lines:
         tail = (run.stderr.strip().splitlines() or ["no output"])[-1][:300]
@@ -59,6 +58,7 @@ class SSHDevice:
                 raise DeviceError(f"device {url!r}: port {port!r} is not a number")
             self.port = port
         self.host, self.python = target, python
+        self.address = url
         self.options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
         if ssh_config is not None:
             self.options = ["-F", str(ssh_config)] + self.options
@@ -110,12 +110,27 @@ class SSHDevice:
         pairs = " ".join(f"{k}={v}" for k, v in config.items())
         command = (f"cd {self.work} && {self.python} runner.py "
                    f"{runtime} {artifact} {inputs} {threads} {budget_s} {out_name} {pairs}")
-        result = _parse(self._ssh(command, check=False), artifact, f"{runtime} on {self.host}")
+        result = parse_runner(self._ssh(command, check=False), artifact, f"{runtime} on {self.host}")
         self._scp([f"{self.host}:{self.work}/{out_name}"], str(outputs_dir / out_name))
         return result
 
     def clean(self) -> None:
         self._ssh(f"rm -rf {self.work}", check=False)
+
+
+def connect(url: str, ssh_config: Path | None = None, python: str | None = None,
+            tools: dict[str, Path] | None = None):
+    """A remote device by address: ssh://[user@]host[:port] or adb://[SERIAL]."""
+    if url.startswith("adb://"):
+        from edgeship.runtimes.adb import ADBDevice
+
+        return ADBDevice(url, python, tools)
+    if url.startswith("ssh://"):
+        if tools:
+            raise DeviceError("--benchmark-tool is for adb:// devices; an ssh:// device runs the edgeship runner")
+        return SSHDevice(url, ssh_config, python or "python3")
+    raise DeviceError(f"device {url!r}: give ssh://[user@]host[:port], adb://SERIAL, or a device profile "
+                      "name or .toml path with an `address`")
 
 
 def device_wheels(runtimes: list[str], probe: dict) -> list[Path]:

@@ -28,6 +28,9 @@ class Device:
     recipe: str = "int8"
     threads: int = 4
     reach: str = "local"
+    address: str | None = None  # ssh://user@host[:port] or adb://SERIAL: where `edgeship bench --device` goes
+    python: str | None = None  # the Python on the device that runs edgeship's runner
+    benchmark_tools: dict = dataclasses.field(default_factory=dict)  # runtime -> local path of its tool binary
 
     def __post_init__(self) -> None:
         bad = [r for r in self.runtimes if r not in RUNTIMES]
@@ -38,6 +41,13 @@ class Device:
         if bad or not self.precisions:
             raise ConfigError(f"device {self.name!r}: precisions {bad or '[]'} are not valid; "
                               f"choose from {', '.join(PRECISIONS)}")
+        if self.address is not None and not self.address.startswith(("ssh://", "adb://")):
+            raise ConfigError(f"device {self.name!r}: address {self.address!r} is not ssh://user@host[:port] "
+                              "or adb://SERIAL")
+        bad = sorted(set(self.benchmark_tools) - set(RUNTIMES))
+        if bad:
+            raise ConfigError(f"device {self.name!r}: benchmark_tools for unknown runtime(s) {', '.join(bad)}; "
+                              f"choose from {', '.join(RUNTIMES)}")
         if self.threads < 1 or self.cores < 1:
             raise ConfigError(f"device {self.name!r}: threads and cores must be at least 1")
 
@@ -59,7 +69,8 @@ def _from_file(path: Path) -> Device:
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
     missing = sorted(f.name for f in dataclasses.fields(Device)
-                     if f.default is dataclasses.MISSING and f.name not in data and f.name != "name")
+                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                     and f.name not in data and f.name != "name")
     if missing:
         raise ConfigError(f"{path}: missing key(s) {', '.join(missing)}; add them to the profile")
     data.setdefault("name", path.stem)
