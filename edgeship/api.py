@@ -324,6 +324,9 @@ def bench(out_dir: str | Path, *, artifacts: list[str] | None = None, threads: i
     _write_json(out_dir / "bench.json", record)
     manifest["bench"] = record
     _write_json(manifest_path, manifest)
+    from edgeship.report.markdown import report
+
+    _write_text(out_dir / "report.md", report(manifest))
     return result
 
 
@@ -470,8 +473,12 @@ def _regressions(rows: list[dict], baseline: Path, threshold: float) -> list[dic
 
 
 def _write_json(path: Path, data: dict) -> None:
+    _write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)
 
 

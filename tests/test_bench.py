@@ -82,6 +82,9 @@ def test_profiles_and_delegation_gates(export_dir, monkeypatch, capsys) -> None:
     assert ort_ops["QLinearConv"]["count"] == 3 and ort_ops["QLinearConv"]["int8"] is True
     assert ort_ops["ReduceMean"]["int8"] is False  # global average pooling stays float in ONNX Runtime
     assert rows["model.int8.tflite"]["profile"]["timed"] is False
+    report = (export_dir / "report.md").read_text()  # the tables land in the export's report too
+    assert "## Benchmark (`edgeship bench`)" in report and "### Per-op profile: model.int8.pte" in report
+    assert "| ReduceMean | 1 |" in report and "| **no** |" in report
     # the same ReduceMean fails a build that allows no fallback
     code, out, _ = run_cli(["bench", str(export_dir), "--seconds", "0.2", "--artifact", "model.int8.onnx",
                             "--fail-on-fallback"], monkeypatch, capsys)

@@ -82,4 +82,49 @@ def report(manifest: dict) -> str:
             continue
         ops = ", ".join(f"{n['op']} x{n['count']} ({n['reason']})" for n in a["not_quantized"]) or "none"
         lines.append(f"- {a['path']}: {ops}")
+    if manifest.get("bench"):
+        lines += bench_section(manifest["bench"])
     return "\n".join(lines) + "\n"
+
+
+def bench_section(bench: dict) -> list[str]:
+    """`edgeship bench` results: one table for every artifact, ratios, and per-op profiles."""
+    host = bench["host"]
+    where = f"{host.get('cpu_model') or host.get('machine')} ({host.get('cpu_count')} cpus"
+    where += f", {host['device']})" if host.get("device") else ")"
+    lines = ["", "## Benchmark (`edgeship bench`)", "", f"Measured on {where}."]
+    if host.get("emulated"):
+        lines += ["", f"**Emulated** ({host['emulated']}): the outputs are checked against this machine's; "
+                  "the timings are NOT ARM latency."]
+    remote = any("vs_host_max_abs" in r for r in bench["rows"])
+    head = ["artifact", "runtime", "median ms", "p90 ms", "p99 ms", "min ms", "spread", "runs", "load ms",
+            "peak MB"] + (["vs this machine"] if remote else [])
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in bench["rows"]:
+        cells = [r["path"], r["runtime"] + (f" ({r['tool']})" if "tool" in r else "")]
+        cells += [_fmt(r.get(k), ".3f") for k in ("median", "p90", "p99", "min")]
+        cells += [_fmt(r.get("spread"), ".2f"), _fmt(r.get("runs")), _fmt(r.get("load_ms"), ".1f"),
+                  _fmt(r.get("peak_rss_mb"), ".0f")]
+        if remote:
+            cells.append(f"{r['vs_host_steps']:g} steps" if "vs_host_steps" in r else
+                         f"{r['vs_host_relative']:.1e} relative" if "vs_host_relative" in r else "not checked")
+        lines.append("| " + " | ".join(cells) + " |")
+    if bench.get("ratios"):
+        lines += ["", "Median ratios, one run:", ""]
+        lines += [f"- {name}: {ratio:.3f}x" for name, ratio in bench["ratios"].items()]
+    for r in bench["rows"]:
+        if "profile" not in r:
+            continue
+        prof = r["profile"]
+        key = "delegated" if prof["runtime"] == "executorch" else "int8"
+        lines += ["", f"### Per-op profile: {r['path']}", "",
+                  f"{r['delegated_share'] * 100:.1f}% of compute ops "
+                  f"{'in the XNNPACK delegate' if key == 'delegated' else 'in int8 kernels'}"
+                  + (f"; {prof['note']}" if prof.get("note") else "") + ".", "",
+                  f"| op | count | ms per run | share | {key} |", "|---|---|---|---|---|"]
+        for op in prof["ops"]:
+            flag = op[key]
+            lines.append(f"| {op['op']} | {op['count']} | {_fmt(op['ms_per_run'], '.4f')} | "
+                         f"{_fmt(op['share'] and op['share'] * 100, '.1f')}{'%' if op['share'] else ''} | "
+                         f"{'-' if flag is None else 'yes' if flag else '**no**'} |")
+    return lines
