@@ -28,6 +28,8 @@ class Device:
     recipe: str = "int8"
     threads: int = 4
     reach: str = "local"
+    clusters: tuple[str, ...] = ()  # core clusters, fastest first: what threads should stay on
+    why: str = ""  # why these runtimes, recipe and threads fit this device
     address: str | None = None  # ssh://user@host[:port] or adb://SERIAL: where `edgeship bench --device` goes
     python: str | None = None  # the Python on the device that runs edgeship's runner
     benchmark_tools: dict = dataclasses.field(default_factory=dict)  # runtime -> local path of its tool binary
