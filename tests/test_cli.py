@@ -14,7 +14,14 @@ MODELS = str(Path(__file__).parent / "models.py")
 def test_targets_lists_builtin_profiles(monkeypatch, capsys) -> None:
     code, out, _ = run_cli(["targets", "--format", "json"], monkeypatch, capsys)
     assert code == 0
-    assert {"android-arm64", "linux-arm64", "ios-arm64", "host"} <= {t["name"] for t in json.loads(out)}
+    targets = {t["name"]: t for t in json.loads(out)}
+    assert {"android-arm64", "linux-arm64", "ios-arm64", "host", "pixel-8", "galaxy-s24", "raspberry-pi-5",
+            "raspberry-pi-4", "jetson-orin-cpu"} <= set(targets)
+    for t in targets.values():  # each says its clusters and why its runtimes / recipe / threads fit
+        assert t["clusters"] and len(t["why"]) > 40, t["name"]
+    assert "i8mm" in targets["pixel-8"]["isa"] and "dotprod" not in targets["raspberry-pi-4"]["isa"]
+    code, out, _ = run_cli(["targets", "--show", "raspberry-pi-5"], monkeypatch, capsys)
+    assert code == 0 and "4x Cortex-A76 2.4 GHz" in out and "dotprod" in out
 
 
 def test_export_table_from_image_folder(image_folder, tmp_path, monkeypatch, capsys, caplog) -> None:
