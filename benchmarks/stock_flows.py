@@ -34,7 +34,7 @@ from edgeship.calibration.samples import Samples, split_held_out  # noqa: E402
 from edgeship.report.compare import accuracy  # noqa: E402
 from edgeship.report.manifest import versions  # noqa: E402
 from edgeship.runtimes.base import get_harness  # noqa: E402
-from edgeship.runtimes.timing import measure_latency  # noqa: E402
+from edgeship.runtimes.bench import bench_artifact  # noqa: E402
 from edgeship.verify import torch_outputs  # noqa: E402
 
 THREADS = 2
@@ -58,14 +58,13 @@ def eval_and_calibration() -> tuple[Samples, Samples]:
     return split_held_out(pool)
 
 
-def run_artifact(runtime: str, path: Path, evaluation: Samples, reference) -> dict:
-    harness = get_harness(runtime)
-    session = harness.load(path, THREADS)
+def run_artifact(runtime: str, path: Path, evaluation: Samples, reference, one_input: Path) -> dict:
+    """Accuracy in the runtime (with the device's numerics), and latency with `edgeship bench`'s method:
+    a fresh process per artifact, this host's own runtime settings."""
+    session = get_harness(runtime).load(path, THREADS)
     outputs = [session.run(list(evaluation.sample(i))) for i in range(len(evaluation))]
-    timed = harness.load(path, THREADS, device_numerics=False) if getattr(harness, "host_numerics_differ", False) \
-        else session
     return {"path": path.name, "bytes": path.stat().st_size, "accuracy": accuracy(reference, outputs),
-            "latency_ms": measure_latency(timed, list(evaluation.sample(0)), THREADS, budget_s=3.0)}
+            "latency_ms": bench_artifact(runtime, path, one_input, THREADS, 3.0)}
 
 
 def stock_onnxruntime(float_onnx: Path, calib: Samples, work: Path) -> Path:
@@ -137,6 +136,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="edgeship-bench-"))
     np.savez(work / "calib.npz", x=calib.arrays[0])
     np.savez(work / "eval.npz", x=evaluation.arrays[0])
+    np.savez(work / "one.npz", x=evaluation.arrays[0][:1])
     print(f"calibration {len(calib)} images, evaluation {len(evaluation)} images ({evaluation.source})", flush=True)
 
     calib = Samples(("x",), calib.arrays, calib.source)
@@ -153,7 +153,7 @@ def main() -> None:
                      "litert": "model.fp32.tflite"}[runtime]
         for flow, path in (("fp32", ours_dir / fp32_name), ("edgeship int8", ours_dir / ours_name),
                            ("stock int8", stock())):
-            row = {"runtime": runtime, "flow": flow} | run_artifact(runtime, path, evaluation, reference)
+            row = {"runtime": runtime, "flow": flow} | run_artifact(runtime, path, evaluation, reference, work / "one.npz")
             rows.append(row)
             acc, lat = row["accuracy"], row["latency_ms"]
             print(f"{runtime:12s} {flow:14s} top-1 {acc['top1_agreement'] * 100:5.1f}%  SQNR {acc['sqnr_db']:6.2f} dB  "

@@ -137,6 +137,29 @@ def _stable(times):
     return abs(recent - overall) <= 0.02 * overall
 
 
+def timed_runs(call, budget_s, warmup=WARMUP):
+    """Warm up, then run until the median is stable (at least a quarter of the budget) or the budget is
+    spent, between MIN_RUNS and MAX_RUNS runs: median / p90 / p99 / min in ms, spread (p90 - p10) / median."""
+    for _ in range(warmup):
+        call()
+    times = []
+    bench_start = time.perf_counter()
+    while len(times) < MAX_RUNS:
+        t0 = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - t0) * 1000)
+        elapsed = time.perf_counter() - bench_start
+        if len(times) >= MIN_RUNS and (elapsed >= budget_s or (_stable(times) and elapsed >= budget_s / 4)):
+            break
+    arr = np.array(times)
+    median = float(np.median(arr))
+    return {"warmup": warmup, "runs": len(times), "median": round(median, 4),
+            "p90": round(float(np.percentile(arr, 90)), 4), "p99": round(float(np.percentile(arr, 99)), 4),
+            "min": round(float(arr.min()), 4),
+            "spread": round(float((np.percentile(arr, 90) - np.percentile(arr, 10)) / median), 4),
+            "stable": _stable(times)}
+
+
 def measure(runtime, path, inputs, threads, budget_s, config):
     import importlib
 
@@ -151,27 +174,10 @@ def measure(runtime, path, inputs, threads, budget_s, config):
     t0 = time.perf_counter()
     outputs = run(inputs)
     first_ms = (time.perf_counter() - t0) * 1000
-    for _ in range(WARMUP):
-        run(inputs)
-    times = []
-    bench_start = time.perf_counter()
-    while len(times) < MAX_RUNS:
-        t0 = time.perf_counter()
-        run(inputs)
-        times.append((time.perf_counter() - t0) * 1000)
-        elapsed = time.perf_counter() - bench_start
-        if len(times) >= MIN_RUNS and (elapsed >= budget_s or (_stable(times) and elapsed >= budget_s / 4)):
-            break
-    arr = np.array(times)
-    median = float(np.median(arr))
-    result = {
-        "load_ms": round(load_ms, 3), "first_inference_ms": round(first_ms, 3), "warmup": WARMUP,
-        "runs": len(times), "median": round(median, 4), "p90": round(float(np.percentile(arr, 90)), 4),
-        "p99": round(float(np.percentile(arr, 99)), 4), "min": round(float(arr.min()), 4),
-        "spread": round(float((np.percentile(arr, 90) - np.percentile(arr, 10)) / median), 4),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "threads": threads, "stable": _stable(times), "machine": platform.machine(),
-    }
+    result = {"load_ms": round(load_ms, 3), "first_inference_ms": round(first_ms, 3)}
+    result |= timed_runs(lambda: run(inputs), budget_s)
+    result |= {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+               "threads": threads, "machine": platform.machine()}
     return result, outputs
 
 
