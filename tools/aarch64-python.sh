@@ -21,7 +21,8 @@ packages="python3.11-minimal libpython3.11-minimal libpython3.11-stdlib libc6 zl
 libssl3 libbz2-1.0 liblzma5 libgcc-s1 libstdc++6 libuuid1 libcrypt1 libsqlite3-0 libncursesw6 libtinfo6"
 
 if ! command -v qemu-aarch64-static >/dev/null; then
-    apt-get install -y -qq qemu-user-static >/dev/null
+    apt-get install -y -qq qemu-user-static >/dev/null 2>&1 ||
+        { apt-get update -qq && apt-get install -y -qq qemu-user-static >/dev/null; }
 fi
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
     dpkg --add-architecture arm64
