@@ -89,14 +89,15 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     float_onnx = stage / "model.fp32.onnx"
     cap.export_float_onnx(program, float_onnx, in_names, out_names)
 
-    advance = progress("calibrate", len(calib))
+    advance = progress("calibrate", len(calib) * (1 + len(recipe.algorithms)))
     prepared = calibrate(program, recipe, calib, advance)
     reference = torch_outputs(flat, evaluation)
     choice = None
     if budget:
         choice = _choose_float_layers(prepared, evaluation, reference, budget, progress)
         if choice["keep_float"]:
-            prepared = calibrate(program, recipe, calib, progress("recalibrate", len(calib)),
+            prepared = calibrate(program, recipe, calib,
+                                 progress("recalibrate", len(calib) * (1 + len(recipe.algorithms))),
                                  frozenset(choice["keep_float"]))
     quantized = convert(prepared)
     (stage / "encodings.json").write_text(json.dumps(quantized.encodings, indent=1) + "\n")
@@ -132,6 +133,7 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
                        "sha256": evaluation.content_hash()},
         "simulated_int8": accuracy(reference, simulated),
         "float_ops_in_quantized_graph": quantized.float_ops,
+        "algorithms": quantized.algorithms,
         "precision_choice": choice,
         "artifacts": [mf.artifact_record(c, stage) for c in checked],
         "int8_output_scales": scales,

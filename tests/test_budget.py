@@ -21,7 +21,8 @@ def ffn_data(tmp_path: Path) -> Path:
 
 def test_budget_keeps_the_fewest_layers_in_float(tmp_path, ffn_data, monkeypatch, capsys) -> None:
     code, out, err = run_cli(["export", f"{MODELS}:outlier_ffn", "--target", "host", "--calibration",
-                              str(ffn_data), "--out", str(tmp_path / "plain"), "--format", "json"],
+                              str(ffn_data), "--out", str(tmp_path / "plain"), "--format", "json",
+                              "--recipe", "int8-plain"],
                              monkeypatch, capsys)
     assert code == 0, err
     plain = json.loads(out)
@@ -29,7 +30,7 @@ def test_budget_keeps_the_fewest_layers_in_float(tmp_path, ffn_data, monkeypatch
     target = plain_sqnr + 3.0  # a budget the all-int8 model misses by 3 dB
     code, out, err = run_cli(["export", f"{MODELS}:outlier_ffn", "--target", "host", "--calibration",
                               str(ffn_data), "--out", str(tmp_path / "budget"), "--format", "json",
-                              "--min-sqnr", f"{target:.2f}"], monkeypatch, capsys)
+                              "--min-sqnr", f"{target:.2f}", "--recipe", "int8-plain"], monkeypatch, capsys)
     assert code == 0, err
     manifest = json.loads(out)
     choice = manifest["precision_choice"]
@@ -59,7 +60,7 @@ def test_max_drop_parses_percentages(tmp_path, monkeypatch, capsys) -> None:
 
 def test_analyze_ranks_layers(ffn_data, monkeypatch, capsys) -> None:
     code, out, err = run_cli(["analyze", f"{MODELS}:outlier_ffn", "--calibration", str(ffn_data),
-                              "--format", "json"], monkeypatch, capsys)
+                              "--format", "json", "--recipe", "int8-plain"], monkeypatch, capsys)
     assert code == 0, err
     result = json.loads(out)
     rows = result["rows"]
@@ -74,7 +75,8 @@ def test_analyze_ranks_layers(ffn_data, monkeypatch, capsys) -> None:
 
 def test_budget_choice_is_in_the_report(tmp_path, ffn_data, monkeypatch, capsys) -> None:
     code, _, err = run_cli(["export", f"{MODELS}:outlier_ffn", "--target", "host", "--calibration", str(ffn_data),
-                            "--out", str(tmp_path), "--min-cosine", "0.9999"], monkeypatch, capsys)
+                            "--out", str(tmp_path), "--min-cosine", "0.9999", "--recipe", "int8-plain"],
+                           monkeypatch, capsys)
     assert code == 0, err
     report = (tmp_path / "models-outlier_ffn/host/report.md").read_text()
     assert "## Accuracy budget" in report and "cosine >= 0.9999" in report

@@ -17,7 +17,7 @@ from edgeship.export.inputs import to_torch
 from edgeship.export.passes.integer_constants import restore_integer_constants
 from edgeship.quantize.encodings import collect_encodings
 from edgeship.quantize.quantizer import EdgeshipQuantizer, float_ops
-from edgeship.quantize.recipe import Recipe
+from edgeship.quantize.recipe import ALGORITHMS, Recipe
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ class QuantizedGraph:
     unfolded: GraphModule
     encodings: dict
     float_ops: list[str]
+    algorithms: list[dict]  # what each post-training algorithm changed, for the manifest
 
 
 def calibrate(program: torch.export.ExportedProgram, recipe: Recipe, samples: Samples,
@@ -44,7 +45,9 @@ def calibrate(program: torch.export.ExportedProgram, recipe: Recipe, samples: Sa
     quantizer = EdgeshipQuantizer(activation_method=recipe.activation_method, skip=keep_float)
     module = program.module()
     restore_integer_constants(module)
+    records = apply_algorithms(module, recipe, samples, progress)
     prepared = prepare_pt2e(module, quantizer)
+    prepared.meta["edgeship_algorithms"] = records
     with torch.no_grad():
         for i in range(len(samples)):
             try:
@@ -58,12 +61,29 @@ def calibrate(program: torch.export.ExportedProgram, recipe: Recipe, samples: Sa
     return prepared
 
 
+def apply_algorithms(module: GraphModule, recipe: Recipe, samples: Samples,
+                     progress: Callable[[int], None] | None = None) -> list[dict]:
+    """The recipe's post-training algorithms, in place, in ALGORITHMS order; each reads the calibration
+    samples once. Returns a record per algorithm."""
+    from edgeship.quantize.outlier_split import split_outliers
+    from edgeship.quantize.smoothquant import smooth
+
+    passes = {"outlier_channels": split_outliers, "smoothquant": smooth}
+    records = []
+    for name in (a for a in ALGORITHMS if a in recipe.algorithms):
+        with torch.no_grad():
+            changes = passes[name](module, samples, progress=progress)
+        records.append({"algorithm": name, "changes": changes})
+    return records
+
+
 def convert(prepared: GraphModule) -> QuantizedGraph:
     left_float = float_ops(prepared)
     encodings = collect_encodings(prepared)
+    records = prepared.meta.get("edgeship_algorithms", [])
     unfolded = convert_pt2e(copy.deepcopy(prepared), fold_quantize=False)
     folded = convert_pt2e(prepared, fold_quantize=True)
-    return QuantizedGraph(folded, unfolded, encodings, left_float)
+    return QuantizedGraph(folded, unfolded, encodings, left_float, records)
 
 
 def quantize(program: torch.export.ExportedProgram, recipe: Recipe, samples: Samples,

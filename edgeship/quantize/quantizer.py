@@ -28,6 +28,7 @@ from torchao.quantization.pt2e.quantizer import (
 )
 
 aten = torch.ops.aten
+FLOAT_NODE = "edgeship_float"  # node.meta key: a node a PTQ pass added to run in float (never annotated)
 
 CONV_OPS = {aten.conv1d.default, aten.conv2d.default, aten.conv1d.padding, aten.conv2d.padding}
 LINEAR_OPS = {aten.linear.default}
@@ -129,7 +130,7 @@ class EdgeshipQuantizer(Quantizer):
     def annotate(self, model: GraphModule) -> GraphModule:
         # One sweep in topological order, so a producer is annotated before its users.
         for node in model.graph.nodes:
-            if node.op != "call_function" or node.name in self.skip or _annotated(node):
+            if node.op != "call_function" or node.name in self.skip or _annotated(node) or node.meta.get(FLOAT_NODE):
                 continue
             if node.target in CONV_OPS or node.target in LINEAR_OPS:
                 self._annotate_weighted(node)

@@ -12,24 +12,36 @@ from edgeship.errors import ConfigError, unknown_name
 
 SCHEMES = ("w8a8",)
 ACTIVATION_METHODS = ("histogram", "mse", "minmax", "percentile", "entropy")
+# post-training algorithms, applied in this order before calibration (see edgeship/quantize/<name>.py)
+ALGORITHMS = ("outlier_channels", "smoothquant")
 
 
 @dataclass(frozen=True)
 class Recipe:
     """`w8a8`: int8 weights per output channel (symmetric, -127..127), int8 activations per tensor
-    (affine, -128..127), ranges calibrated by `activation_method`."""
+    (affine, -128..127), ranges calibrated by `activation_method`. `algorithms`: `outlier_channels`
+    (linear output channels far above the rest computed in float), `smoothquant` (activation outliers
+    moved into the weights, alpha chosen per layer)."""
 
     name: str = "int8"
     scheme: str = "w8a8"
     weight_granularity: str = "per_channel"
     activation_granularity: str = "per_tensor"
     activation_method: str = "histogram"
+    algorithms: tuple[str, ...] = ALGORITHMS
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise unknown_name("scheme", self.scheme, SCHEMES)
         if self.activation_method not in ACTIVATION_METHODS:
             raise unknown_name("activation method", self.activation_method, ACTIVATION_METHODS)
+        if isinstance(self.algorithms, (list, tuple)):
+            object.__setattr__(self, "algorithms", tuple(self.algorithms))
+        else:
+            raise ConfigError(f"algorithms must be a list of names from {', '.join(ALGORITHMS)}")
+        for name in self.algorithms:
+            if name not in ALGORITHMS:
+                raise unknown_name("algorithm", name, ALGORITHMS)
         if self.weight_granularity != "per_channel" or self.activation_granularity != "per_tensor":
             raise ConfigError("w8a8 uses per_channel weights and per_tensor activations; "
                               "remove the granularity keys or set them to those values")
@@ -48,6 +60,7 @@ class Recipe:
 
 RECIPES = {
     "int8": Recipe(),
+    "int8-plain": Recipe(name="int8-plain", algorithms=()),
     "int8-percentile": Recipe(name="int8-percentile", activation_method="percentile"),
     "int8-entropy": Recipe(name="int8-entropy", activation_method="entropy"),
     "int8-minmax": Recipe(name="int8-minmax", activation_method="minmax"),
