@@ -89,7 +89,7 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     float_onnx = stage / "model.fp32.onnx"
     cap.export_float_onnx(program, float_onnx, in_names, out_names)
 
-    advance = progress("calibrate", len(calib) * (1 + len(recipe.algorithms)))
+    advance = progress("calibrate", len(calib) * recipe.calibration_passes)
     prepared = calibrate(program, recipe, calib, advance)
     reference = torch_outputs(flat, evaluation)
     choice = None
@@ -97,7 +97,7 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
         choice = _choose_float_layers(prepared, evaluation, reference, budget, progress)
         if choice["keep_float"]:
             prepared = calibrate(program, recipe, calib,
-                                 progress("recalibrate", len(calib) * (1 + len(recipe.algorithms))),
+                                 progress("recalibrate", len(calib) * recipe.calibration_passes),
                                  frozenset(choice["keep_float"]))
     quantized = convert(prepared)
     (stage / "encodings.json").write_text(json.dumps(quantized.encodings, indent=1) + "\n")

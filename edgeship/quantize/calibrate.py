@@ -65,10 +65,11 @@ def apply_algorithms(module: GraphModule, recipe: Recipe, samples: Samples,
                      progress: Callable[[int], None] | None = None) -> list[dict]:
     """The recipe's post-training algorithms, in place, in ALGORITHMS order; each reads the calibration
     samples once. Returns a record per algorithm."""
+    from edgeship.quantize.embeddings import quantize_embeddings
     from edgeship.quantize.outlier_split import split_outliers
     from edgeship.quantize.smoothquant import smooth
 
-    passes = {"outlier_channels": split_outliers, "smoothquant": smooth}
+    passes = {"embeddings": quantize_embeddings, "outlier_channels": split_outliers, "smoothquant": smooth}
     records = []
     for name in (a for a in ALGORITHMS if a in recipe.algorithms):
         with torch.no_grad():

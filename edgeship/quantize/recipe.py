@@ -13,13 +13,15 @@ from edgeship.errors import ConfigError, unknown_name
 SCHEMES = ("w8a8",)
 ACTIVATION_METHODS = ("histogram", "mse", "minmax", "percentile", "entropy")
 # post-training algorithms, applied in this order before calibration (see edgeship/quantize/<name>.py)
-ALGORITHMS = ("outlier_channels", "smoothquant")
+ALGORITHMS = ("embeddings", "outlier_channels", "smoothquant")
+READS_SAMPLES = ("outlier_channels", "smoothquant")  # one pass over the calibration samples each
 
 
 @dataclass(frozen=True)
 class Recipe:
     """`w8a8`: int8 weights per output channel (symmetric, -127..127), int8 activations per tensor
-    (affine, -128..127), ranges calibrated by `activation_method`. `algorithms`: `outlier_channels`
+    (affine, -128..127), ranges calibrated by `activation_method`. `algorithms`: `embeddings` (int8
+    embedding tables, one scale per row), `outlier_channels`
     (linear output channels far above the rest computed in float), `smoothquant` (activation outliers
     moved into the weights, alpha chosen per layer)."""
 
@@ -45,6 +47,11 @@ class Recipe:
         if self.weight_granularity != "per_channel" or self.activation_granularity != "per_tensor":
             raise ConfigError("w8a8 uses per_channel weights and per_tensor activations; "
                               "remove the granularity keys or set them to those values")
+
+    @property
+    def calibration_passes(self) -> int:
+        """How many times calibration reads the samples (for progress)."""
+        return 1 + sum(a in READS_SAMPLES for a in self.algorithms)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
