@@ -13,6 +13,7 @@ from torch import nn
 
 from edgeship.calibration.samples import Samples
 from edgeship.quantize.calibrate import calibrate, convert
+from edgeship.quantize.embeddings import quantize_embeddings
 from edgeship.quantize.outlier_split import split_outliers
 from edgeship.quantize.recipe import Recipe
 from edgeship.quantize.smoothquant import smooth, smoothing_groups
@@ -89,6 +90,38 @@ def test_smoothquant_leaves_int8_inputs_alone() -> None:
     module = _program(tiny_conv_net(), calib).module()
     assert smoothing_groups(module) == {}  # the head reads the int8 pooled features
     assert smooth(module, calib) == []
+
+
+class Lookup(nn.Module):
+    def __init__(self, rows: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.table, self.proj = nn.Embedding(rows, 16), nn.Linear(16, 8)
+
+    def forward(self, ids):
+        return self.proj(self.table(ids))
+
+
+def test_embeddings_stored_int8_per_row() -> None:
+    model = Lookup(3000).eval()
+    ids = Samples(("ids",), (np.random.default_rng(0).integers(0, 3000, (4, 12)),), "ids")
+    module = _program(model, ids).module()
+    records = quantize_embeddings(module)
+    assert [(r["rows"], r["columns"]) for r in records] == [(3000, 16)]
+    tables = [b for b in module.buffers() if b.dtype == torch.int8]
+    assert [t.shape for t in tables] == [torch.Size([3000, 16])]
+    assert all(n.target != "table.weight" for n in module.graph.nodes if n.op == "get_attr")  # float table unused
+    x = torch.from_numpy(ids.sample(0)[0])
+    step = model.table.weight.abs().amax(dim=1).max() / 127
+    # every looked-up value within half a step of its row's scale; through the linear, a few steps
+    assert float((module(x) - model(x)).abs().max()) < 16 * step * model.proj.weight.abs().max()
+
+
+def test_embeddings_leave_small_tables_alone() -> None:
+    ids = Samples(("ids",), (np.random.default_rng(0).integers(0, 100, (2, 12)),), "ids")
+    module = _program(Lookup(100).eval(), ids).module()
+    assert quantize_embeddings(module) == []
+    assert not any(b.dtype == torch.int8 for b in module.buffers())
 
 
 @pytest.mark.slow
