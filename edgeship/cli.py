@@ -315,10 +315,10 @@ def recipes(format: FormatOpt = Format.table) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("recipe", "scheme", "weights", "activations", "activation ranges")
+    table = Table("recipe", "scheme", "weights", "activations", "activation ranges", "algorithms")
     for name, r in RECIPES.items():
         table.add_row(name, r.scheme, f"int8 {r.weight_granularity}", f"int8 {r.activation_granularity}",
-                      r.activation_method)
+                      r.activation_method, ", ".join(r.algorithms) or "none")
     Console(width=160).print(table)
 
 
