@@ -62,6 +62,9 @@ def export(model: str, target: str, calibration: str | Path, *, eval_data: str |
 
     device = load_device(target)
     resolved = recipe_by_name(recipe)
+    if budget and resolved.scheme != "w8a8":
+        raise ConfigError(f"accuracy budgets choose float layers for int8 recipes, not {resolved.name}; drop "
+                          "--min-cosine / --min-sqnr / --max-drop, or use an int8 recipe")
     out = Path(out)
     _check_writable(out)
 
@@ -89,35 +92,48 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     float_onnx = stage / "model.fp32.onnx"
     cap.export_float_onnx(program, float_onnx, in_names, out_names)
 
-    advance = progress("calibrate", len(calib) * recipe.calibration_passes)
-    prepared = calibrate(program, recipe, calib, advance)
     reference = torch_outputs(flat, evaluation)
-    choice = None
-    if budget:
-        choice = _choose_float_layers(prepared, evaluation, reference, budget, progress)
-        if choice["keep_float"]:
-            prepared = calibrate(program, recipe, calib,
-                                 progress("recalibrate", len(calib) * recipe.calibration_passes),
-                                 frozenset(choice["keep_float"]))
-    quantized = convert(prepared)
-    (stage / "encodings.json").write_text(json.dumps(quantized.encodings, indent=1) + "\n")
+    choice, quantized, int4 = None, None, None
+    if recipe.scheme == "w4a8":
+        from edgeship.quantize.int4 import build_int4
+
+        int4 = build_int4(program, recipe, calib, progress("int4 weights", len(calib) * (recipe.calibration_passes - 1)))
+        encodings = int4.encodings()
+    else:
+        advance = progress("calibrate", len(calib) * recipe.calibration_passes)
+        prepared = calibrate(program, recipe, calib, advance)
+        if budget:
+            choice = _choose_float_layers(prepared, evaluation, reference, budget, progress)
+            if choice["keep_float"]:
+                prepared = calibrate(program, recipe, calib,
+                                     progress("recalibrate", len(calib) * recipe.calibration_passes),
+                                     frozenset(choice["keep_float"]))
+        quantized = convert(prepared)
+        encodings = quantized.encodings
+    (stage / "encodings.json").write_text(json.dumps(encodings, indent=1) + "\n")
     import numpy as np
 
     # one real input, for `edgeship bench` and for reproducing a result from this folder
     np.savez(stage / "sample_inputs.npz", **dict(zip(in_names, evaluation.sample(0))))
     (stage / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1) + "\n")
 
-    job = LowerJob(program, quantized, args, tuple(in_names), tuple(out_names), float_onnx)
-    artifacts = []
+    job = LowerJob(program, quantized, args, tuple(in_names), tuple(out_names), float_onnx, int4)
+    precisions = ("fp32", "int4") if int4 is not None else device.precisions
+    artifacts, not_produced = [], []
     for runtime in device.runtimes:
         advance = progress(f"lower for {runtime}", 1)
-        artifacts += get_adapter(runtime).lower(job, stage, device.precisions)
+        adapter = get_adapter(runtime)
+        artifacts += adapter.lower(job, stage, precisions)
+        if int4 is not None and adapter.no_int4:
+            not_produced.append({"runtime": runtime, "precision": "int4", "reason": adapter.no_int4})
+            log.warning("%s: %s", runtime, adapter.no_int4)
         advance(1)
 
-    simulated = torch_outputs(quantized.folded, evaluation)
-    scales = output_scales(quantized.folded)
+    quantized_graph = int4.packed if int4 is not None else quantized.folded
+    simulated = torch_outputs(quantized_graph, evaluation)
+    scales = output_scales(quantized_graph)
     threads = device.host_threads()
-    checked = [check_artifact(a, evaluation, reference, simulated if a.precision == "int8" else None,
+    checked = [check_artifact(a, evaluation, reference, simulated if a.precision != "fp32" else None,
                               scales, threads, progress) for a in artifacts]
 
     from edgeship.report.compare import accuracy
@@ -131,9 +147,10 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
         "calibration": {"source": calib.source, "samples": len(calib), "sha256": calib.content_hash()},
         "evaluation": {"source": evaluation.source, "samples": len(evaluation),
                        "sha256": evaluation.content_hash()},
-        "simulated_int8": accuracy(reference, simulated),
-        "float_ops_in_quantized_graph": quantized.float_ops,
-        "algorithms": quantized.algorithms,
+        "simulated_int8" if int4 is None else "simulated_int4": accuracy(reference, simulated),
+        "float_ops_in_quantized_graph": quantized.float_ops if quantized is not None else [],
+        "algorithms": (quantized or int4).algorithms,
+        "not_produced": not_produced,
         "precision_choice": choice,
         "artifacts": [mf.artifact_record(c, stage) for c in checked],
         "int8_output_scales": scales,
@@ -150,7 +167,7 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
 
 
 def _flag_slower_than_fp32(artifacts: list[dict]) -> None:
-    """Marks each int8 artifact whose host median is above its runtime's fp32 artifact, and warns."""
+    """Marks each quantized artifact whose host median is above its runtime's fp32 artifact, and warns."""
     fp32 = {a["runtime"]: a for a in artifacts if a["precision"] == "fp32"}
     for a in artifacts:
         base = fp32.get(a["runtime"])

@@ -10,11 +10,13 @@ from pathlib import Path
 
 from edgeship.errors import ConfigError, unknown_name
 
-SCHEMES = ("w8a8",)
+SCHEMES = ("w8a8", "w4a8")
+GROUP_SIZES = (16, 32, 64, 128, 256)
 ACTIVATION_METHODS = ("histogram", "mse", "minmax", "percentile", "entropy")
 # post-training algorithms, applied in this order before calibration (see edgeship/quantize/<name>.py)
 ALGORITHMS = ("embeddings", "outlier_channels", "smoothquant")
 READS_SAMPLES = ("outlier_channels", "smoothquant")  # one pass over the calibration samples each
+DEFAULT_ALGORITHMS = {"w8a8": ALGORITHMS, "w4a8": ("embeddings",)}
 
 
 @dataclass(frozen=True)
@@ -23,20 +25,27 @@ class Recipe:
     (affine, -128..127), ranges calibrated by `activation_method`. `algorithms`: `embeddings` (int8
     embedding tables, one scale per row), `outlier_channels`
     (linear output channels far above the rest computed in float), `smoothquant` (activation outliers
-    moved into the weights, alpha chosen per layer)."""
+    moved into the weights, alpha chosen per layer).
+
+    `w4a8`: int4 weights for linear layers, one symmetric scale per `group_size` input channels, and
+    int8 activations quantized per token at run time by the runtime's int4 kernels; other ops float.
+    Of the algorithms only `embeddings` applies to it."""
 
     name: str = "int8"
     scheme: str = "w8a8"
     weight_granularity: str = "per_channel"
     activation_granularity: str = "per_tensor"
     activation_method: str = "histogram"
-    algorithms: tuple[str, ...] = ALGORITHMS
+    algorithms: tuple[str, ...] | None = None  # None: the scheme's defaults (DEFAULT_ALGORITHMS)
+    group_size: int = 32
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise unknown_name("scheme", self.scheme, SCHEMES)
         if self.activation_method not in ACTIVATION_METHODS:
             raise unknown_name("activation method", self.activation_method, ACTIVATION_METHODS)
+        if self.algorithms is None:
+            object.__setattr__(self, "algorithms", DEFAULT_ALGORITHMS.get(self.scheme, ()))
         if isinstance(self.algorithms, (list, tuple)):
             object.__setattr__(self, "algorithms", tuple(self.algorithms))
         else:
@@ -44,6 +53,12 @@ class Recipe:
         for name in self.algorithms:
             if name not in ALGORITHMS:
                 raise unknown_name("algorithm", name, ALGORITHMS)
+        if self.group_size not in GROUP_SIZES:
+            raise ConfigError(f"group_size {self.group_size} is not supported; choose one of "
+                              f"{', '.join(map(str, GROUP_SIZES))}")
+        if self.scheme == "w4a8" and set(self.algorithms) - {"embeddings"}:
+            raise ConfigError(f"algorithms {', '.join(sorted(set(self.algorithms) - {'embeddings'}))} apply to "
+                              "w8a8 only; a w4a8 recipe takes algorithms = [\"embeddings\"] or []")
         if self.weight_granularity != "per_channel" or self.activation_granularity != "per_tensor":
             raise ConfigError("w8a8 uses per_channel weights and per_tensor activations; "
                               "remove the granularity keys or set them to those values")
@@ -68,6 +83,7 @@ class Recipe:
 RECIPES = {
     "int8": Recipe(),
     "int8-plain": Recipe(name="int8-plain", algorithms=()),
+    "int4": Recipe(name="int4", scheme="w4a8"),
     "int8-percentile": Recipe(name="int8-percentile", activation_method="percentile"),
     "int8-entropy": Recipe(name="int8-entropy", activation_method="entropy"),
     "int8-minmax": Recipe(name="int8-minmax", activation_method="minmax"),

@@ -10,6 +10,7 @@ import torch
 
 from edgeship.registry import instantiate
 from edgeship.quantize.calibrate import QuantizedGraph
+from edgeship.quantize.int4 import Int4Job
 
 
 @dataclass(frozen=True)
@@ -17,17 +18,18 @@ class LowerJob:
     """What every adapter lowers: the float program and the one calibrated quantized graph."""
 
     float_program: torch.export.ExportedProgram
-    quantized: QuantizedGraph
+    quantized: QuantizedGraph | None  # the int8 graph (w8a8 recipes)
     example_inputs: tuple[torch.Tensor, ...]
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     float_onnx: Path  # the reference written at capture time
+    int4: Int4Job | None = None  # the int4 weights and graphs (w4a8 recipes)
 
 
 @dataclass
 class Artifact:
     runtime: str
-    precision: str  # fp32 | int8
+    precision: str  # fp32 | int8 | int4
     path: Path
     # ops that do not run in int8 (or outside the accelerated delegate): {"op", "count", "reason"}
     not_quantized: list[dict] = field(default_factory=list)
@@ -36,6 +38,7 @@ class Artifact:
 
 class Adapter(Protocol):
     name: str
+    no_int4: str | None  # why this runtime gets no int4 artifact, or None when it does
 
     def lower(self, job: LowerJob, out: Path, precisions: tuple[str, ...]) -> list[Artifact]: ...
 

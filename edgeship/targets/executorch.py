@@ -19,6 +19,7 @@ _BOOKKEEPING = {"executorch_call_delegate", "getitem", "alloc", "memory.alloc", 
 
 class ExecuTorchAdapter:
     name = "executorch"
+    no_int4 = None
 
     def lower(self, job: LowerJob, out: Path, precisions: tuple[str, ...]) -> list[Artifact]:
         artifacts = []
@@ -34,6 +35,13 @@ class ExecuTorchAdapter:
             not_quantized = count_ops(outside, "outside the XNNPACK delegate (portable kernel)")
             not_quantized += count_ops(job.quantized.float_ops, "float op in the quantized graph")
             artifacts.append(Artifact(self.name, "int8", path, not_quantized))
+        if "int4" in precisions:
+            path = out / "model.int4.pte"
+            program = torch.export.export(job.int4.packed, job.example_inputs, strict=False)
+            outside = _lower(program, path)
+            not_quantized = count_ops(outside, "outside the XNNPACK delegate (portable kernel)")
+            not_quantized += [{"op": f["layer"], "count": 1, "reason": f["reason"]} for f in job.int4.skipped]
+            artifacts.append(Artifact(self.name, "int4", path, not_quantized))
         return artifacts
 
 

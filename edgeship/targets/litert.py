@@ -21,6 +21,8 @@ _DATA_MOVEMENT = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "TRANSPOSE", "SQUEEZE", "
 
 class LiteRTAdapter:
     name = "litert"
+    no_int4 = ("edgeship has no LiteRT int4 lowering yet (LiteRT has int4-weight kernels; handing it "
+               "edgeship's int4 values through litert-torch is not done); no int4 .tflite is written")
 
     def lower(self, job: LowerJob, out: Path, precisions: tuple[str, ...]) -> list[Artifact]:
         artifacts = []

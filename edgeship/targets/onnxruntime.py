@@ -23,11 +23,12 @@ _DATA_MOVEMENT = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Sh
 _INT8_KERNELS = {"QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearAveragePool",
                  "QLinearGlobalAveragePool", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu",
                  "QLinearSoftmax", "QuantizeLinear", "DequantizeLinear", "MatMulInteger", "ConvInteger",
-                 "DynamicQuantizeLinear", "MaxPool", "QAttention", "DynamicQuantizeMatMul"}
+                 "DynamicQuantizeLinear", "MaxPool", "QAttention", "DynamicQuantizeMatMul", "MatMulNBits"}
 
 
 class OnnxRuntimeAdapter:
     name = "onnxruntime"
+    no_int4 = None
 
     def lower(self, job: LowerJob, out: Path, precisions: tuple[str, ...]) -> list[Artifact]:
         artifacts = []
@@ -35,23 +36,40 @@ class OnnxRuntimeAdapter:
             artifacts.append(Artifact(self.name, "fp32", job.float_onnx))
         if "int8" in precisions:
             onnx_path = out / "model.int8.onnx"
-            program = torch.export.export(job.quantized.folded, job.example_inputs, strict=False)
-            try:
-                onnx_program = torch.onnx.export(program, input_names=list(job.input_names),
-                                                 output_names=list(job.output_names), dynamo=True,
-                                                 optimize=True, verbose=False)
-            except Exception as exc:  # the exporter raises many types for untranslatable ops
-                raise ExportError(f"torch.onnx.export cannot translate the quantized graph: "
-                                  f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}; "
-                                  "run with --debug for the full trace") from exc
-            onnx_program.save(str(onnx_path))
-            float_nodes = _float_nodes(onnx_path, out)
-            reason = "float ONNX Runtime kernel (not fused into a quantized kernel)"
-            artifacts.append(Artifact(self.name, "int8", onnx_path, count_ops(float_nodes, reason)))
-            ort_path = out / "model.int8.ort"
-            _save_ort_format(onnx_path, ort_path)
-            artifacts.append(Artifact(self.name, "int8", ort_path, count_ops(float_nodes, reason)))
+            _export_onnx(job.quantized.folded, job, onnx_path)
+            artifacts += self._with_ort(onnx_path, out, "int8", [])
+        if "int4" in precisions:
+            from edgeship.targets.onnx_int4 import to_matmul_nbits
+
+            onnx_path = out / "model.int4.onnx"
+            _export_onnx(job.int4.dequantized, job, onnx_path)
+            missing = to_matmul_nbits(onnx_path, job.int4.weights)
+            float_layers = [{"op": f["layer"], "count": 1, "reason": f["reason"]} for f in job.int4.skipped]
+            float_layers += [{"op": name, "count": 1, "reason": "the exporter wrote it in a form MatMulNBits "
+                              "does not replace; float MatMul"} for name in missing]
+            artifacts += self._with_ort(onnx_path, out, "int4", float_layers)
         return artifacts
+
+    def _with_ort(self, onnx_path: Path, out: Path, precision: str, extra: list[dict]) -> list[Artifact]:
+        """The .onnx and its ORT-format twin, with the ops ONNX Runtime leaves in float."""
+        float_nodes = _float_nodes(onnx_path, out)
+        reason = "float ONNX Runtime kernel (not fused into a quantized kernel)"
+        ort_path = out / onnx_path.name.replace(".onnx", ".ort")
+        _save_ort_format(onnx_path, ort_path)
+        return [Artifact(self.name, precision, p, count_ops(float_nodes, reason) + extra) for p in (onnx_path, ort_path)]
+
+
+def _export_onnx(module, job: LowerJob, onnx_path: Path) -> None:
+    program = torch.export.export(module, job.example_inputs, strict=False)
+    try:
+        onnx_program = torch.onnx.export(program, input_names=list(job.input_names),
+                                         output_names=list(job.output_names), dynamo=True,
+                                         optimize=True, verbose=False)
+    except Exception as exc:  # the exporter raises many types for untranslatable ops
+        raise ExportError(f"torch.onnx.export cannot translate the quantized graph: "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}; "
+                          "run with --debug for the full trace") from exc
+    onnx_program.save(str(onnx_path))
 
 
 def _session_options(optimized_path: Path | None = None, ort_format: bool = False):

@@ -1,0 +1,87 @@
+"""int4 (w4a8): one set of block-wise int4 weights, delivered to ONNX Runtime (MatMulNBits) and
+ExecuTorch (XNNPACK int4 kernels), each run in its runtime; LiteRT says it gets none."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+
+from edgeship.quantize.int4 import QMAX, QMIN, quantize_weight
+
+MODELS = str(Path(__file__).parent / "models.py")
+
+
+def test_block_wise_symmetric_int4() -> None:
+    w = torch.randn(8, 64) * torch.linspace(0.1, 3.0, 64)  # columns of very different size
+    q, scale = quantize_weight(w, 32)
+    assert q.dtype == torch.int8 and int(q.min()) >= QMIN and int(q.max()) <= QMAX
+    assert scale.shape == (8, 2)
+    blocks = w.reshape(8, 2, 32)
+    assert torch.allclose(scale, blocks.abs().amax(-1) / 7)
+    dequantized = (q.reshape(8, 2, 32).float() * scale[..., None]).reshape(8, 64)
+    assert float(((dequantized - w).abs().reshape(8, 2, 32) - scale[..., None] / 2).max()) <= 1e-6  # half a step
+
+
+@pytest.fixture(scope="module")
+def int4_export(tmp_path_factory):
+    root = tmp_path_factory.mktemp("int4")
+    np.savez(root / "x.npz", x=np.random.default_rng(0).standard_normal((16, 8, 32)).astype(np.float32))
+    return root
+
+
+def test_int4_export_delivers_the_same_weights(int4_export, monkeypatch, capsys) -> None:
+    code, out, err = run_cli(["export", f"{MODELS}:tiny_encoder", "--target", "host", "--calibration",
+                              str(int4_export / "x.npz"), "--recipe", "int4", "--out", str(int4_export / "o"),
+                              "--format", "json"], monkeypatch, capsys)
+    assert code == 0, err
+    manifest = json.loads(out)
+    folder = int4_export / "o/models-tiny_encoder/host"
+    paths = {a["path"]: a for a in manifest["artifacts"]}
+    assert set(paths) == {"model.fp32.onnx", "model.int4.onnx", "model.int4.ort", "model.fp32.pte",
+                          "model.int4.pte", "model.fp32.tflite"}
+    assert manifest["not_produced"][0]["runtime"] == "litert" and "int4" in manifest["not_produced"][0]["reason"]
+    encodings = json.loads((folder / "encodings.json").read_text())["int4_weights"]
+    assert len(encodings) == 4 and all(e["group"] == 32 for e in encodings.values())  # qkv, proj, ff up/down
+
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(folder / "model.int4.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 4  # the attention's activation x activation matmuls stay MatMul
+    assert sum(n.op_type == "MatMul" for n in model.graph.node) == 2
+    for node in nbits:
+        layer = node.name.removesuffix("_int4_matmul")
+        packed, scales = inits[node.input[1]], inits[node.input[2]]
+        q = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(packed.shape[0], -1).astype(np.int8) - 8
+        # the values and scales in the .onnx are the ones in encodings.json (and so in the .pte)
+        assert hashlib.sha256(q.tobytes()).hexdigest() == encodings[layer]["values_sha256"]
+        assert hashlib.sha256(scales.astype(np.float32).tobytes()).hexdigest() == encodings[layer]["scales_sha256"]
+    for name in ("model.int4.onnx", "model.int4.ort", "model.int4.pte"):
+        acc = paths[name]["accuracy"]
+        assert acc["cosine"] > 0.99 and acc["sqnr_db"] > 18, (name, acc)  # run in its own runtime
+        assert paths[name]["bytes"] < paths[name.replace("int4", "fp32").replace(".ort", ".onnx")]["bytes"]
+    # the int4 layers ran in int4 kernels: none of the four linears is left as a float MatMul or Gemm
+    assert not any(op["op"] == "Gemm" for op in paths["model.int4.onnx"]["not_quantized"])
+
+
+def test_int4_rejects_budgets_and_int8_algorithms(int4_export, tmp_path, monkeypatch, capsys) -> None:
+    code, _, err = run_cli(["export", f"{MODELS}:tiny_encoder", "--target", "host", "--calibration",
+                            str(int4_export / "x.npz"), "--recipe", "int4", "--min-cosine", "0.99"],
+                           monkeypatch, capsys)
+    assert code == 1 and "budgets choose float layers for int8 recipes" in err
+    (tmp_path / "r.toml").write_text('scheme = "w4a8"\nalgorithms = ["smoothquant"]\n')
+    code, _, err = run_cli(["export", f"{MODELS}:tiny_encoder", "--target", "host", "--calibration",
+                            str(int4_export / "x.npz"), "--recipe", str(tmp_path / "r.toml")], monkeypatch, capsys)
+    assert code == 1 and "apply to w8a8 only" in err
+    (tmp_path / "g.toml").write_text('scheme = "w4a8"\ngroup_size = 48\n')
+    code, _, err = run_cli(["export", f"{MODELS}:tiny_encoder", "--target", "host", "--calibration",
+                            str(int4_export / "x.npz"), "--recipe", str(tmp_path / "g.toml")], monkeypatch, capsys)
+    assert code == 1 and "group_size 48" in err
