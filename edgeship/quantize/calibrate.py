@@ -71,7 +71,7 @@ def apply_algorithms(module: GraphModule, recipe: Recipe, samples: Samples,
 
     passes = {"embeddings": quantize_embeddings, "outlier_channels": split_outliers, "smoothquant": smooth}
     records = []
-    for name in (a for a in ALGORITHMS if a in recipe.algorithms):
+    for name in (a for a in ALGORITHMS if a in recipe.algorithms and a in passes):
         with torch.no_grad():
             changes = passes[name](module, samples, progress=progress)
         records.append({"algorithm": name, "changes": changes})

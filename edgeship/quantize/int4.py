@@ -47,8 +47,58 @@ def quantize_weight(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, tor
     return q.reshape(out, cols), scale
 
 
-def int4_layers(module: GraphModule, group: int) -> tuple[list[Int4Weight], list[dict]]:
-    """The int4 weights of every qualifying linear layer, and a record of the layers left float."""
+def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, group: int, block: int = 128,
+                damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """GPTQ (Frantar et al. 2023): quantize the columns in order and spread each column's rounding error
+    over the columns not yet quantized, weighted by the inverse of H = sum x^T x over the calibration
+    inputs, so the layer's outputs on those inputs move least. Scales are set per group from the
+    updated weights when the group starts. Returns (q, scale) like `quantize_weight`."""
+    w = weight.detach().double().clone()
+    out, cols = w.shape
+    h = hessian.double().clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += torch.eye(cols, dtype=h.dtype) * damp * float(torch.diag(h).mean())
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    q = torch.zeros(out, cols, dtype=torch.int8)
+    scale = torch.zeros(out, cols // group, dtype=torch.float64)
+    block = max(group, block - block % group)
+    for start in range(0, cols, block):
+        end = min(start + block, cols)
+        w1, err1, hinv1 = w[:, start:end].clone(), torch.zeros(out, end - start, dtype=w.dtype), hinv[start:end, start:end]
+        for i in range(end - start):
+            col = start + i
+            if col % group == 0:
+                scale[:, col // group] = w1[:, i:i + group].abs().amax(dim=1).clamp(min=1e-10) / QMAX
+            s = scale[:, col // group]
+            qi = torch.round(w1[:, i] / s).clamp(QMIN, QMAX)
+            q[:, col] = qi.to(torch.int8)
+            err = (w1[:, i] - qi * s) / hinv1[i, i]
+            w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
+            err1[:, i] = err
+        w[:, end:] -= err1 @ hinv[start:end, end:]
+    return q, scale.float()
+
+
+class _InputGram(torch.fx.Interpreter):
+    """Accumulates H = sum x^T x of the inputs of the watched linear layers."""
+
+    def __init__(self, module: GraphModule, layers: set[str]) -> None:
+        super().__init__(module)
+        self.layers, self.gram = layers, {}
+
+    def run_node(self, n: Node):
+        if n.name in self.layers:
+            x = self.env[n.args[0]].detach().reshape(-1, self.env[n.args[0]].shape[-1]).double()
+            g = x.T @ x
+            self.gram[n.name] = self.gram[n.name] + g if n.name in self.gram else g
+        return super().run_node(n)
+
+
+def int4_layers(module: GraphModule, group: int, samples=None, progress=None) -> tuple[list[Int4Weight], list[dict]]:
+    """The int4 weights of every qualifying linear layer (GPTQ when `samples` are given, else
+    round-to-nearest), and a record of the layers left float."""
     found, skipped = [], []
     for node in module.graph.nodes:
         if node.op != "call_function" or node.target not in LINEAR_OPS:
@@ -61,8 +111,18 @@ def int4_layers(module: GraphModule, group: int) -> tuple[list[Int4Weight], list
             skipped.append({"layer": node.name, "reason": f"{weight.shape[1]} input channels are not a multiple "
                                                           f"of the group size {group}"})
             continue
-        q, scale = quantize_weight(weight, group)
-        found.append(Int4Weight(node.name, weight_node.target, q, scale, group))
+        found.append(Int4Weight(node.name, weight_node.target, *quantize_weight(weight, group), group))
+    if samples is not None and found:
+        from edgeship.export.inputs import to_torch
+
+        recorder = _InputGram(module, {w.layer for w in found})
+        with torch.no_grad():
+            for i in range(len(samples)):
+                recorder.run(*to_torch(samples.sample(i)))
+                if progress is not None:
+                    progress(1)
+        found = [Int4Weight(w.layer, w.attr, *gptq_weight(_attr(module, w.attr), recorder.gram[w.layer], group), group)
+                 if w.layer in recorder.gram else w for w in found]
     return found, skipped
 
 
@@ -131,6 +191,9 @@ def build_int4(program: torch.export.ExportedProgram, recipe, samples, progress=
     module = program.module()
     restore_integer_constants(module)
     records = apply_algorithms(module, recipe, samples, progress)
-    weights, skipped = int4_layers(module, recipe.group_size)
+    gptq = "gptq" in recipe.algorithms
+    weights, skipped = int4_layers(module, recipe.group_size, samples if gptq else None, progress)
+    if gptq:
+        records.append({"algorithm": "gptq", "changes": [{"layers": len(weights), "samples": len(samples)}]})
     return Int4Job(with_int4_weights(module, weights, packed=True), with_int4_weights(module, weights, packed=False),
                    weights, skipped, records)

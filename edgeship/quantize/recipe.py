@@ -14,9 +14,10 @@ SCHEMES = ("w8a8", "w4a8")
 GROUP_SIZES = (16, 32, 64, 128, 256)
 ACTIVATION_METHODS = ("histogram", "mse", "minmax", "percentile", "entropy")
 # post-training algorithms, applied in this order before calibration (see edgeship/quantize/<name>.py)
-ALGORITHMS = ("embeddings", "outlier_channels", "smoothquant")
-READS_SAMPLES = ("outlier_channels", "smoothquant")  # one pass over the calibration samples each
-DEFAULT_ALGORITHMS = {"w8a8": ALGORITHMS, "w4a8": ("embeddings",)}
+ALGORITHMS = ("embeddings", "outlier_channels", "smoothquant", "gptq")
+READS_SAMPLES = ("outlier_channels", "smoothquant", "gptq")  # one pass over the calibration samples each
+SCHEME_ALGORITHMS = {"w8a8": ("embeddings", "outlier_channels", "smoothquant"), "w4a8": ("embeddings", "gptq")}
+DEFAULT_ALGORITHMS = SCHEME_ALGORITHMS
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class Recipe:
 
     `w4a8`: int4 weights for linear layers, one symmetric scale per `group_size` input channels, and
     int8 activations quantized per token at run time by the runtime's int4 kernels; other ops float.
-    Of the algorithms only `embeddings` applies to it."""
+    It takes `embeddings` and `gptq` (GPTQ's error-compensating rounding of the int4 weights)."""
 
     name: str = "int8"
     scheme: str = "w8a8"
@@ -56,9 +57,10 @@ class Recipe:
         if self.group_size not in GROUP_SIZES:
             raise ConfigError(f"group_size {self.group_size} is not supported; choose one of "
                               f"{', '.join(map(str, GROUP_SIZES))}")
-        if self.scheme == "w4a8" and set(self.algorithms) - {"embeddings"}:
-            raise ConfigError(f"algorithms {', '.join(sorted(set(self.algorithms) - {'embeddings'}))} apply to "
-                              "w8a8 only; a w4a8 recipe takes algorithms = [\"embeddings\"] or []")
+        wrong = sorted(set(self.algorithms) - set(SCHEME_ALGORITHMS[self.scheme]))
+        if wrong:
+            raise ConfigError(f"algorithms {', '.join(wrong)} do not apply to {self.scheme}; it takes "
+                              f"{', '.join(SCHEME_ALGORITHMS[self.scheme])}")
         if self.weight_granularity != "per_channel" or self.activation_granularity != "per_tensor":
             raise ConfigError("w8a8 uses per_channel weights and per_tensor activations; "
                               "remove the granularity keys or set them to those values")
