@@ -70,13 +70,17 @@ def export(model: str, target: str, calibration: str | Path, *, eval_data: str |
 
     loaded, calib, evaluation = _load_inputs(model, calibration, eval_data, input_shapes, input_dtypes, preprocess)
     final = out / loaded.name / device.name
+    # what `edgeship debug` needs to rebuild the same quantized graph from this folder
+    reproduce = {"model": model, "calibration": str(Path(calibration).resolve()),
+                 "eval_data": str(Path(eval_data).resolve()) if eval_data is not None else None,
+                 "input_shapes": input_shapes, "input_dtypes": input_dtypes, "preprocess": preprocess}
     with _staging(final) as stage:
-        manifest = _export_into(stage, loaded, device, resolved, calib, evaluation, progress, budget)
+        manifest = _export_into(stage, loaded, device, resolved, calib, evaluation, progress, budget, reproduce)
     return ExportResult(final, manifest)
 
 
 def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progress: Progress,
-                 budget: dict | None = None) -> dict:
+                 budget: dict | None = None, reproduce: dict | None = None) -> dict:
     from edgeship.export import capture as cap
     from edgeship.export.inputs import specs_from_samples
     from edgeship.quantize.calibrate import calibrate, convert
@@ -159,6 +163,7 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
         "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                  "cpu_count": os.cpu_count()},
         "export_seconds": round(time.perf_counter() - started, 1),
+        "reproduce": reproduce,
     }
     _flag_slower_than_fp32(manifest["artifacts"])
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
@@ -221,6 +226,57 @@ def analyze(model: str, calibration: str | Path, *, eval_data: str | Path | None
         rows.append({"layer": s.layer.name, "op": s.layer.op, "module": s.layer.module, "alone": s.alone,
                      "kept_float": s.kept_float, "cumulative": sim.evaluate(kept_float)})
     return AnalyzeResult(loaded.source, metric, sim.evaluate(), rows)
+
+
+@dataclass(frozen=True)
+class DebugResult:
+    out_dir: Path
+    artifact: str  # the runtime artifact compared layer by layer
+    samples: int
+    rows: list[dict]  # per layer: SQNR of the simulated and runtime values to float, their gap, the drop
+    worst: dict | None  # the layer where the SQNR drops most from the previous layer
+
+
+def debug(out_dir: str | Path, *, samples: int = 8, progress: Progress = _no_progress) -> DebugResult:
+    """Layer-by-layer comparison for an int8 export: the float graph, the simulated int8 graph and
+    `model.int8.onnx` in ONNX Runtime (device session settings) on the export's own eval samples; names
+    the layer where the error jumps. Rebuilds the quantized graph from the folder's recorded inputs
+    (recipe, calibration data, layers kept float), checking the data is unchanged."""
+    from edgeship.quantize.calibrate import apply_algorithms, calibrate, convert
+    from edgeship.quantize.recipe import Recipe
+    from edgeship.report.layers import compare, worst_jump
+
+    out_dir = Path(out_dir)
+    manifest_path = out_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise ConfigError(f"{out_dir} holds no manifest.json; pass an export folder (out/<model>/<target>)")
+    manifest = json.loads(manifest_path.read_text())
+    rep = manifest.get("reproduce")
+    if not rep:
+        raise ConfigError(f"{out_dir} was exported by an older edgeship (no `reproduce` record); re-export it")
+    recipe = Recipe.from_dict(manifest["recipe"])
+    if recipe.scheme != "w8a8" or not (out_dir / "model.int8.onnx").is_file():
+        raise ConfigError(f"{out_dir} has no int8 ONNX artifact to compare (recipe {recipe.name}); debug works "
+                          "on int8 exports that include onnxruntime")
+    loaded, calib, evaluation = _load_inputs(rep["model"], rep["calibration"], rep["eval_data"], rep["input_shapes"],
+                                             rep["input_dtypes"], rep["preprocess"])
+    for name, data in (("calibration", calib), ("evaluation", evaluation)):
+        if data.content_hash() != manifest[name]["sha256"]:
+            raise ConfigError(f"the {name} data at {rep['calibration'] if name == 'calibration' else rep['eval_data']} "
+                              "changed since the export; re-export, then debug")
+    _, _, program = _capture(loaded, calib)
+    keep = frozenset((manifest.get("precision_choice") or {}).get("keep_float", []))
+    folded = convert(calibrate(program, recipe, calib, progress("calibrate", len(calib) * recipe.calibration_passes),
+                               keep)).folded
+    float_module = program.module()
+    from edgeship.export.passes.integer_constants import restore_integer_constants
+
+    restore_integer_constants(float_module)
+    apply_algorithms(float_module, recipe, calib)
+    evaluation = evaluation.take(list(range(min(samples, len(evaluation)))), evaluation.source)
+    rows = compare(float_module, folded, out_dir / "model.int8.onnx", evaluation,
+                   max(1, min(manifest["target"].get("threads", 1), os.cpu_count() or 1)))
+    return DebugResult(out_dir, "model.int8.onnx", len(evaluation), rows, worst_jump(rows))
 
 
 def _capture(loaded, calib):

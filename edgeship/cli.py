@@ -191,6 +191,43 @@ def analyze(
 
 
 @app.command(no_args_is_help=True)
+def debug(
+    out_dir: Annotated[Path, typer.Argument(help="An int8 export folder, out/<model>/<target>.")],
+    samples: Annotated[int, typer.Option(min=1, help="Eval samples to compare on.")] = 8,
+    format: FormatOpt = Format.table,
+) -> None:
+    """Layer by layer: float vs simulated int8 vs the ONNX Runtime artifact; names where the error jumps.
+
+    Example: edgeship debug out/minilm/linux-arm64
+    """
+    from edgeship import api
+
+    logs.quiet_torch()
+    with _progress() as progress:
+        result = api.debug(out_dir, samples=samples, progress=progress)
+    if format is Format.json:
+        typer.echo(json.dumps({"artifact": result.artifact, "samples": result.samples, "rows": result.rows,
+                               "worst": result.worst}, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("layer", "op", "SQNR dB simulated", f"SQNR dB {result.artifact}", "drop dB",
+                  "runtime vs simulated max abs",
+                  title=f"{out_dir}: each layer's output against float, {result.samples} eval samples")
+    for r in result.rows:
+        table.add_row(r["layer"], r["op"], _cell(r["simulated_sqnr_db"], ".1f"), _cell(r["runtime_sqnr_db"], ".1f"),
+                      _cell(r["drop_db"], ".1f"), _cell(r["runtime_vs_simulated_max_abs"], ".4g"))
+    console = Console(width=160)
+    console.print(table)
+    if result.worst is not None:
+        console.print(f"The error jumps most at {result.worst['layer']} ({result.worst['op']}): "
+                      f"{result.worst['drop_db']:.1f} dB below the layer before it. Keep it in float with "
+                      f"--min-cosine / --min-sqnr; outlier channels are what the int8 recipe's outlier_channels and "
+                      f"smoothquant algorithms handle.")
+
+
+@app.command(no_args_is_help=True)
 def bench(
     out_dir: Annotated[Path, typer.Argument(help="An export folder, out/<model>/<target>.")],
     artifact: Annotated[Optional[list[str]], typer.Option("--artifact", "-a", help="Only this artifact; repeatable.")] = None,

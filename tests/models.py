@@ -138,3 +138,24 @@ class Branches(nn.Module):
 def branches() -> Branches:
     torch.manual_seed(0)
     return Branches().eval()
+
+
+class DeepOutlierMLP(nn.Module):
+    """Three layers; the middle one produces one output channel ~50x the others (as BERT's outlier
+    hidden dimensions appear mid-network), so int8 error jumps there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(32, 64), nn.Linear(64, 64), nn.Linear(64, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+def deep_outlier_mlp(seed: int = 0) -> DeepOutlierMLP:
+    torch.manual_seed(seed)
+    net = DeepOutlierMLP()
+    with torch.no_grad():
+        net.b.weight[7] *= 50.0
+        net.b.bias[7] = 30.0
+    return net.eval()
