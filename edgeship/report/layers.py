@@ -11,7 +11,6 @@ the layer whose drop from the previous checkpoint is largest is where the error 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
