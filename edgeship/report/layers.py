@@ -26,18 +26,23 @@ from edgeship.quantize.sensitivity import LAYER_OPS
 def _handed_on(node: Node, through_quantize: bool = True) -> Node:
     """The node whose value the next layer reads: through a fused activation and (in the quantized
     graph) a quantize/dequantize pair."""
-    current = node
-    for _ in range(3):
+    current = best = node
+    for _ in range(8):
         users = list(current.users)
+        # a quantize read by several layers has one dequantize per reader: they hold the same value
+        if len(users) > 1 and all(getattr(u.target, "__name__", "").startswith("dequantize_per") for u in users):
+            users = users[:1]
         if len(users) != 1 or users[0].op != "call_function":
             break
         user = users[0]
         name = getattr(user.target, "__name__", "")
         if user.target in ACTIVATIONS or (through_quantize and name.startswith(("quantize_per", "dequantize_per"))):
             current = user
+            if not name.startswith("quantize_per"):  # never hand on an int8 tensor
+                best = user
         else:
             break
-    return current
+    return best
 
 
 def checkpoints(folded: GraphModule) -> list[tuple[str, str, str, str]]:
@@ -98,13 +103,17 @@ def onnx_values(path: Path, layers: set[str], samples: Samples, threads: int) ->
     produced = {o for n in model.graph.node for o in n.output}
     handed = {}
     for layer in layers & produced:
-        value = layer
-        for _ in range(3):
+        value = best = layer
+        for _ in range(8):
             users = consumers.get(value, [])
+            if len(users) > 1 and all(u.op_type == "DequantizeLinear" for u in users):
+                users = users[:1]  # one dequantize per reader of a quantized value: the same value
             if len(users) != 1 or users[0].op_type not in _ONNX_HAND_ON:
                 break
             value = users[0].output[0]
-        handed[layer] = value
+            if users[0].op_type != "QuantizeLinear":  # never hand on an int8 tensor
+                best = value
+        handed[layer] = best
     existing = {o.name for o in model.graph.output}
     for value in set(handed.values()) - existing:
         model.graph.output.append(onnx.ValueInfoProto(name=value))
