@@ -383,8 +383,9 @@ def bench(out_dir: str | Path, *, artifacts: list[str] | None = None, threads: i
     advance = progress("bench", len(chosen))
     rows, mismatches = [], []
     if device is not None:
-        rows, mismatches = _bench_remote(out_dir, chosen, inputs, threads, budget_s,
-                                         _device(device, ssh_config, remote_python, benchmark_tools), setup, advance)
+        dev = _device(device, ssh_config, remote_python, benchmark_tools)
+        dev.op_profiles = profile or fail_on_fallback or min_delegated is not None
+        rows, mismatches = _bench_remote(out_dir, chosen, inputs, threads, budget_s, dev, setup, advance)
     for a in chosen if device is None else []:
         rows.append({"path": a["path"], "runtime": a["runtime"], "precision": a["precision"]}
                     | bench_artifact(a["runtime"], out_dir / a["path"], inputs, threads, budget_s))
@@ -498,7 +499,8 @@ def _profiles(out_dir: Path, rows: list[dict], inputs: Path, threads: int, fail_
     failures = []
     advance = progress("per-op profiles", len(rows))
     for row in rows:
-        prof = profile(row["runtime"], out_dir / row["path"], arrays, threads)
+        # the device's own profile where its tool made one; else this machine's run of the artifact
+        prof = row.get("profile") or profile(row["runtime"], out_dir / row["path"], arrays, threads)
         row["profile"], row["delegated_share"] = prof, delegated_share(prof)
         advance(1)
         if row["precision"] != "int8":

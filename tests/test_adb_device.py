@@ -85,11 +85,23 @@ def test_unattached_serial_and_missing_adb(adb, export_dir, monkeypatch, capsys)
 
 STAND_IN = """#!/bin/sh
 # stand-in for LiteRT's benchmark_model (no arm64 Android binary can run here): prints its arguments and
-# lines in the format benchmark_model.cc logs
+# lines in the format benchmark_model.cc and its profile summarizer log
 echo "ARGS $*"
 echo "INFO: count=40 first=2100 curr=1210 min=1180 max=2100 avg=1250.5 std=90 p5=1190 median=1220 p95=1400"
 echo "INFO: Inference timings in us: Init: 15000, First inference: 2100, Warmup (avg): 1300, Inference (avg): 1250.5"
 echo "INFO: Peak memory footprint (MB): init=3.5 overall=9.25"
+case "$*" in *enable_op_profiling*)
+printf 'Profiling Info for Benchmark Initialization:\n'
+printf '============================== Summary by node type ==============================\n'
+printf '\t[Node type]\t[count]\t[avg ms]\t[avg %%]\t[cdf %%]\t[mem KB]\t[times called]\n'
+printf '\tModifyGraphWithDelegate\t1\t4.100\t90.000%%\t90.000%%\t0.000\t1\n\n'
+printf 'Operator-wise Profiling Info for Regular Benchmark Runs:\n'
+printf '============================== Summary by node type ==============================\n'
+printf '\t[Node type]\t[count]\t[avg ms]\t[avg %%]\t[cdf %%]\t[mem KB]\t[times called]\n'
+printf '\tConvolution (NHWC, QS8, QC8W) IGEMM\t3\t0.900\t75.000%%\t75.000%%\t0.000\t3\n'
+printf '\tMEAN\t1\t0.200\t16.667%%\t91.667%%\t0.000\t1\n'
+printf '\tFully Connected (NC, QS8, QC8W) GEMM\t1\t0.100\t8.333%%\t100.000%%\t0.000\t1\n\n'
+;; esac
 """
 
 
@@ -106,6 +118,23 @@ def test_benchmark_tool_is_pushed_and_called(adb, export_dir, tmp_path, monkeypa
     shell = [c[3] for c in _calls(adb) if c[2] == "shell" and "benchmark_model" in c[3] and "chmod" not in c[3]]
     assert len(shell) == 1 and "--graph=/data/local/tmp/edgeship/run-" in shell[0]
     assert "model.int8.tflite --num_threads=1 --use_xnnpack=true" in shell[0]
+    assert "enable_op_profiling" not in shell[0]  # timings without the profiler's overhead
+
+
+def test_benchmark_tool_op_profile_is_the_devices(adb, export_dir, tmp_path, monkeypatch, capsys) -> None:
+    tool = tmp_path / "benchmark_model"
+    tool.write_text(STAND_IN)
+    code, out, err = run_cli(["bench", str(export_dir), "--device", "adb://R58N123", "--benchmark-tool",
+                              f"litert={tool}", "-a", "model.int8.tflite", "--profile", "--format", "json"],
+                             monkeypatch, capsys)
+    assert code == 0, err
+    row = json.loads(out)["rows"][0]
+    ops = {op["op"]: op for op in row["profile"]["ops"]}
+    assert row["profile"]["source"] == "benchmark_model --enable_op_profiling"
+    assert "ModifyGraphWithDelegate" not in ops  # initialization is not a run
+    assert ops["Convolution (NHWC, QS8, QC8W) IGEMM"]["int8"] is True and ops["MEAN"]["int8"] is False
+    assert ops["Convolution (NHWC, QS8, QC8W) IGEMM"]["ms_per_run"] == 0.9
+    assert row["delegated_share"] == 0.8  # 4 of 5 ops in XNNPACK's int8 kernels
 
 
 def test_benchmark_tool_for_unknown_runtime_or_missing_file(adb, export_dir, tmp_path, monkeypatch, capsys) -> None:

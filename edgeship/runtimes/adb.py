@@ -47,6 +47,7 @@ class ADBDevice:
                 raise DeviceError(f"--benchmark-tool {runtime}={path}: no such file; pass the {TOOLS[runtime]} "
                                   "binary built for arm64-v8a")
         self.work = f"{REMOTE_ROOT}/run-{os.getpid()}"
+        self.op_profiles = False  # set by `bench --profile`: LiteRT's tool then profiles every op
 
     def _adb(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         serial = ["-s", self.serial] if self.serial else []
@@ -114,7 +115,8 @@ class ADBDevice:
         command = {
             "onnxruntime": f"{tool} -e cpu -m duration -t {max(1, round(budget_s))} -x {threads} -I {model}",
             "litert": f"{tool} --graph={model} --num_threads={threads} --use_xnnpack=true "
-                      f"--warmup_runs=5 --num_runs={runs} --max_secs={budget_s} --report_peak_memory_footprint=true",
+                      f"--warmup_runs=5 --num_runs={runs} --max_secs={budget_s} --report_peak_memory_footprint=true"
+                      + (" --enable_op_profiling=true" if self.op_profiles else ""),
             "executorch": f"{tool} --model_path={model} --num_executions={runs} --cpu_threads={threads}",
         }[runtime]
         run = self._shell(f"cd {self.work} && {command}", check=False)
@@ -123,7 +125,10 @@ class ADBDevice:
         if run.returncode != 0 or parsed.get("median") is None:
             tail = (text.strip().splitlines() or ["no output"])[-1][:300]
             raise DeviceError(f"{TOOLS[runtime]} failed on {self.name} for {artifact} ({run.returncode}): {tail}")
-        return {"tool": TOOLS[runtime], "threads": threads, "machine": "aarch64"} | parsed
+        result = {"tool": TOOLS[runtime], "threads": threads, "machine": "aarch64"} | parsed
+        if runtime == "litert" and self.op_profiles:
+            result["profile"] = parse_benchmark_model_profile(text)
+        return result
 
     def clean(self) -> None:
         self._shell(f"rm -rf {shlex.quote(self.work)}", check=False)
@@ -166,6 +171,44 @@ def parse_benchmark_model(text: str) -> dict:
             "median": median_ms, "median_is_mean": not median and avg is not None, "p90": None,
             "p95": us(p95), "p99": None, "min": us(low), "spread": _spread(us(p95), us(low), median_ms),
             "peak_rss_mb": _number(r"Peak memory footprint \(MB\): init=[\d.]+ overall=([\d.]+)", text)}
+
+
+_XNNPACK_INT8 = ("QS8", "QD8", "QC8", "QU8", "QC4", "QB4")  # XNNPACK operator names carry their datatypes
+_LITERT_BOOKKEEPING = ("LiteRT::", "AllocateTensors", "ModifyGraphWithDelegate", "TfLiteXNNPackDelegate", "DELEGATE")
+
+
+def parse_benchmark_model_profile(text: str) -> dict:
+    """benchmark_model --enable_op_profiling prints `Summary by node type` tables ([node type] [count]
+    [avg ms] [avg %] [cdf %] [mem KB] [times called]) for initialization and for the benchmark runs;
+    the runs' tables are read. Ops inside the XNNPACK delegate are listed by XNNPACK operator names
+    (mixed case, with their datatypes: "Fully Connected (NC, QD8, F32, QC8W) GEMM"); TFLite's own
+    kernels by builtin names (FULLY_CONNECTED), which ran outside the delegate."""
+    rows: dict[str, dict] = {}
+    parts = text.split("Summary by node type")
+    phase = "runs"
+    for before, part in zip(parts[:-1], parts[1:]):
+        if "Benchmark Initialization" in before or "Regular Benchmark Runs" in before:
+            phase = "init" if before.rfind("Benchmark Initialization") > before.rfind("Regular Benchmark Runs") else "runs"
+        if phase == "init":
+            continue
+        for line in part.splitlines()[2:]:
+            cells = [c.strip() for c in line.split("\t") if c.strip()]
+            if not cells:
+                break
+            try:
+                name, count, ms, share = cells[0], int(cells[1]), float(cells[2]), float(cells[3].rstrip("%")) / 100
+            except (ValueError, IndexError):
+                continue
+            builtin = name.replace("_", "").isalnum() and name.upper() == name
+            flag = None if name.startswith(_LITERT_BOOKKEEPING) else \
+                False if builtin else any(marker in name for marker in _XNNPACK_INT8)
+            row = rows.setdefault(name, {"op": name, "ms_per_run": 0.0, "share": 0.0, "count": 0, "int8": flag})
+            row["ms_per_run"] = round(row["ms_per_run"] + ms, 4)
+            row["share"] = round(row["share"] + share, 4)
+            row["count"] += count
+    return {"runtime": "litert", "timed": True, "source": "benchmark_model --enable_op_profiling",
+            "note": "int8 marks XNNPACK operators with int8 datatypes; TFLite builtin kernels ran outside the delegate",
+            "ops": sorted(rows.values(), key=lambda r: -r["ms_per_run"])}
 
 
 def parse_executor_runner(text: str) -> dict:
