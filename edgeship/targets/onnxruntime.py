@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from edgeship.errors import ExportError
+from edgeship.export.capture import strip_metadata
 from edgeship.runtimes.onnxruntime import ARM_SESSION_CONFIG, session_options
 from edgeship.targets.base import Artifact, LowerJob, count_ops
 
@@ -70,6 +71,7 @@ def _export_onnx(module, job: LowerJob, onnx_path: Path) -> None:
                           f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}; "
                           "run with --debug for the full trace") from exc
     onnx_program.save(str(onnx_path))
+    strip_metadata(onnx_path)
 
 
 def _session_options(optimized_path: Path | None = None, ort_format: bool = False):
