@@ -46,3 +46,22 @@ def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
         code = exc.code if isinstance(exc.code, int) else 1
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def minilm_samples():
+    """all-MiniLM-L6-v2 (from its offline package) and real sentences: 64 to calibrate, 32 held out."""
+    import sys
+
+    import numpy as np
+
+    from edgeship.calibration.samples import Samples
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "examples"))
+    import minilm
+
+    names = ("input_ids", "attention_mask")
+    with np.load(root / "calibration_data/sentences-minilm.npz") as npz:
+        arrays = [npz[k] for k in names]
+    return (minilm.build().eval(), Samples(names, tuple(a[:64] for a in arrays), "64 sentences"),
+            Samples(names, tuple(a[192:224] for a in arrays), "32 held-out sentences"))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import minilm_samples
 from torch import nn
 
 from edgeship.calibration.samples import Samples
@@ -127,15 +128,7 @@ def test_embeddings_leave_small_tables_alone() -> None:
 @pytest.mark.slow
 def test_algorithms_on_minilm() -> None:
     """all-MiniLM-L6-v2, 64 calibration / 32 held-out real sentences, simulated int8 mean cosine."""
-    sys.path.insert(0, str(ROOT / "examples"))
-    import minilm
-
-    names = ("input_ids", "attention_mask")
-    with np.load(ROOT / "calibration_data/sentences-minilm.npz") as npz:
-        arrays = [npz[k] for k in names]
-    calib = Samples(names, tuple(a[:64] for a in arrays), "64 sentences")
-    evaluation = Samples(names, tuple(a[192:224] for a in arrays), "32 held-out sentences")
-    model = minilm.build().eval()
+    model, calib, evaluation = minilm_samples()
     program = _program(model, calib)
     reference = torch_outputs(model, evaluation)
     cos = {algos: _simulated(program, Recipe(algorithms=algos), calib, evaluation, reference)["cosine"]

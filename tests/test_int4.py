@@ -108,24 +108,14 @@ def test_gptq_moves_the_layer_output_less_than_rounding() -> None:
 @pytest.mark.slow
 def test_gptq_on_minilm() -> None:
     """all-MiniLM-L6-v2, int4 group 32: simulated mean cosine on 32 held-out real sentences."""
-    import sys
+    from conftest import minilm_samples
 
-    from edgeship.calibration.samples import Samples
     from edgeship.quantize.int4 import build_int4
     from edgeship.quantize.recipe import Recipe
     from edgeship.report.compare import accuracy
     from edgeship.verify import torch_outputs
 
-    root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root / "examples"))
-    import minilm
-
-    names = ("input_ids", "attention_mask")
-    with np.load(root / "calibration_data/sentences-minilm.npz") as npz:
-        arrays = [npz[k] for k in names]
-    calib = Samples(names, tuple(a[:64] for a in arrays), "64 sentences")
-    evaluation = Samples(names, tuple(a[192:224] for a in arrays), "32 held-out sentences")
-    model = minilm.build().eval()
+    model, calib, evaluation = minilm_samples()
     program = torch.export.export(model, tuple(torch.from_numpy(a) for a in calib.sample(0)), strict=False)
     reference = torch_outputs(model, evaluation)
     cos = {a: accuracy(reference, torch_outputs(build_int4(program, Recipe(scheme="w4a8", algorithms=a), calib).packed,

@@ -19,7 +19,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from edgeship.quantize.quantizer import FLOAT_NODE, LINEAR_OPS
-from edgeship.quantize.smoothquant import _attr
+from edgeship.quantize.smoothquant import _attr, run_samples
 
 QMIN, QMAX = -8, 7
 
@@ -113,14 +113,8 @@ def int4_layers(module: GraphModule, group: int, samples=None, progress=None) ->
             continue
         found.append(Int4Weight(node.name, weight_node.target, *quantize_weight(weight, group), group))
     if samples is not None and found:
-        from edgeship.export.inputs import to_torch
-
         recorder = _InputGram(module, {w.layer for w in found})
-        with torch.no_grad():
-            for i in range(len(samples)):
-                recorder.run(*to_torch(samples.sample(i)))
-                if progress is not None:
-                    progress(1)
+        run_samples(recorder, samples, progress)
         found = [Int4Weight(w.layer, w.attr, *gptq_weight(_attr(module, w.attr), recorder.gram[w.layer], group), group)
                  if w.layer in recorder.gram else w for w in found]
     return found, skipped

@@ -28,9 +28,8 @@ import torch
 from torch.fx import GraphModule, Node
 
 from edgeship.calibration.samples import Samples
-from edgeship.export.inputs import to_torch
 from edgeship.quantize.quantizer import FLOAT_NODE, LINEAR_OPS, EdgeshipQuantizer
-from edgeship.quantize.smoothquant import _attr, _ChannelMax, _register
+from edgeship.quantize.smoothquant import _attr, _ChannelMax, _register, run_samples
 
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
@@ -59,11 +58,7 @@ def split_outliers(module: GraphModule, samples: Samples, ratio: float = 8.0,
     if not linears:
         return []
     recorder = _ChannelMax(module, {n.name for n in linears})
-    with torch.no_grad():
-        for i in range(len(samples)):
-            recorder.run(*to_torch(samples.sample(i)))
-            if progress is not None:
-                progress(1)
+    run_samples(recorder, samples, progress)
     records = []
     for node in linears:
         amax = recorder.amax.get(node.name)

@@ -59,6 +59,15 @@ class _ChannelMax(Interpreter):
         return out
 
 
+def run_samples(recorder: Interpreter, samples: Samples, progress: Callable[[int], None] | None = None) -> None:
+    """Runs a recording interpreter over every sample, without gradients."""
+    with torch.no_grad():
+        for i in range(len(samples)):
+            recorder.run(*to_torch(samples.sample(i)))
+            if progress is not None:
+                progress(1)
+
+
 def _fake_int8(x: torch.Tensor, per_row: bool) -> torch.Tensor:
     """Symmetric int8 round trip, per row (weights, per output channel) or per tensor (activations,
     affine over the observed range)."""
@@ -116,11 +125,7 @@ def smooth(module: GraphModule, samples: Samples, progress: Callable[[int], None
     if not groups:
         return []
     recorder = _ChannelMax(module, {n.name for n in groups}, keep=KEEP_ROWS)
-    with torch.no_grad():
-        for i in range(len(samples)):
-            recorder.run(*to_torch(samples.sample(i)))
-            if progress is not None:
-                progress(1)
+    run_samples(recorder, samples, progress)
     records = []
     graph = module.graph
     for act, linears in groups.items():
