@@ -19,8 +19,8 @@ import logging
 import torch
 from torch.fx import GraphModule
 
+from edgeship.quantize.graphs import attr, register
 from edgeship.quantize.quantizer import FLOAT_NODE
-from edgeship.quantize.smoothquant import _attr, _register
 
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
@@ -36,13 +36,13 @@ def quantize_embeddings(module: GraphModule, samples=None, progress=None) -> lis
         name, table, ids = node.name, node.args[0], node.args[1]
         if table.op != "get_attr":
             continue
-        weight = _attr(module, table.target).detach()
+        weight = attr(module, table.target).detach()
         if not weight.dtype.is_floating_point or weight.dim() != 2 or weight.shape[0] < MIN_ROWS:
             continue
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
         q = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
-        q_name = _register(module, f"_int8_{node.name}_table", q)
-        s_name = _register(module, f"_int8_{node.name}_scales", scale[:, None].to(weight.dtype))
+        q_name = register(module, f"_int8_{node.name}_table", q)
+        s_name = register(module, f"_int8_{node.name}_scales", scale[:, None].to(weight.dtype))
         with graph.inserting_before(node):
             q_node, s_node = graph.get_attr(q_name), graph.get_attr(s_name)
             rows = graph.call_function(aten.embedding.default, (q_node, ids, *node.args[2:]))

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch.fx import GraphModule, Node
 
+from edgeship.quantize.graphs import attr, run_samples
 from edgeship.quantize.quantizer import FLOAT_NODE, LINEAR_OPS
-from edgeship.quantize.smoothquant import _attr, run_samples
 
 QMIN, QMAX = -8, 7
 
@@ -106,7 +106,7 @@ def int4_layers(module: GraphModule, group: int, samples=None, progress=None) ->
         weight_node = node.args[1]
         if node.meta.get(FLOAT_NODE) or not (isinstance(weight_node, Node) and weight_node.op == "get_attr"):
             continue
-        weight = _attr(module, weight_node.target)
+        weight = attr(module, weight_node.target)
         if weight.dim() != 2 or weight.shape[1] % group:
             skipped.append({"layer": node.name, "reason": f"{weight.shape[1]} input channels are not a multiple "
                                                           f"of the group size {group}"})
@@ -115,7 +115,7 @@ def int4_layers(module: GraphModule, group: int, samples=None, progress=None) ->
     if samples is not None and found:
         recorder = _InputGram(module, {w.layer for w in found})
         run_samples(recorder, samples, progress)
-        found = [Int4Weight(w.layer, w.attr, *gptq_weight(_attr(module, w.attr), recorder.gram[w.layer], group), group)
+        found = [Int4Weight(w.layer, w.attr, *gptq_weight(attr(module, w.attr), recorder.gram[w.layer], group), group)
                  if w.layer in recorder.gram else w for w in found]
     return found, skipped
 

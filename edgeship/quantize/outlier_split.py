@@ -28,8 +28,8 @@ import torch
 from torch.fx import GraphModule, Node
 
 from edgeship.calibration.samples import Samples
+from edgeship.quantize.graphs import ChannelMax, attr, register, run_samples
 from edgeship.quantize.quantizer import FLOAT_NODE, LINEAR_OPS, EdgeshipQuantizer
-from edgeship.quantize.smoothquant import _attr, _ChannelMax, _register, run_samples
 
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
@@ -57,7 +57,7 @@ def split_outliers(module: GraphModule, samples: Samples, ratio: float = 8.0,
     linears = _int8_output_linears(module)
     if not linears:
         return []
-    recorder = _ChannelMax(module, {n.name for n in linears})
+    recorder = ChannelMax(module, {n.name for n in linears})
     run_samples(recorder, samples, progress)
     records = []
     for node in linears:
@@ -84,9 +84,9 @@ def split_outliers(module: GraphModule, samples: Samples, ratio: float = 8.0,
 
 def _split(module: GraphModule, node: Node, idx: list[int]) -> None:
     graph = module.graph
-    weight = _attr(module, node.args[1].target).detach()
+    weight = attr(module, node.args[1].target).detach()
     bias_node = node.args[2] if len(node.args) > 2 else None
-    bias = _attr(module, bias_node.target).detach() if isinstance(bias_node, Node) else None
+    bias = attr(module, bias_node.target).detach() if isinstance(bias_node, Node) else None
     rows = torch.tensor(idx)
     main_w = weight.clone()
     main_w[rows] = 0
@@ -97,7 +97,7 @@ def _split(module: GraphModule, node: Node, idx: list[int]) -> None:
         main_b = bias.clone()
         main_b[rows] = 0
         names |= {"main_b": main_b, "out_b": bias[rows].clone()}
-    attrs = {k: _register(module, f"_split_{node.name}_{k}", v) for k, v in names.items()}
+    attrs = {k: register(module, f"_split_{node.name}_{k}", v) for k, v in names.items()}
     x = node.args[0]
     with graph.inserting_before(node):
         get = {k: graph.get_attr(v) for k, v in attrs.items()}

@@ -16,8 +16,7 @@ ACTIVATION_METHODS = ("histogram", "mse", "minmax", "percentile", "entropy")
 # post-training algorithms, applied in this order before calibration (see edgeship/quantize/<name>.py)
 ALGORITHMS = ("embeddings", "outlier_channels", "smoothquant", "gptq")
 READS_SAMPLES = ("outlier_channels", "smoothquant", "gptq")  # one pass over the calibration samples each
-SCHEME_ALGORITHMS = {"w8a8": ("embeddings", "outlier_channels", "smoothquant"), "w4a8": ("embeddings", "gptq")}
-DEFAULT_ALGORITHMS = SCHEME_ALGORITHMS
+DEFAULT_ALGORITHMS = {"w8a8": ("embeddings", "outlier_channels", "smoothquant"), "w4a8": ("embeddings", "gptq")}
 
 
 @dataclass(frozen=True)
@@ -57,10 +56,10 @@ class Recipe:
         if self.group_size not in GROUP_SIZES:
             raise ConfigError(f"group_size {self.group_size} is not supported; choose one of "
                               f"{', '.join(map(str, GROUP_SIZES))}")
-        wrong = sorted(set(self.algorithms) - set(SCHEME_ALGORITHMS[self.scheme]))
+        wrong = sorted(set(self.algorithms) - set(DEFAULT_ALGORITHMS[self.scheme]))
         if wrong:
             raise ConfigError(f"algorithms {', '.join(wrong)} do not apply to {self.scheme}; it takes "
-                              f"{', '.join(SCHEME_ALGORITHMS[self.scheme])}")
+                              f"{', '.join(DEFAULT_ALGORITHMS[self.scheme])}")
         if self.weight_granularity != "per_channel" or self.activation_granularity != "per_tensor":
             raise ConfigError("w8a8 uses per_channel weights and per_tensor activations; "
                               "remove the granularity keys or set them to those values")

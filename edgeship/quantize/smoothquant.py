@@ -24,10 +24,10 @@ from collections import defaultdict
 from typing import Callable
 
 import torch
-from torch.fx import GraphModule, Interpreter, Node
+from torch.fx import GraphModule, Node
 
 from edgeship.calibration.samples import Samples
-from edgeship.export.inputs import to_torch
+from edgeship.quantize.graphs import ChannelMax, attr, register, run_samples
 from edgeship.quantize.quantizer import FLOAT_NODE, LINEAR_OPS, EdgeshipQuantizer, _int8_output
 
 log = logging.getLogger(__name__)
@@ -36,36 +36,6 @@ aten = torch.ops.aten
 
 ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)  # searched per input; "no smoothing" is always a candidate
 KEEP_ROWS = 2048  # activation rows kept per input for choosing alpha (memory bound, not all samples)
-
-
-class _ChannelMax(Interpreter):
-    """Runs the graph and keeps, for each watched node, the max |value| per last-axis channel, and
-    (when `keep` > 0) up to `keep` rows of its values for fitting."""
-
-    def __init__(self, module: GraphModule, watch: set[str], keep: int = 0) -> None:
-        super().__init__(module)
-        self.watch, self.keep, self.amax, self.rows = watch, keep, {}, {}
-
-    def run_node(self, n: Node):
-        out = super().run_node(n)
-        if n.name in self.watch:
-            flat = out.detach().reshape(-1, out.shape[-1]).float()
-            v = flat.abs().amax(dim=0)
-            self.amax[n.name] = torch.maximum(self.amax[n.name], v) if n.name in self.amax else v
-            kept = self.rows.setdefault(n.name, [])
-            have = sum(len(r) for r in kept)
-            if have < self.keep:
-                kept.append(flat[: self.keep - have].clone())
-        return out
-
-
-def run_samples(recorder: Interpreter, samples: Samples, progress: Callable[[int], None] | None = None) -> None:
-    """Runs a recording interpreter over every sample, without gradients."""
-    with torch.no_grad():
-        for i in range(len(samples)):
-            recorder.run(*to_torch(samples.sample(i)))
-            if progress is not None:
-                progress(1)
 
 
 def _fake_int8(x: torch.Tensor, per_row: bool) -> torch.Tensor:
@@ -124,7 +94,7 @@ def smooth(module: GraphModule, samples: Samples, progress: Callable[[int], None
     groups = smoothing_groups(module)
     if not groups:
         return []
-    recorder = _ChannelMax(module, {n.name for n in groups}, keep=KEEP_ROWS)
+    recorder = ChannelMax(module, {n.name for n in groups}, keep=KEEP_ROWS)
     run_samples(recorder, samples, progress)
     records = []
     graph = module.graph
@@ -132,18 +102,18 @@ def smooth(module: GraphModule, samples: Samples, progress: Callable[[int], None
         x_max = recorder.amax.get(act.name)
         if x_max is None or not bool((x_max > 0).any()):
             continue
-        weights = [_attr(module, lin.args[1].target).detach().float() for lin in linears]
+        weights = [attr(module, lin.args[1].target).detach().float() for lin in linears]
         s, alpha = _choose_scale(torch.cat(recorder.rows[act.name]), x_max, weights)
         if alpha is None:
             continue
-        scale_name = _register(module, f"_smooth_{act.name}_inv", (1.0 / s).to(weights[0].dtype))
+        scale_name = register(module, f"_smooth_{act.name}_inv", (1.0 / s).to(weights[0].dtype))
         with graph.inserting_after(act):
             inv = graph.get_attr(scale_name)
         with graph.inserting_after(inv):
             mul = graph.call_function(aten.mul.Tensor, (act, inv))
         mul.meta["val"] = act.meta.get("val")
         for lin, w in zip(linears, weights):
-            new_weight = _register(module, f"_smooth_{lin.name}_weight", (w * s[None, :]).to(w.dtype))
+            new_weight = register(module, f"_smooth_{lin.name}_weight", (w * s[None, :]).to(w.dtype))
             with graph.inserting_before(lin):
                 weight_node = graph.get_attr(new_weight)
             weight_node.meta["val"] = lin.args[1].meta.get("val")
@@ -157,16 +127,3 @@ def smooth(module: GraphModule, samples: Samples, progress: Callable[[int], None
     log.info("SmoothQuant: %d of %d inputs rescaled (%d linear layers)", len(records), len(groups),
              sum(len(r["linears"]) for r in records))
     return records
-
-
-def _attr(module: GraphModule, target: str) -> torch.Tensor:
-    obj = module
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _register(module: GraphModule, name: str, value: torch.Tensor) -> str:
-    name = name.replace(".", "_")
-    module.register_buffer(name, value)
-    return name

@@ -1,0 +1,55 @@
+"""Helpers the post-training passes share: module attributes by dotted name, and recording
+interpreters run over the calibration samples."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.fx import GraphModule, Interpreter, Node
+
+from edgeship.calibration.samples import Samples
+from edgeship.export.inputs import to_torch
+
+
+class ChannelMax(Interpreter):
+    """Runs the graph and keeps, for each watched node, the max |value| per last-axis channel, and
+    (when `keep` > 0) up to `keep` rows of its values for fitting."""
+
+    def __init__(self, module: GraphModule, watch: set[str], keep: int = 0) -> None:
+        super().__init__(module)
+        self.watch, self.keep, self.amax, self.rows = watch, keep, {}, {}
+
+    def run_node(self, n: Node):
+        out = super().run_node(n)
+        if n.name in self.watch:
+            flat = out.detach().reshape(-1, out.shape[-1]).float()
+            v = flat.abs().amax(dim=0)
+            self.amax[n.name] = torch.maximum(self.amax[n.name], v) if n.name in self.amax else v
+            kept = self.rows.setdefault(n.name, [])
+            have = sum(len(r) for r in kept)
+            if have < self.keep:
+                kept.append(flat[: self.keep - have].clone())
+        return out
+
+
+def run_samples(recorder: Interpreter, samples: Samples, progress: Callable[[int], None] | None = None) -> None:
+    """Runs a recording interpreter over every sample, without gradients."""
+    with torch.no_grad():
+        for i in range(len(samples)):
+            recorder.run(*to_torch(samples.sample(i)))
+            if progress is not None:
+                progress(1)
+
+
+def attr(module: GraphModule, target: str) -> torch.Tensor:
+    obj = module
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def register(module: GraphModule, name: str, value: torch.Tensor) -> str:
+    name = name.replace(".", "_")
+    module.register_buffer(name, value)
+    return name
