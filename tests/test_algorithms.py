@@ -139,3 +139,22 @@ def test_algorithms_on_minilm() -> None:
     # ...and once they are float, SmoothQuant's smaller activation ranges add on top
     assert cos[("outlier_channels", "smoothquant")] > cos[("outlier_channels",)] + 0.002
     assert cos[("outlier_channels", "smoothquant")] >= 0.99
+
+
+def test_recipe_keeps_layers_in_float_by_module_or_op(tmp_path) -> None:
+    from edgeship.errors import ConfigError
+    from edgeship.quantize.recipe import recipe_by_name
+    from models import tiny_encoder
+
+    calib = _samples((8, 32))
+    program = _program(tiny_encoder(), calib)
+    (tmp_path / "ff.toml").write_text('keep_float = ["ff.*"]\nalgorithms = []\n')
+    quantized = convert(calibrate(program, recipe_by_name(str(tmp_path / "ff.toml")), calib))
+    assert set(quantized.encodings["weights"]) == {"qkv.weight", "proj.weight"}  # the two ff layers float
+    (tmp_path / "mm.toml").write_text('keep_float = ["matmul"]\nalgorithms = []\n')
+    quantized = convert(calibrate(program, recipe_by_name(str(tmp_path / "mm.toml")), calib))
+    assert len(quantized.encodings["weights"]) == 4  # every linear int8
+    assert "matmul" in quantized.float_ops  # the attention matmuls float
+    (tmp_path / "bad.toml").write_text('keep_float = ["decoder.*"]\n')
+    with pytest.raises(ConfigError, match="matches no layer"):
+        calibrate(program, recipe_by_name(str(tmp_path / "bad.toml")), calib)

@@ -123,3 +123,14 @@ def test_gptq_on_minilm() -> None:
            for a in (("embeddings",), ("embeddings", "gptq"))}
     print(cos)
     assert cos[("embeddings", "gptq")] > cos[("embeddings",)] + 0.015 and cos[("embeddings", "gptq")] >= 0.97
+
+
+def test_int4_recipe_keeps_layers_in_float(int4_export, tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "r.toml").write_text('scheme = "w4a8"\nkeep_float = ["ff.2"]\nalgorithms = []\n')
+    code, out, err = run_cli(["export", f"{MODELS}:tiny_encoder", "--target", "host", "--calibration",
+                              str(int4_export / "x.npz"), "--recipe", str(tmp_path / "r.toml"),
+                              "--out", str(tmp_path / "o"), "--format", "json"], monkeypatch, capsys)
+    assert code == 0, err
+    encodings = json.loads((tmp_path / "o/models-tiny_encoder/host/encodings.json").read_text())
+    assert len(encodings["int4_weights"]) == 3
+    assert encodings["float_layers"][0]["reason"] == "kept in float by the recipe (keep_float)"

@@ -42,9 +42,10 @@ def calibrate(program: torch.export.ExportedProgram, recipe: Recipe, samples: Sa
               progress: Callable[[int], None] | None = None, keep_float: frozenset[str] = frozenset()) -> GraphModule:
     """The prepared graph with its observers fed every calibration sample. `keep_float`: node
     names the quantizer leaves unannotated."""
-    quantizer = EdgeshipQuantizer(activation_method=recipe.activation_method, skip=keep_float)
     module = program.module()
     restore_integer_constants(module)
+    keep_float = keep_float | layers_matching(module, recipe.keep_float)
+    quantizer = EdgeshipQuantizer(activation_method=recipe.activation_method, skip=keep_float)
     records = apply_algorithms(module, recipe, samples, progress)
     prepared = prepare_pt2e(module, quantizer)
     prepared.meta["edgeship_algorithms"] = records
@@ -59,6 +60,34 @@ def calibrate(program: torch.export.ExportedProgram, recipe: Recipe, samples: Sa
             if progress is not None:
                 progress(1)
     return prepared
+
+
+def layers_matching(module: GraphModule, patterns: tuple[str, ...]) -> frozenset[str]:
+    """Node names of the conv / linear / matmul layers whose module path (with or without the wrapper's
+    leading `model.`) or op type matches one of the glob `patterns`."""
+    import fnmatch
+
+    from edgeship.errors import ConfigError
+    from edgeship.quantize.sensitivity import LAYER_OPS
+
+    if not patterns:
+        return frozenset()
+    layers = []
+    for node in module.graph.nodes:
+        if node.op == "call_function" and node.target in LAYER_OPS:
+            stack = node.meta.get("nn_module_stack") or {}
+            path = list(stack.values())[-1][0] if stack else ""
+            op = str(node.target).split(".")[-2]
+            layers.append((node.name, {path, path.removeprefix("model."), op}))
+    found = set()
+    for pattern in patterns:
+        hits = {name for name, keys in layers if any(fnmatch.fnmatchcase(k, pattern) for k in keys)}
+        if not hits:
+            examples = ", ".join(sorted({k for _, keys in layers for k in keys if "." in k})[:4])
+            raise ConfigError(f"recipe keep_float pattern {pattern!r} matches no layer; layers are named like "
+                              f"{examples} or by op type (linear, conv2d, matmul)")
+        found |= hits
+    return frozenset(found)
 
 
 def apply_algorithms(module: GraphModule, recipe: Recipe, samples: Samples,

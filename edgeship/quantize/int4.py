@@ -96,7 +96,8 @@ class _InputGram(torch.fx.Interpreter):
         return super().run_node(n)
 
 
-def int4_layers(module: GraphModule, group: int, samples=None, progress=None) -> tuple[list[Int4Weight], list[dict]]:
+def int4_layers(module: GraphModule, group: int, samples=None, progress=None,
+                skip: frozenset[str] = frozenset()) -> tuple[list[Int4Weight], list[dict]]:
     """The int4 weights of every qualifying linear layer (GPTQ when `samples` are given, else
     round-to-nearest), and a record of the layers left float."""
     found, skipped = [], []
@@ -105,6 +106,9 @@ def int4_layers(module: GraphModule, group: int, samples=None, progress=None) ->
             continue
         weight_node = node.args[1]
         if node.meta.get(FLOAT_NODE) or not (isinstance(weight_node, Node) and weight_node.op == "get_attr"):
+            continue
+        if node.name in skip:
+            skipped.append({"layer": node.name, "reason": "kept in float by the recipe (keep_float)"})
             continue
         weight = attr(module, weight_node.target)
         if weight.dim() != 2 or weight.shape[1] % group:
@@ -180,13 +184,14 @@ class Int4Job:
 
 def build_int4(program: torch.export.ExportedProgram, recipe, samples, progress=None) -> Int4Job:
     from edgeship.export.passes.integer_constants import restore_integer_constants
-    from edgeship.quantize.calibrate import apply_algorithms
+    from edgeship.quantize.calibrate import apply_algorithms, layers_matching
 
     module = program.module()
     restore_integer_constants(module)
+    keep = layers_matching(module, recipe.keep_float)
     records = apply_algorithms(module, recipe, samples, progress)
     gptq = "gptq" in recipe.algorithms
-    weights, skipped = int4_layers(module, recipe.group_size, samples if gptq else None, progress)
+    weights, skipped = int4_layers(module, recipe.group_size, samples if gptq else None, progress, keep)
     if gptq:
         records.append({"algorithm": "gptq", "changes": [{"layers": len(weights), "samples": len(samples)}]})
     return Int4Job(with_int4_weights(module, weights, packed=True), with_int4_weights(module, weights, packed=False),

@@ -38,12 +38,20 @@ class Recipe:
     activation_method: str = "histogram"
     algorithms: tuple[str, ...] | None = None  # None: the scheme's defaults (DEFAULT_ALGORITHMS)
     group_size: int = 32
+    # layers to leave in float: glob patterns over module paths ("encoder.layer.*.output.dense") or op
+    # types ("linear", "conv2d", "matmul"); a pattern that matches no layer is an error
+    keep_float: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise unknown_name("scheme", self.scheme, SCHEMES)
         if self.activation_method not in ACTIVATION_METHODS:
             raise unknown_name("activation method", self.activation_method, ACTIVATION_METHODS)
+        if isinstance(self.keep_float, (list, tuple)) and all(isinstance(p, str) for p in self.keep_float):
+            object.__setattr__(self, "keep_float", tuple(self.keep_float))
+        else:
+            raise ConfigError("keep_float must be a list of module-path or op-type patterns, e.g. "
+                              '["encoder.layer.*.output.dense", "conv2d"]')
         if self.algorithms is None:
             object.__setattr__(self, "algorithms", DEFAULT_ALGORITHMS.get(self.scheme, ()))
         if isinstance(self.algorithms, (list, tuple)):
