@@ -216,7 +216,8 @@ def analyze(model: str, calibration: str | Path, *, eval_data: str | Path | None
         raise ConfigError(f"unknown metric {metric!r}; use sqnr_db, cosine or top1_agreement")
     loaded, calib, evaluation = _load_inputs(model, calibration, eval_data, input_shapes, input_dtypes, preprocess)
     _, flat, program = _capture(loaded, calib)
-    prepared = calibrate(program, recipe_by_name(recipe), calib, progress("calibrate", len(calib)))
+    resolved = recipe_by_name(recipe)
+    prepared = calibrate(program, resolved, calib, progress("calibrate", len(calib) * resolved.calibration_passes))
     evaluation = evaluation.take(list(range(min(len(evaluation), RANKING_SAMPLES))), evaluation.source)
     sim = sens.Simulator(copy.deepcopy(prepared), evaluation, torch_outputs(flat, evaluation))
     found = sens.rank(sim, metric, alone=True, advance=progress("per-layer sensitivity", len(sim.layers)))
@@ -242,15 +243,12 @@ def debug(out_dir: str | Path, *, samples: int = 8, progress: Progress = _no_pro
     `model.int8.onnx` in ONNX Runtime (device session settings) on the export's own eval samples; names
     the layer where the error jumps. Rebuilds the quantized graph from the folder's recorded inputs
     (recipe, calibration data, layers kept float), checking the data is unchanged."""
-    from edgeship.quantize.calibrate import apply_algorithms, calibrate, convert
+    from edgeship.quantize.calibrate import calibrate, convert, transformed
     from edgeship.quantize.recipe import Recipe
     from edgeship.report.layers import compare, worst_jump
 
     out_dir = Path(out_dir)
-    manifest_path = out_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise ConfigError(f"{out_dir} holds no manifest.json; pass an export folder (out/<model>/<target>)")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = _read_manifest(out_dir)
     rep = manifest.get("reproduce")
     if not rep:
         raise ConfigError(f"{out_dir} was exported by an older edgeship (no `reproduce` record); re-export it")
@@ -268,11 +266,7 @@ def debug(out_dir: str | Path, *, samples: int = 8, progress: Progress = _no_pro
     keep = frozenset((manifest.get("precision_choice") or {}).get("keep_float", []))
     folded = convert(calibrate(program, recipe, calib, progress("calibrate", len(calib) * recipe.calibration_passes),
                                keep)).folded
-    float_module = program.module()
-    from edgeship.export.passes.integer_constants import restore_integer_constants
-
-    restore_integer_constants(float_module)
-    apply_algorithms(float_module, recipe, calib)
+    float_module = transformed(program, recipe, calib)[0]  # same node names as the quantized graph
     evaluation = evaluation.take(list(range(min(samples, len(evaluation)))), evaluation.source)
     rows = compare(float_module, folded, out_dir / "model.int8.onnx", evaluation,
                    max(1, min(manifest["target"].get("threads", 1), os.cpu_count() or 1)))
@@ -367,12 +361,10 @@ def bench(out_dir: str | Path, *, artifacts: list[str] | None = None, threads: i
 
     out_dir = Path(out_dir)
     manifest_path = out_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise ConfigError(f"{out_dir} holds no manifest.json; pass an export folder (out/<model>/<target>)")
+    manifest = _read_manifest(out_dir)
     inputs = out_dir / "sample_inputs.npz"
     if not inputs.is_file():
         raise ConfigError(f"{out_dir} has no sample_inputs.npz (exported by an older edgeship); re-export it")
-    manifest = json.loads(manifest_path.read_text())
     chosen = [a for a in manifest["artifacts"] if not artifacts or a["path"] in artifacts]
     if artifacts and len(chosen) != len(set(artifacts)):
         known = ", ".join(a["path"] for a in manifest["artifacts"])
@@ -547,6 +539,13 @@ def _regressions(rows: list[dict], baseline: Path, threshold: float) -> list[dic
             found.append({"path": r["path"], "baseline_median": old["median"], "median": r["median"],
                           "change": round(change, 4), "allowed": round(allowed, 4)})
     return found
+
+
+def _read_manifest(out_dir: Path) -> dict:
+    path = out_dir / "manifest.json"
+    if not path.is_file():
+        raise ConfigError(f"{out_dir} holds no manifest.json; pass an export folder (out/<model>/<target>)")
+    return json.loads(path.read_text())
 
 
 def _write_json(path: Path, data: dict) -> None:

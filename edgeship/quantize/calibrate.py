@@ -42,11 +42,8 @@ def calibrate(program: torch.export.ExportedProgram, recipe: Recipe, samples: Sa
               progress: Callable[[int], None] | None = None, keep_float: frozenset[str] = frozenset()) -> GraphModule:
     """The prepared graph with its observers fed every calibration sample. `keep_float`: node
     names the quantizer leaves unannotated."""
-    module = program.module()
-    restore_integer_constants(module)
-    keep_float = keep_float | layers_matching(module, recipe.keep_float)
-    quantizer = EdgeshipQuantizer(activation_method=recipe.activation_method, skip=keep_float)
-    records = apply_algorithms(module, recipe, samples, progress)
+    module, keep, records = transformed(program, recipe, samples, progress)
+    quantizer = EdgeshipQuantizer(activation_method=recipe.activation_method, skip=keep_float | keep)
     prepared = prepare_pt2e(module, quantizer)
     prepared.meta["edgeship_algorithms"] = records
     with torch.no_grad():
@@ -60,6 +57,17 @@ def calibrate(program: torch.export.ExportedProgram, recipe: Recipe, samples: Sa
             if progress is not None:
                 progress(1)
     return prepared
+
+
+def transformed(program: torch.export.ExportedProgram, recipe: Recipe, samples: Samples,
+                progress: Callable[[int], None] | None = None) -> tuple[GraphModule, frozenset[str], list[dict]]:
+    """The float graph every scheme quantizes: the program's module with its integer constants restored
+    and the recipe's graph passes applied; also the layers the recipe keeps float (matched before the
+    passes add nodes) and what each pass changed. The same inputs give the same graph and node names."""
+    module = program.module()
+    restore_integer_constants(module)
+    keep = layers_matching(module, recipe.keep_float)
+    return module, keep, apply_algorithms(module, recipe, samples, progress)
 
 
 def layers_matching(module: GraphModule, patterns: tuple[str, ...]) -> frozenset[str]:

@@ -183,13 +183,9 @@ class Int4Job:
 
 
 def build_int4(program: torch.export.ExportedProgram, recipe, samples, progress=None) -> Int4Job:
-    from edgeship.export.passes.integer_constants import restore_integer_constants
-    from edgeship.quantize.calibrate import apply_algorithms, layers_matching
+    from edgeship.quantize.calibrate import transformed
 
-    module = program.module()
-    restore_integer_constants(module)
-    keep = layers_matching(module, recipe.keep_float)
-    records = apply_algorithms(module, recipe, samples, progress)
+    module, keep, records = transformed(program, recipe, samples, progress)
     gptq = "gptq" in recipe.algorithms
     weights, skipped = int4_layers(module, recipe.group_size, samples if gptq else None, progress, keep)
     if gptq:
