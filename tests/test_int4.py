@@ -1,5 +1,5 @@
-"""int4 (w4a8): one set of block-wise int4 weights, delivered to ONNX Runtime (MatMulNBits) and
-ExecuTorch (XNNPACK int4 kernels), each run in its runtime; LiteRT says it gets none."""
+"""int4 (w4a8): one set of block-wise int4 weights, delivered to ONNX Runtime (MatMulNBits), ExecuTorch
+(XNNPACK int4 kernels) and LiteRT (block-wise INT4 FULLY_CONNECTED weights), each run in its runtime."""
 
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ def test_int4_export_delivers_the_same_weights(int4_export, monkeypatch, capsys)
     folder = int4_export / "o/models-tiny_encoder/host"
     paths = {a["path"]: a for a in manifest["artifacts"]}
     assert set(paths) == {"model.fp32.onnx", "model.int4.onnx", "model.int4.ort", "model.fp32.pte",
-                          "model.int4.pte", "model.fp32.tflite"}
-    assert manifest["not_produced"][0]["runtime"] == "litert" and "int4" in manifest["not_produced"][0]["reason"]
+                          "model.int4.pte", "model.fp32.tflite", "model.int4.tflite"}
+    assert manifest["not_produced"] == []
     encodings = json.loads((folder / "encodings.json").read_text())["int4_weights"]
     assert len(encodings) == 4 and all(e["group"] == 32 for e in encodings.values())  # qkv, proj, ff up/down
 
@@ -55,6 +55,7 @@ def test_int4_export_delivers_the_same_weights(int4_export, monkeypatch, capsys)
     model = onnx.load(str(folder / "model.int4.onnx"))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    onnx_scales = {}
     assert len(nbits) == 4  # the attention's activation x activation matmuls stay MatMul
     assert sum(n.op_type == "MatMul" for n in model.graph.node) == 2
     for node in nbits:
@@ -64,12 +65,38 @@ def test_int4_export_delivers_the_same_weights(int4_export, monkeypatch, capsys)
         # the values and scales in the .onnx are the ones in encodings.json (and so in the .pte)
         assert hashlib.sha256(q.tobytes()).hexdigest() == encodings[layer]["values_sha256"]
         assert hashlib.sha256(scales.astype(np.float32).tobytes()).hexdigest() == encodings[layer]["scales_sha256"]
-    for name in ("model.int4.onnx", "model.int4.ort", "model.int4.pte"):
+        onnx_scales[layer] = scales
+    # the .tflite carries the same values, and the same scales rounded to float16 (LiteRT's scale type)
+    tflite = _tflite_int4_weights(folder / "model.int4.tflite")
+    assert len(tflite) == 4
+    for q, scales in tflite:
+        layer = next(k for k, e in encodings.items() if e["values_sha256"] == hashlib.sha256(q.tobytes()).hexdigest())
+        assert np.array_equal(scales.reshape(-1), onnx_scales[layer].astype(np.float16))
+    for name in ("model.int4.onnx", "model.int4.ort", "model.int4.pte", "model.int4.tflite"):
         acc = paths[name]["accuracy"]
         assert acc["cosine"] > 0.99 and acc["sqnr_db"] > 18, (name, acc)  # run in its own runtime
         assert paths[name]["bytes"] < paths[name.replace("int4", "fp32").replace(".ort", ".onnx")]["bytes"]
     # the int4 layers ran in int4 kernels: none of the four linears is left as a float MatMul or Gemm
     assert not any(op["op"] == "Gemm" for op in paths["model.int4.onnx"]["not_quantized"])
+
+
+def _tflite_int4_weights(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(values, float16 scales) of every INT4 tensor in a .tflite, read from the flatbuffer."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from edgeship.targets.tflite_int4 import unpack
+
+    model = flatbuffer_utils.read_model(str(path))
+    graph = model.subgraphs[0]
+    found = []
+    for tensor in graph.tensors:
+        if tensor.type == schema.TensorType.INT4:
+            q = unpack(np.asarray(model.buffers[tensor.buffer].data, np.uint8), tuple(tensor.shape))
+            scale_tensor = graph.tensors[tensor.quantization.details.scales]
+            scales = np.frombuffer(np.asarray(model.buffers[scale_tensor.buffer].data, np.uint8).tobytes(), np.float16)
+            found.append((q, scales))
+    return found
 
 
 def test_int4_rejects_budgets_and_int8_algorithms(int4_export, tmp_path, monkeypatch, capsys) -> None:
@@ -134,3 +161,35 @@ def test_int4_recipe_keeps_layers_in_float(int4_export, tmp_path, monkeypatch, c
     encodings = json.loads((tmp_path / "o/models-tiny_encoder/host/encodings.json").read_text())
     assert len(encodings["int4_weights"]) == 3
     assert encodings["float_layers"][0]["reason"] == "kept in float by the recipe (keep_float)"
+
+
+def test_tflite_int4_rewrite_replaces_only_edgeship_int4_layers(tmp_path) -> None:
+    """The rewrite gives the FULLY_CONNECTED whose weight is an int4 layer block-wise INT4 weights and
+    leaves a float layer alone; LiteRT runs the result close to the int4 model in float."""
+    import litert_torch
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgeship.quantize.int4 import Int4Weight
+    from edgeship.targets.tflite_int4 import to_blockwise_int4
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(128, 64), torch.nn.ReLU(), torch.nn.Linear(64, 16)).eval()
+    first = Int4Weight("first", "0.weight", *quantize_weight(model[0].weight, 32), 32)
+    model[0].weight.data = first.dequantized()
+    x = torch.randn(4, 128)
+    expected = model(x).detach().numpy()
+    path = tmp_path / "m.tflite"
+    litert_torch.convert(model, (x,)).export(str(path))
+    float_bytes = path.stat().st_size
+    absent = Int4Weight("absent", "x.weight", *quantize_weight(torch.randn(8, 32), 32), 32)
+    assert to_blockwise_int4(path, [first, absent]) == ["absent"]
+    (q, scales), = _tflite_int4_weights(path)  # the second layer stayed float
+    assert np.array_equal(q, first.q.numpy()) and np.array_equal(scales, first.scale.numpy().astype(np.float16).reshape(-1))
+    assert path.stat().st_size < float_bytes - 128 * 64 * 3  # the float copy of the weight is gone
+    interp = Interpreter(str(path))
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], x.numpy())
+    interp.invoke()
+    out = interp.get_tensor(interp.get_output_details()[0]["index"])
+    # int8 activations at run time: a small error against the float model with the same weights
+    assert 0 < np.abs(out - expected).max() < 0.02 * np.abs(expected).max()

@@ -21,8 +21,7 @@ _DATA_MOVEMENT = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "TRANSPOSE", "SQUEEZE", "
 
 class LiteRTAdapter:
     name = "litert"
-    no_int4 = ("edgeship has no LiteRT int4 lowering yet (LiteRT has int4-weight kernels; handing it "
-               "edgeship's int4 values through litert-torch is not done); no int4 .tflite is written")
+    no_int4 = None
 
     def lower(self, job: LowerJob, out: Path, precisions: tuple[str, ...]) -> list[Artifact]:
         artifacts = []
@@ -36,7 +35,21 @@ class LiteRTAdapter:
             _convert(program.module(), job.example_inputs, path, quantized=True)
             artifacts.append(Artifact(self.name, "int8", path,
                                       count_ops(float_ops(path), "float LiteRT kernel")))
+        if "int4" in precisions:
+            artifacts.append(self._int4(job, out / "model.int4.tflite"))
         return artifacts
+
+    def _int4(self, job: LowerJob, path: Path) -> Artifact:
+        """The float graph with the int4 layers' dequantized weights, converted, then those weights
+        replaced by block-wise INT4 tensors carrying edgeship's values (edgeship/targets/tflite_int4.py)."""
+        from edgeship.targets.tflite_int4 import to_blockwise_int4
+
+        _convert(job.int4.dequantized, job.example_inputs, path, quantized=False)
+        missing = to_blockwise_int4(path, job.int4.weights)
+        not_quantized = [{"op": f["layer"], "count": 1, "reason": f["reason"]} for f in job.int4.skipped]
+        not_quantized += [{"op": name, "count": 1, "reason": "litert-torch wrote it in a form the int4 rewrite "
+                           "does not replace; float FULLY_CONNECTED"} for name in missing]
+        return Artifact(self.name, "int4", path, not_quantized)
 
 
 def _static_quant_config():

@@ -1,0 +1,100 @@
+"""LiteRT pass: a FULLY_CONNECTED whose constant weight is one of edgeship's int4 layers gets that weight
+as an INT4 tensor with block-wise quantization (one scale per `group` input channels), which LiteRT's
+fully-connected kernel runs with int8 activations quantized at run time (dynamic range quantization).
+
+The values are edgeship's int4 values unchanged; the scales are stored as float16 (the only scale type
+LiteRT's block-wise quantization takes), so the weights LiteRT computes with differ from the other
+runtimes' by float16's rounding of each scale (relative 2^-11 at most).
+
+When it applies: litert-torch wrote the layer as FULLY_CONNECTED with the weight as a constant buffer whose
+float values equal the dequantized int4 weight (edgeship converts the graph with those weights, so the
+match is exact). When it leaves the graph alone: every other operator (BATCH_MATMUL of two activations,
+float layers), which then stays a float kernel and is recorded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeship.quantize.int4 import Int4Weight
+
+
+def pack(q: np.ndarray) -> np.ndarray:
+    """Two int4 values per byte, the first in the low nibble (LiteRT's dense int4 layout)."""
+    flat = q.astype(np.int8).reshape(-1)
+    if flat.size % 2:
+        flat = np.append(flat, np.int8(0))
+    nibbles = (flat & 0x0F).astype(np.uint8)
+    return nibbles[0::2] | (nibbles[1::2] << 4)
+
+
+def unpack(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The int4 values of `pack`'s bytes, as int8."""
+    nibbles = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(-1)[:int(np.prod(shape))].astype(np.int8)
+    return np.where(nibbles > 7, nibbles - 16, nibbles).astype(np.int8).reshape(shape)
+
+
+def to_blockwise_int4(path: Path, weights: list[Int4Weight]) -> list[str]:
+    """Rewrites the model at `path` in place; returns the int4 layers it could not find."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    by_bytes = {w.dequantized().numpy().astype(np.float32).tobytes(): w for w in weights}
+    fully_connected = {i for i, code in enumerate(model.operatorCodes)
+                       if flatbuffer_utils.get_builtin_code_from_operator_code(code)
+                       == schema.BuiltinOperator.FULLY_CONNECTED}
+    found = set()
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            if op.opcodeIndex not in fully_connected or len(op.inputs) < 2 or op.inputs[1] < 0:
+                continue
+            tensor = graph.tensors[op.inputs[1]]
+            data = model.buffers[tensor.buffer].data
+            if tensor.type != schema.TensorType.FLOAT32 or data is None:
+                continue
+            match = by_bytes.get(np.asarray(data, dtype=np.uint8).tobytes())
+            if match is None or list(tensor.shape) != list(match.q.shape):
+                continue
+            _quantize_tensor(model, graph, tensor, match, schema)
+            found.add(match.layer)
+    _drop_unread_buffers(model)
+    flatbuffer_utils.write_model(model, str(path))
+    return sorted({w.layer for w in weights} - found)
+
+
+def _drop_unread_buffers(model) -> None:
+    """Empties the float buffers no tensor reads any more (buffer 0 is the format's empty sentinel)."""
+    read = {t.buffer for g in model.subgraphs for t in g.tensors}
+    for i, buffer in enumerate(model.buffers):
+        if i and i not in read:
+            buffer.data = None
+
+
+def _quantize_tensor(model, graph, tensor, w: Int4Weight, schema) -> None:
+    buffer = schema.BufferT()
+    buffer.data = pack(w.q.numpy())
+    model.buffers.append(buffer)
+    tensor.buffer = len(model.buffers) - 1  # a fresh buffer: the float one may be shared
+    tensor.type = schema.TensorType.INT4
+
+    scales = schema.TensorT()
+    scales.name = (tensor.name or b"weight") + b"_scales"
+    scales.shape = list(w.scale.shape)
+    scales.type = schema.TensorType.FLOAT16
+    scale_buffer = schema.BufferT()
+    scale_buffer.data = np.frombuffer(w.scale.numpy().astype(np.float16).tobytes(), dtype=np.uint8)
+    model.buffers.append(scale_buffer)
+    scales.buffer = len(model.buffers) - 1
+    graph.tensors.append(scales)
+
+    details = schema.BlockwiseQuantizationT()
+    details.scales = len(graph.tensors) - 1
+    details.zeroPoints = -1  # symmetric
+    details.blockSize = w.group
+    quantization = schema.QuantizationParametersT()
+    quantization.detailsType = schema.QuantizationDetails.BlockwiseQuantization
+    quantization.details = details
+    tensor.quantization = quantization
