@@ -193,3 +193,32 @@ def test_tflite_int4_rewrite_replaces_only_edgeship_int4_layers(tmp_path) -> Non
     out = interp.get_tensor(interp.get_output_details()[0]["index"])
     # int8 activations at run time: a small error against the float model with the same weights
     assert 0 < np.abs(out - expected).max() < 0.02 * np.abs(expected).max()
+
+
+def test_tflite_int4_rewrite_finds_a_weight_the_converter_scaled(tmp_path) -> None:
+    """litert-torch folds a constant multiply after a linear layer into its weight (per output row);
+    the rewrite still finds the layer, keeps its int4 values and moves the factor into the scales."""
+    import litert_torch
+
+    from edgeship.quantize.int4 import Int4Weight
+    from edgeship.targets.tflite_int4 import to_blockwise_int4
+
+    class Scaled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(64, 32)
+
+        def forward(self, x):
+            return self.fc(x) * 0.37
+
+    torch.manual_seed(1)
+    model = Scaled().eval()
+    layer = Int4Weight("fc", "fc.weight", *quantize_weight(model.fc.weight, 32), 32)
+    model.fc.weight.data = layer.dequantized()
+    path = tmp_path / "s.tflite"
+    litert_torch.convert(model, (torch.randn(3, 64),)).export(str(path))
+    assert to_blockwise_int4(path, [layer]) == []
+    (q, scales), = _tflite_int4_weights(path)
+    assert np.array_equal(q, layer.q.numpy())
+    expected = (layer.scale.numpy() * np.float32(0.37)).astype(np.float16).reshape(-1)
+    assert np.abs(scales.astype(np.float32) - expected.astype(np.float32)).max() <= 1e-3 * float(expected.max())

@@ -185,7 +185,12 @@ class Int4Job:
 def build_int4(program: torch.export.ExportedProgram, recipe, samples, progress=None) -> Int4Job:
     from edgeship.quantize.calibrate import transformed
 
+    from edgeship.quantize.norm_fold import fold_norm_affine
+
     module, keep, records = transformed(program, recipe, samples, progress)
+    folded = fold_norm_affine(module)
+    if folded:
+        records.append({"algorithm": "norm_fold", "changes": folded})
     gptq = "gptq" in recipe.algorithms
     weights, skipped = int4_layers(module, recipe.group_size, samples if gptq else None, progress, keep)
     if gptq:

@@ -29,7 +29,8 @@ class Recipe:
 
     `w4a8`: int4 weights for linear layers, one symmetric scale per `group_size` input channels, and
     int8 activations quantized per token at run time by the runtime's int4 kernels; other ops float.
-    It takes `embeddings` and `gptq` (GPTQ's error-compensating rounding of the int4 weights)."""
+    It takes `embeddings` and `gptq` (GPTQ's error-compensating rounding of the int4 weights); layer
+    norms are always folded into the linear layers that read them first (quantize/norm_fold.py)."""
 
     name: str = "int8"
     scheme: str = "w8a8"

@@ -4,7 +4,13 @@ fully-connected kernel runs with int8 activations quantized at run time (dynamic
 
 The values are edgeship's int4 values unchanged; the scales are stored as float16 (the only scale type
 LiteRT's block-wise quantization takes), so the weights LiteRT computes with differ from the other
-runtimes' by float16's rounding of each scale (relative 2^-11 at most).
+runtimes' by float16's rounding of each scale (relative 2^-11 at most). Where the converter folded a
+constant multiply after the layer into its weight (one factor per output row), the rows' scales carry
+that factor and the values stay the same.
+
+LiteRT's converter folds a constant multiply that feeds a FULLY_CONNECTED (a layer norm's scale) into
+its weight, which would take the weight off the int4 grid; int4 folds layer norms into their linear
+layers before computing the weights (edgeship/quantize/norm_fold.py), so nothing is left to fold.
 
 When it applies: litert-torch wrote the layer as FULLY_CONNECTED with the weight as a constant buffer whose
 float values equal the dequantized int4 weight (edgeship converts the graph with those weights, so the
@@ -55,14 +61,36 @@ def to_blockwise_int4(path: Path, weights: list[Int4Weight]) -> list[str]:
             data = model.buffers[tensor.buffer].data
             if tensor.type != schema.TensorType.FLOAT32 or data is None:
                 continue
-            match = by_bytes.get(np.asarray(data, dtype=np.uint8).tobytes())
+            raw = np.asarray(data, dtype=np.uint8).tobytes()
+            match, rows = by_bytes.get(raw), None
+            if match is None:
+                match, rows = _row_scaled(np.frombuffer(raw, np.float32).reshape(tensor.shape),
+                                          [w for w in weights if w.layer not in found])
             if match is None or list(tensor.shape) != list(match.q.shape):
                 continue
-            _quantize_tensor(model, graph, tensor, match, schema)
+            _quantize_tensor(model, graph, tensor, match, schema, rows)
             found.add(match.layer)
     _drop_unread_buffers(model)
     flatbuffer_utils.write_model(model, str(path))
     return sorted({w.layer for w in weights} - found)
+
+
+def _row_scaled(value: np.ndarray, candidates: list[Int4Weight]) -> tuple[Int4Weight | None, np.ndarray | None]:
+    """The int4 layer whose weight `value` is up to one factor per output row (the converter folds a
+    constant multiply after the layer into its weight, e.g. attention's 1/sqrt(d) split over q and k),
+    and those factors; (None, None) when there is none. Rows scale the int4 scales, never the values."""
+    for w in candidates:
+        if tuple(w.q.shape) != value.shape:
+            continue
+        dense = w.dequantized().numpy()
+        pick = np.abs(dense).argmax(axis=1)
+        rows = np.arange(len(pick))
+        if np.any(dense[rows, pick] == 0):
+            continue
+        factor = value[rows, pick] / dense[rows, pick]
+        if np.abs(value - factor[:, None] * dense).max() <= 1e-6 * max(float(np.abs(value).max()), 1e-30):
+            return w, factor.astype(np.float32)
+    return None, None
 
 
 def _drop_unread_buffers(model) -> None:
@@ -73,7 +101,7 @@ def _drop_unread_buffers(model) -> None:
             buffer.data = None
 
 
-def _quantize_tensor(model, graph, tensor, w: Int4Weight, schema) -> None:
+def _quantize_tensor(model, graph, tensor, w: Int4Weight, schema, rows: np.ndarray | None) -> None:
     buffer = schema.BufferT()
     buffer.data = pack(w.q.numpy())
     model.buffers.append(buffer)
@@ -85,7 +113,8 @@ def _quantize_tensor(model, graph, tensor, w: Int4Weight, schema) -> None:
     scales.shape = list(w.scale.shape)
     scales.type = schema.TensorType.FLOAT16
     scale_buffer = schema.BufferT()
-    scale_buffer.data = np.frombuffer(w.scale.numpy().astype(np.float16).tobytes(), dtype=np.uint8)
+    scale = w.scale.numpy() if rows is None else w.scale.numpy() * rows[:, None]
+    scale_buffer.data = np.frombuffer(scale.astype(np.float16).tobytes(), dtype=np.uint8)
     model.buffers.append(scale_buffer)
     scales.buffer = len(model.buffers) - 1
     graph.tensors.append(scales)
