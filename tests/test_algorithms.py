@@ -118,6 +118,40 @@ def test_embeddings_stored_int8_per_row() -> None:
     assert float((module(x) - model(x)).abs().max()) < 16 * step * model.proj.weight.abs().max()
 
 
+def test_embeddings_stored_int4_per_group() -> None:
+    """w4a8: two int4 values per stored byte, one scale per 8 columns; each looked-up value within half
+    a step of its group's scale, through the same gather / divide / scale ops every runtime runs."""
+    from edgeship.quantize.int4 import quantize_weight
+
+    model = Lookup(3000).eval()
+    ids = Samples(("ids",), (np.random.default_rng(0).integers(0, 3000, (4, 12)),), "ids")
+    module = _program(model, ids).module()
+    records = quantize_embeddings(module, bits=4, group=8)
+    assert [(r["rows"], r["columns"], r["bits"]) for r in records] == [(3000, 16, 4)]
+    tables = [b for b in module.buffers() if b.dtype == torch.int8]
+    assert [t.shape for t in tables] == [torch.Size([3000, 8])]  # 16 columns in 8 bytes per row
+    x = torch.from_numpy(ids.sample(0)[0])
+    # the value handed to the linear layer is the dequantized rows
+    looked_up = next(n.args[0] for n in module.graph.nodes if n.target is torch.ops.aten.linear.default)
+    rows = torch.fx.Interpreter(module)
+    captured = {}
+    original = rows.run_node
+
+    def run_node(n):
+        out = original(n)
+        if n is looked_up:
+            captured["rows"] = out
+        return out
+
+    rows.run_node = run_node
+    rows.run(x)
+    q, scale = quantize_weight(model.table.weight.detach(), 8)
+    expected = (q.reshape(3000, 2, 8).float() * scale[..., None]).reshape(3000, 16)[x]
+    assert torch.equal(captured["rows"], expected)  # exactly the int4 grid values, nothing lost in unpacking
+    half_step = (scale.repeat_interleave(8, dim=1)[x]) / 2
+    assert bool(((captured["rows"] - model.table.weight[x]).abs() <= half_step + 1e-6).all())
+
+
 def test_embeddings_leave_small_tables_alone() -> None:
     ids = Samples(("ids",), (np.random.default_rng(0).integers(0, 100, (2, 12)),), "ids")
     module = _program(Lookup(100).eval(), ids).module()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -106,7 +107,9 @@ def apply_algorithms(module: GraphModule, recipe: Recipe, samples: Samples,
     from edgeship.quantize.outlier_split import split_outliers
     from edgeship.quantize.smoothquant import smooth
 
-    passes = {"embeddings": quantize_embeddings, "outlier_channels": split_outliers, "smoothquant": smooth}
+    table_bits = 4 if recipe.scheme == "w4a8" else 8
+    passes = {"embeddings": functools.partial(quantize_embeddings, bits=table_bits, group=recipe.group_size),
+              "outlier_channels": split_outliers, "smoothquant": smooth}
     records = []
     for name in (a for a in ALGORITHMS if a in recipe.algorithms and a in passes):
         with torch.no_grad():
