@@ -6,7 +6,7 @@ float PyTorch embeddings, run in its own runtime.
   edgeship int8               default recipe: int8 embeddings, outlier output channels in float, SmoothQuant
   edgeship int8-plain         int8 without those algorithms, every linear int8
   edgeship int8 --min-cosine  the fewest layers kept in float to reach cosine 0.99 (chosen on the eval set)
-  edgeship int4               int4 block-wise weights (group 32), int8 per-token activations, int8 embeddings
+  edgeship int4               int4 block-wise weights (group 32, GPTQ), int8 per-token activations, int4 embeddings
   stock executorch            XNNPACKQuantizer(get_symmetric_quantization_config(is_per_channel=True)),
                               with edgeship's integer-constants pass (without it calibration raises)
   stock onnxruntime dynamic   onnxruntime.quantization.quantize_dynamic on the float ONNX

@@ -75,15 +75,17 @@ def export(model: str, target: str, calibration: str | Path, *, eval_data: str |
                  "eval_data": str(Path(eval_data).resolve()) if eval_data is not None else None,
                  "input_shapes": input_shapes, "input_dtypes": input_dtypes, "preprocess": preprocess}
     with _staging(final) as stage:
-        manifest = _export_into(stage, loaded, device, resolved, calib, evaluation, progress, budget, reproduce)
+        manifest = _export_into(stage, loaded, device, resolved, calib, evaluation, progress, budget, reproduce,
+                                stats_folder=final.parent)
     return ExportResult(final, manifest)
 
 
 def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progress: Progress,
-                 budget: dict | None = None, reproduce: dict | None = None) -> dict:
+                 budget: dict | None = None, reproduce: dict | None = None, stats_folder: Path | None = None) -> dict:
     from edgeship.export import capture as cap
     from edgeship.export.inputs import specs_from_samples
     from edgeship.quantize.calibrate import calibrate, convert
+    from edgeship.quantize.stats_cache import StatsCache
     from edgeship.report import manifest as mf
     from edgeship.report.markdown import report
     from edgeship.targets.base import LowerJob, get_adapter
@@ -97,15 +99,18 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     cap.export_float_onnx(program, float_onnx, in_names, out_names)
 
     reference = torch_outputs(flat, evaluation)
+    stats = StatsCache.for_export(stats_folder, program, calib, recipe) if stats_folder is not None else None
+    memo = stats.memo if stats is not None else None
     choice, quantized, int4 = None, None, None
     if recipe.scheme == "w4a8":
         from edgeship.quantize.int4 import build_int4
 
-        int4 = build_int4(program, recipe, calib, progress("int4 weights", len(calib) * (recipe.calibration_passes - 1)))
+        int4 = build_int4(program, recipe, calib, progress("int4 weights", len(calib) * (recipe.calibration_passes - 1)),
+                          memo)
         encodings = int4.encodings()
     else:
         advance = progress("calibrate", len(calib) * recipe.calibration_passes)
-        prepared = calibrate(program, recipe, calib, advance)
+        prepared = calibrate(program, recipe, calib, advance, memo=memo)
         if budget:
             choice = _choose_float_layers(prepared, evaluation, reference, budget, progress)
             if choice["keep_float"]:
@@ -148,7 +153,8 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
         "model": {"source": loaded.source, "name": loaded.name, "inputs": in_names, "outputs": out_names},
         "target": device.to_dict(),
         "recipe": recipe.to_dict(),
-        "calibration": {"source": calib.source, "samples": len(calib), "sha256": calib.content_hash()},
+        "calibration": {"source": calib.source, "samples": len(calib), "sha256": calib.content_hash(),
+                        "statistics": stats.record() if stats is not None else None},
         "evaluation": {"source": evaluation.source, "samples": len(evaluation),
                        "sha256": evaluation.content_hash()},
         "simulated_int8" if int4 is None else "simulated_int4": accuracy(reference, simulated),
@@ -168,6 +174,8 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     _flag_slower_than_fp32(manifest["artifacts"])
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     (stage / "report.md").write_text(report(manifest))
+    if stats is not None:  # last: a failed export leaves no statistics behind
+        stats.save()
     return manifest
 
 

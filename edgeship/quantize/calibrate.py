@@ -18,7 +18,7 @@ from edgeship.export.inputs import to_torch
 from edgeship.export.passes.integer_constants import restore_integer_constants
 from edgeship.quantize.encodings import collect_encodings
 from edgeship.quantize.quantizer import EdgeshipQuantizer, float_ops
-from edgeship.quantize.recipe import ALGORITHMS, Recipe
+from edgeship.quantize.recipe import ALGORITHMS, READS_SAMPLES, Recipe
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,30 @@ class QuantizedGraph:
 
 
 def calibrate(program: torch.export.ExportedProgram, recipe: Recipe, samples: Samples,
-              progress: Callable[[int], None] | None = None, keep_float: frozenset[str] = frozenset()) -> GraphModule:
+              progress: Callable[[int], None] | None = None, keep_float: frozenset[str] = frozenset(),
+              memo: dict | None = None) -> GraphModule:
     """The prepared graph with its observers fed every calibration sample. `keep_float`: node
-    names the quantizer leaves unannotated."""
-    module, keep, records = transformed(program, recipe, samples, progress)
+    names the quantizer leaves unannotated. `memo` (quantize/stats_cache.py): statistics of an earlier
+    run with the same key, reused instead of reading the samples; what is computed is added to it."""
+    from edgeship.quantize.stats_cache import FAMILIES, load_observer_states, observer_states
+
+    module, keep, records = transformed(program, recipe, samples, progress, memo)
     quantizer = EdgeshipQuantizer(activation_method=recipe.activation_method, skip=keep_float | keep)
     prepared = prepare_pt2e(module, quantizer)
     prepared.meta["edgeship_algorithms"] = records
+    family = FAMILIES[recipe.activation_method]
+    saved = (memo or {}).get("observers", {}).get(family)
+    if saved is not None and load_observer_states(prepared, saved):
+        if progress is not None:
+            progress(len(samples))
+        return prepared
+    _observe(prepared, samples, progress)
+    if memo is not None:
+        memo.setdefault("observers", {})[family] = observer_states(prepared)
+    return prepared
+
+
+def _observe(prepared: GraphModule, samples: Samples, progress: Callable[[int], None] | None) -> None:
     with torch.no_grad():
         for i in range(len(samples)):
             try:
@@ -57,18 +74,18 @@ def calibrate(program: torch.export.ExportedProgram, recipe: Recipe, samples: Sa
                     "check that every sample matches the model's inputs") from exc
             if progress is not None:
                 progress(1)
-    return prepared
 
 
 def transformed(program: torch.export.ExportedProgram, recipe: Recipe, samples: Samples,
-                progress: Callable[[int], None] | None = None) -> tuple[GraphModule, frozenset[str], list[dict]]:
+                progress: Callable[[int], None] | None = None, memo: dict | None = None
+                ) -> tuple[GraphModule, frozenset[str], list[dict]]:
     """The float graph every scheme quantizes: the program's module with its integer constants restored
     and the recipe's graph passes applied; also the layers the recipe keeps float (matched before the
     passes add nodes) and what each pass changed. The same inputs give the same graph and node names."""
     module = program.module()
     restore_integer_constants(module)
     keep = layers_matching(module, recipe.keep_float)
-    return module, keep, apply_algorithms(module, recipe, samples, progress)
+    return module, keep, apply_algorithms(module, recipe, samples, progress, memo)
 
 
 def layers_matching(module: GraphModule, patterns: tuple[str, ...]) -> frozenset[str]:
@@ -100,9 +117,9 @@ def layers_matching(module: GraphModule, patterns: tuple[str, ...]) -> frozenset
 
 
 def apply_algorithms(module: GraphModule, recipe: Recipe, samples: Samples,
-                     progress: Callable[[int], None] | None = None) -> list[dict]:
+                     progress: Callable[[int], None] | None = None, memo: dict | None = None) -> list[dict]:
     """The recipe's post-training algorithms, in place, in ALGORITHMS order; each reads the calibration
-    samples once. Returns a record per algorithm."""
+    samples once, or replays what `memo` says it decided before. Returns a record per algorithm."""
     from edgeship.quantize.embeddings import quantize_embeddings
     from edgeship.quantize.outlier_split import split_outliers
     from edgeship.quantize.smoothquant import smooth
@@ -112,8 +129,11 @@ def apply_algorithms(module: GraphModule, recipe: Recipe, samples: Samples,
               "outlier_channels": split_outliers, "smoothquant": smooth}
     records = []
     for name in (a for a in ALGORITHMS if a in recipe.algorithms and a in passes):
+        kwargs = {}
+        if memo is not None and name in READS_SAMPLES:
+            kwargs["memo"] = memo.setdefault("passes", {}).setdefault(name, {})
         with torch.no_grad():
-            changes = passes[name](module, samples, progress=progress)
+            changes = passes[name](module, samples, progress=progress, **kwargs)
         records.append({"algorithm": name, "changes": changes})
     return records
 

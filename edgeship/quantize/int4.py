@@ -182,17 +182,27 @@ class Int4Job:
             for w in self.weights}, "float_layers": self.skipped}
 
 
-def build_int4(program: torch.export.ExportedProgram, recipe, samples, progress=None) -> Int4Job:
+def build_int4(program: torch.export.ExportedProgram, recipe, samples, progress=None, memo: dict | None = None) -> Int4Job:
+    """`memo` (quantize/stats_cache.py): GPTQ's values and scales from an earlier run with the same key
+    are reused instead of reading the samples; what is computed is added to it."""
     from edgeship.quantize.calibrate import transformed
-
     from edgeship.quantize.norm_fold import fold_norm_affine
 
-    module, keep, records = transformed(program, recipe, samples, progress)
+    module, keep, records = transformed(program, recipe, samples, progress, memo)
     folded = fold_norm_affine(module)
     if folded:
         records.append({"algorithm": "norm_fold", "changes": folded})
     gptq = "gptq" in recipe.algorithms
-    weights, skipped = int4_layers(module, recipe.group_size, samples if gptq else None, progress, keep)
+    saved = (memo or {}).get("gptq")
+    if gptq and saved:
+        weights, skipped = int4_layers(module, recipe.group_size, None, None, keep)
+        weights = [Int4Weight(w.layer, w.attr, saved[w.layer]["q"], saved[w.layer]["scale"], w.group) for w in weights]
+        if progress is not None:
+            progress(len(samples))
+    else:
+        weights, skipped = int4_layers(module, recipe.group_size, samples if gptq else None, progress, keep)
+        if gptq and memo is not None:
+            memo["gptq"] = {w.layer: {"q": w.q, "scale": w.scale} for w in weights}
     if gptq:
         records.append({"algorithm": "gptq", "changes": [{"layers": len(weights), "samples": len(samples)}]})
     return Int4Job(with_int4_weights(module, weights, packed=True), with_int4_weights(module, weights, packed=False),

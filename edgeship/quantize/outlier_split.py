@@ -52,8 +52,37 @@ def _int8_output_linears(module: GraphModule) -> list[Node]:
 
 
 def split_outliers(module: GraphModule, samples: Samples, ratio: float = 8.0,
-                   progress: Callable[[int], None] | None = None) -> list[dict]:
-    """Rewrites `module` in place; returns one record per split layer (its name and channels)."""
+                   progress: Callable[[int], None] | None = None, memo: dict | None = None) -> list[dict]:
+    """Rewrites `module` in place; returns one record per split layer (its name and channels).
+    `memo`: filled with those records; when it already holds them, they are replayed without
+    reading the samples."""
+    if memo and "records" in memo:
+        return _replay(module, memo["records"], len(samples), progress)
+    records = _find_and_split(module, samples, ratio, progress)
+    if memo is not None:
+        memo["records"] = records
+    return records
+
+
+def _replay(module: GraphModule, records: list[dict], samples: int, progress) -> list[dict]:
+    nodes = {n.name: n for n in module.graph.nodes}
+    for record in records:
+        _split(module, nodes[record["layer"]], list(record["channels"]))
+    _finish(module, records)
+    if progress is not None:
+        progress(samples)
+    return records
+
+
+def _finish(module: GraphModule, records: list[dict]) -> None:
+    if records:
+        module.graph.eliminate_dead_code()
+        module.graph.lint()
+        module.recompile()
+        log.info("outlier channels in float: %s", ", ".join(f"{r['layer']} {r['channels']}" for r in records))
+
+
+def _find_and_split(module: GraphModule, samples: Samples, ratio: float, progress) -> list[dict]:
     linears = _int8_output_linears(module)
     if not linears:
         return []
@@ -74,11 +103,7 @@ def split_outliers(module: GraphModule, samples: Samples, ratio: float = 8.0,
         rest = float(amax[[c for c in range(amax.numel()) if c not in set(idx)]].max())
         records.append({"layer": node.name, "channels": sorted(idx), "outlier_max": round(float(amax.max()), 3),
                         "rest_max": round(rest, 3), "median": round(median, 3)})
-    if records:
-        module.graph.eliminate_dead_code()
-        module.graph.lint()
-        module.recompile()
-        log.info("outlier channels in float: %s", ", ".join(f"{r['layer']} {r['channels']}" for r in records))
+    _finish(module, records)
     return records
 
 

@@ -87,25 +87,41 @@ def smoothing_groups(module: GraphModule) -> dict[Node, list[Node]]:
     return dict(groups)
 
 
-def smooth(module: GraphModule, samples: Samples, progress: Callable[[int], None] | None = None) -> list[dict]:
+def smooth(module: GraphModule, samples: Samples, progress: Callable[[int], None] | None = None,
+           memo: dict | None = None) -> list[dict]:
     """Rewrites `module` in place (weights are replaced, never modified: the float program keeps
     its own). alpha is chosen per input among ALPHAS, or no smoothing, by the int8 round-trip error of
-    its layers' outputs on up to KEEP_ROWS calibration rows. Returns one record per smoothed input."""
+    its layers' outputs on up to KEEP_ROWS calibration rows. Returns one record per smoothed input.
+    `memo`: filled with the records and each input's scales; when it already holds them, they are
+    applied without reading the samples."""
     groups = smoothing_groups(module)
     if not groups:
         return []
-    recorder = ChannelMax(module, {n.name for n in groups}, keep=KEEP_ROWS)
-    run_samples(recorder, samples, progress)
+    replay = bool(memo) and "scales" in memo
+    if replay:
+        chosen = memo["scales"]
+        if progress is not None:
+            progress(len(samples))
+    else:
+        recorder = ChannelMax(module, {n.name for n in groups}, keep=KEEP_ROWS)
+        run_samples(recorder, samples, progress)
+        chosen = {}
     records = []
     graph = module.graph
     for act, linears in groups.items():
-        x_max = recorder.amax.get(act.name)
-        if x_max is None or not bool((x_max > 0).any()):
-            continue
         weights = [attr(module, lin.args[1].target).detach().float() for lin in linears]
-        s, alpha = _choose_scale(torch.cat(recorder.rows[act.name]), x_max, weights)
-        if alpha is None:
-            continue
+        if replay:
+            if act.name not in chosen:
+                continue
+            s = chosen[act.name]
+        else:
+            x_max = recorder.amax.get(act.name)
+            if x_max is None or not bool((x_max > 0).any()):
+                continue
+            s, alpha = _choose_scale(torch.cat(recorder.rows[act.name]), x_max, weights)
+            if alpha is None:
+                continue
+            chosen[act.name] = s
         scale_name = register(module, f"_smooth_{act.name}_inv", (1.0 / s).to(weights[0].dtype))
         with graph.inserting_after(act):
             inv = graph.get_attr(scale_name)
@@ -118,9 +134,14 @@ def smooth(module: GraphModule, samples: Samples, progress: Callable[[int], None
                 weight_node = graph.get_attr(new_weight)
             weight_node.meta["val"] = lin.args[1].meta.get("val")
             lin.args = (mul, weight_node, *lin.args[2:])
-        records.append({"input": act.name, "linears": [lin.name for lin in linears], "alpha": alpha,
-                        "s_min": round(float(s.min()), 4), "s_max": round(float(s.max()), 4),
-                        "activation_max": round(float(x_max.max()), 3)})
+        if not replay:
+            records.append({"input": act.name, "linears": [lin.name for lin in linears], "alpha": alpha,
+                            "s_min": round(float(s.min()), 4), "s_max": round(float(s.max()), 4),
+                            "activation_max": round(float(x_max.max()), 3)})
+    if replay:
+        records = memo["records"]
+    elif memo is not None:
+        memo["scales"], memo["records"] = chosen, records
     graph.eliminate_dead_code()
     graph.lint()
     module.recompile()
