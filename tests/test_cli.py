@@ -65,10 +65,13 @@ def test_export_json_with_input_shapes_and_eval_data(tmp_path, monkeypatch, caps
     assert manifest["calibration"]["samples"] == 8 and manifest["evaluation"]["samples"] == 3
     assert manifest["model"]["inputs"] == ["left", "right"]
     first = (tmp_path / "o/models-two_inputs/host/model.int8.onnx").read_bytes()
-    # exporting again replaces the folder in one move; nothing partial is left beside it
-    code, _, err = run_cli(args, monkeypatch, capsys)
+    # exporting again replaces the folder in one move; nothing partial is left beside it (the calibration
+    # statistics are kept beside it, and reused)
+    code, out, err = run_cli(args, monkeypatch, capsys)
     assert code == 0, err
-    assert sorted(p.name for p in (tmp_path / "o/models-two_inputs").iterdir()) == ["host"]
+    assert json.loads(out)["calibration"]["statistics"]["reused"] == ["observers", "passes"]
+    assert sorted(p.name for p in (tmp_path / "o/models-two_inputs").iterdir()) == [".calibration", "host"]
+    assert [p.suffix for p in (tmp_path / "o/models-two_inputs/.calibration").iterdir()] == [".pt"]
     assert (tmp_path / "o/models-two_inputs/host/model.int8.onnx").read_bytes() == first
 
 
