@@ -156,7 +156,7 @@ def with_int4_weights(module: GraphModule, weights: list[Int4Weight], packed: bo
         else:
             delattr(owner, leaf)
             owner.register_buffer(leaf, value)
-    return result
+    return result.eval()
 
 
 @dataclass
