@@ -56,10 +56,17 @@ def calibrate(program: torch.export.ExportedProgram, recipe: Recipe, samples: Sa
     if saved is not None and load_observer_states(prepared, saved):
         if progress is not None:
             progress(len(samples))
-        return prepared
-    _observe(prepared, samples, progress)
-    if memo is not None:
-        memo.setdefault("observers", {})[family] = observer_states(prepared)
+    else:
+        _observe(prepared, samples, progress)
+        if memo is not None:
+            memo.setdefault("observers", {})[family] = observer_states(prepared)
+    if "bias_correction" in recipe.algorithms:
+        from edgeship.quantize.bias_correction import correct_biases
+
+        passes = memo.setdefault("passes", {}).setdefault("bias_correction", {}) if memo is not None else None
+        with torch.no_grad():
+            changes = correct_biases(prepared, samples, progress, passes)
+        records.append({"algorithm": "bias_correction", "changes": changes})
     return prepared
 
 

@@ -14,9 +14,11 @@ SCHEMES = ("w8a8", "w4a8")
 GROUP_SIZES = (16, 32, 64, 128, 256)
 ACTIVATION_METHODS = ("histogram", "mse", "minmax", "percentile", "entropy")
 # post-training algorithms, applied in this order before calibration (see edgeship/quantize/<name>.py)
-ALGORITHMS = ("embeddings", "outlier_channels", "smoothquant", "gptq")
-READS_SAMPLES = ("outlier_channels", "smoothquant", "gptq")  # one pass over the calibration samples each
-DEFAULT_ALGORITHMS = {"w8a8": ("embeddings", "outlier_channels", "smoothquant"), "w4a8": ("embeddings", "gptq")}
+ALGORITHMS = ("embeddings", "outlier_channels", "smoothquant", "gptq", "bias_correction")
+# one pass over the calibration samples each
+READS_SAMPLES = ("outlier_channels", "smoothquant", "gptq", "bias_correction")
+DEFAULT_ALGORITHMS = {"w8a8": ("embeddings", "outlier_channels", "smoothquant", "bias_correction"),
+                      "w4a8": ("embeddings", "gptq")}
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,8 @@ class Recipe:
     (affine, -128..127), ranges calibrated by `activation_method`. `algorithms`: `embeddings` (int8
     embedding tables, one scale per row), `outlier_channels`
     (linear output channels far above the rest computed in float), `smoothquant` (activation outliers
-    moved into the weights, alpha chosen per layer).
+    moved into the weights, alpha chosen per layer), `bias_correction` (the mean output shift of the
+    int8 weights taken out of each bias, after calibration).
 
     `w4a8`: int4 weights for linear layers, one symmetric scale per `group_size` input channels, and
     int8 activations quantized per token at run time by the runtime's int4 kernels; other ops float.

@@ -1,0 +1,110 @@
+"""Bias correction: the output shift that rounding a layer's weights to int8 causes on average is taken
+out of its bias (Nagel et al. 2019, "Data-Free Quantization Through Weight Equalization and Bias
+Correction"; the input means are measured on the calibration samples instead of derived from batch norm).
+
+For y = W x + b with int8 weights W + e, the expected output error is e E[x] per output channel. After
+ReLU-like activations E[x] is far from zero, so the error is systematic rather than noise, and it
+adds up through a deep CNN: on ImageNet MobileNetV2 the first depthwise layer's int8 weights alone
+take the output to 25 dB SQNR (3 x 3 kernels: one scale per 9 values).
+
+Runs on the calibrated graph (batch norms already folded into the convolutions, weight observers
+holding the int8 scales), before conversion; the corrected float bias is what the quantizer then
+stores in int32.
+
+When it applies: conv1d/conv2d layers whose weight goes through an int8 weight observer and whose bias
+is a constant. When it leaves the graph alone: linear layers (on all-MiniLM-L6-v2 correcting them
+lowered the simulated SQNR from 22.5 to 21.9 dB: their inputs' means mix padding and real tokens and a
+few outlier dimensions, so the mean shift is not what the evaluated outputs see), layers kept in float
+(no weight observer), and layers without a bias.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.fx import GraphModule, Interpreter, Node
+from torchao.quantization.pt2e.observer import ObserverBase
+
+from edgeship.calibration.samples import Samples
+from edgeship.quantize.graphs import attr, run_samples
+from edgeship.quantize.quantizer import CONV_OPS
+
+
+def _corrected_layers(prepared: GraphModule) -> list[tuple[Node, ObserverBase, str, str]]:
+    """(layer, its weight observer, weight attribute, bias attribute) for each layer that qualifies."""
+    found = []
+    for node in prepared.graph.nodes:
+        if node.op != "call_function" or node.target not in CONV_OPS or len(node.args) < 3:
+            continue
+        observed, bias = node.args[1], node.args[2]
+        if not (isinstance(observed, Node) and observed.op == "call_module" and isinstance(bias, Node)
+                and bias.op == "get_attr"):
+            continue
+        observer = getattr(prepared, observed.target)
+        weight = observed.args[0]
+        if isinstance(observer, ObserverBase) and isinstance(weight, Node) and weight.op == "get_attr":
+            found.append((node, observer, weight.target, bias.target))
+    return found
+
+
+class _InputMeans(Interpreter):
+    """Sums each watched convolution's input per channel (axis 1). Observers are passed over (they
+    return their input), so their statistics stay those of the calibration pass."""
+
+    def __init__(self, module: GraphModule, layers: set[str]) -> None:
+        super().__init__(module)
+        self.layers, self.sums, self.counts = layers, {}, {}
+
+    def run_node(self, n: Node):
+        if n.op == "call_module" and isinstance(self.module.get_submodule(n.target), ObserverBase):
+            return self.env[n.args[0]]
+        if n.name in self.layers:
+            x = self.env[n.args[0]].detach().double()
+            flat = x.transpose(0, 1).reshape(x.shape[1], -1)
+            self.sums[n.name] = self.sums.get(n.name, 0) + flat.sum(dim=1)
+            self.counts[n.name] = self.counts.get(n.name, 0) + flat.shape[1]
+        return super().run_node(n)
+
+
+def _shift(error: torch.Tensor, mean: torch.Tensor, groups: int) -> torch.Tensor:
+    """e E[x] per output channel: e is (out, in / groups, *kernel), mean is (in,)."""
+    per_input = error.reshape(error.shape[0], error.shape[1], -1).sum(dim=2)  # (out, in / groups)
+    out, width = per_input.shape
+    means = mean.reshape(groups, width)[torch.arange(out) // (out // groups)]  # each output's group inputs
+    return (per_input * means).sum(dim=1)
+
+
+def correct_biases(prepared: GraphModule, samples: Samples, progress: Callable[[int], None] | None = None,
+                   memo: dict | None = None) -> list[dict]:
+    """Corrects the biases of `prepared` in place; returns one record per layer (its largest shift).
+    `memo`: filled with the input means; when it holds them, the samples are not read."""
+    layers = _corrected_layers(prepared)
+    if not layers:
+        return []
+    if memo and "means" in memo:
+        means = memo["means"]
+        if progress is not None:
+            progress(len(samples))
+    else:
+        recorder = _InputMeans(prepared, {n.name for n, *_ in layers})
+        run_samples(recorder, samples, progress)
+        means = {name: recorder.sums[name] / recorder.counts[name] for name in recorder.sums}
+        if memo is not None:
+            memo["means"] = means
+    records = []
+    for node, observer, weight_attr, bias_attr in layers:
+        if node.name not in means:
+            continue
+        weight = attr(prepared, weight_attr).detach()
+        scale, zero_point = observer.calculate_qparams()
+        rounded = torch.fake_quantize_per_channel_affine(weight, scale.float(), zero_point.int(), 0,
+                                                         int(observer.quant_min), int(observer.quant_max))
+        groups = int(node.args[6]) if len(node.args) > 6 else 1
+        shift = _shift((rounded - weight).double(), means[node.name], groups)
+        bias = attr(prepared, bias_attr)
+        with torch.no_grad():
+            bias.sub_(shift.to(bias.dtype))
+        records.append({"layer": node.name, "max_shift": round(float(shift.abs().max()), 6),
+                        "bias_max": round(float(bias.abs().max()), 4)})
+    return records
