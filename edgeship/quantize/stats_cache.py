@@ -43,7 +43,7 @@ def program_hash(program: torch.export.ExportedProgram) -> str:
         digest.update(name.encode())
         if isinstance(value, torch.Tensor):
             digest.update(str((value.dtype, tuple(value.shape))).encode())
-            digest.update(value.detach().contiguous().view(torch.uint8).reshape(-1).numpy().tobytes()
+            digest.update(value.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
                           if value.numel() else b"")
     return digest.hexdigest()
 
