@@ -6,6 +6,7 @@ float PyTorch embeddings, run in its own runtime.
   edgeship int8               default recipe: int8 embeddings, outlier output channels in float, SmoothQuant
   edgeship int8-plain         int8 without those algorithms, every linear int8
   edgeship int8 --min-cosine  the fewest layers kept in float to reach cosine 0.99 (chosen on the eval set)
+  edgeship int8-dynamic       per-channel int8 linear weights, activations quantized at run time
   edgeship int4               int4 block-wise weights (group 32, GPTQ), int8 per-token activations, int4 embeddings
   stock executorch            XNNPACKQuantizer(get_symmetric_quantization_config(is_per_channel=True)),
                               with edgeship's integer-constants pass (without it calibration raises)
@@ -112,7 +113,7 @@ def main() -> None:
     rows = []
     for flow, recipe, budget in (("edgeship int8", "int8", None), ("edgeship int8-plain", "int8-plain", None),
                                  ("edgeship int8 --min-cosine 0.99", "int8", {"cosine": 0.99}),
-                                 ("edgeship int4", "int4", None)):
+                                 ("edgeship int8-dynamic", "int8-dynamic", None), ("edgeship int4", "int4", None)):
         result = api.export(source, "host", work / "calib.npz", eval_data=work / "eval.npz",
                             out=work / flow.replace(" ", "_"), budget=budget, recipe=recipe)
         for a in result.manifest["artifacts"]:

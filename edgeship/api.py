@@ -102,10 +102,10 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     stats = StatsCache.for_export(stats_folder, program, calib, recipe) if stats_folder is not None else None
     memo = stats.memo if stats is not None else None
     choice, quantized, int4 = None, None, None
-    if recipe.scheme == "w4a8":
+    if recipe.scheme in ("w4a8", "w8a8-dynamic"):
         from edgeship.quantize.int4 import build_int4
 
-        int4 = build_int4(program, recipe, calib, progress("int4 weights", len(calib) * (recipe.calibration_passes - 1)),
+        int4 = build_int4(program, recipe, calib, progress("weights", len(calib) * (recipe.calibration_passes - 1)),
                           memo)
         encodings = int4.encodings()
     else:
@@ -127,15 +127,16 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     (stage / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1) + "\n")
 
     job = LowerJob(program, quantized, args, tuple(in_names), tuple(out_names), float_onnx, int4)
-    precisions = ("fp32", "int4") if int4 is not None else device.precisions
+    precisions = ("fp32", int4.precision) if int4 is not None else device.precisions
     artifacts, not_produced = [], []
     for runtime in device.runtimes:
         advance = progress(f"lower for {runtime}", 1)
         adapter = get_adapter(runtime)
         artifacts += adapter.lower(job, stage, precisions)
-        if int4 is not None and adapter.no_int4:
-            not_produced.append({"runtime": runtime, "precision": "int4", "reason": adapter.no_int4})
-            log.warning("%s: %s", runtime, adapter.no_int4)
+        if int4 is not None and not any(a.precision == int4.precision for a in artifacts if a.runtime == runtime):
+            reason = adapter.no_int4 or "the adapter wrote no artifact for it"
+            not_produced.append({"runtime": runtime, "precision": int4.precision, "reason": reason})
+            log.warning("%s: %s", runtime, reason)
         advance(1)
 
     quantized_graph = int4.packed if int4 is not None else quantized.folded
@@ -157,7 +158,7 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
                         "statistics": stats.record() if stats is not None else None},
         "evaluation": {"source": evaluation.source, "samples": len(evaluation),
                        "sha256": evaluation.content_hash()},
-        "simulated_int8" if int4 is None else "simulated_int4": accuracy(reference, simulated),
+        "simulated_int8" if int4 is None else f"simulated_{int4.precision.replace('-', '_')}": accuracy(reference, simulated),
         "float_ops_in_quantized_graph": quantized.float_ops if quantized is not None else [],
         "algorithms": (quantized or int4).algorithms,
         "not_produced": not_produced,

@@ -222,3 +222,54 @@ def test_tflite_int4_rewrite_finds_a_weight_the_converter_scaled(tmp_path) -> No
     assert np.array_equal(q, layer.q.numpy())
     expected = (layer.scale.numpy() * np.float32(0.37)).astype(np.float16).reshape(-1)
     assert np.abs(scales.astype(np.float32) - expected.astype(np.float32)).max() <= 1e-3 * float(expected.max())
+
+
+def test_int8_dynamic_export_delivers_the_same_int8_weights(int4_export, monkeypatch, capsys) -> None:
+    """`int8-dynamic`: per-channel int8 weights for the linear layers, activations quantized at run time:
+    DynamicQuantizeMatMul in ONNX Runtime, XNNPACK's qd8 kernels, LiteRT's hybrid FULLY_CONNECTED."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+    import onnx
+    from onnx import numpy_helper
+
+    code, out, err = run_cli(["export", f"{MODELS}:tiny_encoder", "--target", "host", "--calibration",
+                              str(int4_export / "x.npz"), "--recipe", "int8-dynamic", "--out",
+                              str(int4_export / "d"), "--format", "json"], monkeypatch, capsys)
+    assert code == 0, err
+    manifest = json.loads(out)
+    folder = int4_export / "d/models-tiny_encoder/host"
+    paths = {a["path"]: a for a in manifest["artifacts"]}
+    assert set(paths) == {"model.fp32.onnx", "model.int8-dynamic.onnx", "model.int8-dynamic.ort", "model.fp32.pte",
+                          "model.int8-dynamic.pte", "model.fp32.tflite", "model.int8-dynamic.tflite"}
+    encodings = json.loads((folder / "encodings.json").read_text())["int8_dynamic_weights"]
+    assert len(encodings) == 4 and all(e["bits"] == 8 and e["range"] == [-127, 127] for e in encodings.values())
+    by_values = {e["values_sha256"]: layer for layer, e in encodings.items()}
+
+    model = onnx.load(str(folder / "model.int8-dynamic.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    dynamic = [n for n in model.graph.node if n.op_type == "DynamicQuantizeMatMul"]
+    assert len(dynamic) == 4
+    onnx_scales = {}
+    for node in dynamic:
+        q = np.ascontiguousarray(inits[node.input[1]].T)  # stored K x N
+        layer = by_values[hashlib.sha256(q.tobytes()).hexdigest()]
+        scales = inits[node.input[2]].astype(np.float32)
+        assert hashlib.sha256(scales.tobytes()).hexdigest() == encodings[layer]["scales_sha256"]
+        onnx_scales[layer] = scales
+
+    tflite = flatbuffer_utils.read_model(str(folder / "model.int8-dynamic.tflite"))
+    int8 = [t for t in tflite.subgraphs[0].tensors if t.type == schema.TensorType.INT8]
+    assert len(int8) == 4
+    for tensor in int8:
+        q = np.asarray(tflite.buffers[tensor.buffer].data, np.uint8).view(np.int8).reshape(tuple(tensor.shape))
+        layer = by_values[hashlib.sha256(q.tobytes()).hexdigest()]
+        assert np.array_equal(np.asarray(tensor.quantization.scale, np.float32), onnx_scales[layer])
+
+    for name in ("model.int8-dynamic.onnx", "model.int8-dynamic.ort", "model.int8-dynamic.pte",
+                 "model.int8-dynamic.tflite"):
+        acc = paths[name]["accuracy"]
+        assert acc["cosine"] > 0.999 and acc["sqnr_db"] > 30, (name, acc)  # run in its own runtime
+        fp32 = name.replace("int8-dynamic", "fp32").replace(".ort", ".onnx")
+        assert paths[name]["bytes"] < 0.6 * paths[fp32]["bytes"]
+    # ExecuTorch ran the linear layers in the XNNPACK delegate (only the layer norms outside it)
+    assert {op["op"] for op in paths["model.int8-dynamic.pte"]["not_quantized"]} <= {"native_layer_norm"}

@@ -1,5 +1,7 @@
 """int4 weights for linear layers: block-wise (one scale per `group` input channels), symmetric, computed
-once here and handed unchanged to every runtime that has int4 kernels.
+once here and handed unchanged to every runtime that has int4 kernels. The same machinery gives the
+`w8a8-dynamic` scheme its int8 weights: one scale per output channel (group = the input channels),
+values -127..127.
 
 Values are in [-8, 7] with scale = max |w| / 7 over each group of a row (so -8 is never needed and the
 grid is symmetric); activations are quantized to int8 per token at run time by the kernels
@@ -24,6 +26,11 @@ from edgeship.quantize.quantizer import FLOAT_NODE, LINEAR_OPS
 QMIN, QMAX = -8, 7
 
 
+def value_range(bits: int) -> tuple[int, int]:
+    """int4: -8..7 (scale = max / 7, so -8 only after GPTQ's updates); int8: symmetric -127..127."""
+    return (QMIN, QMAX) if bits == 4 else (-127, 127)
+
+
 @dataclass(frozen=True)
 class Int4Weight:
     layer: str  # linear node name in the exported graph
@@ -31,6 +38,7 @@ class Int4Weight:
     q: torch.Tensor  # int8 tensor of values in [-8, 7], shape (out, in)
     scale: torch.Tensor  # float32, shape (out, in // group)
     group: int
+    bits: int = 4
 
     def dequantized(self) -> torch.Tensor:
         out, cols = self.q.shape
@@ -38,21 +46,23 @@ class Int4Weight:
         return blocks.reshape(out, cols)
 
 
-def quantize_weight(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Round-to-nearest block-wise symmetric int4: (q, scale)."""
+def quantize_weight(weight: torch.Tensor, group: int, bits: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Round-to-nearest block-wise symmetric int4 (or int8): (q, scale)."""
+    qmin, qmax = value_range(bits)
     out, cols = weight.shape
     blocks = weight.detach().float().reshape(out, cols // group, group)
-    scale = blocks.abs().amax(dim=-1).clamp(min=1e-10) / QMAX
-    q = torch.round(blocks / scale[..., None]).clamp(QMIN, QMAX).to(torch.int8)
+    scale = blocks.abs().amax(dim=-1).clamp(min=1e-10) / qmax
+    q = torch.round(blocks / scale[..., None]).clamp(qmin, qmax).to(torch.int8)
     return q.reshape(out, cols), scale
 
 
 def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, group: int, block: int = 128,
-                damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+                damp: float = 0.01, bits: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """GPTQ (Frantar et al. 2023): quantize the columns in order and spread each column's rounding error
     over the columns not yet quantized, weighted by the inverse of H = sum x^T x over the calibration
     inputs, so the layer's outputs on those inputs move least. Scales are set per group from the
     updated weights when the group starts. Returns (q, scale) like `quantize_weight`."""
+    qmin, qmax = value_range(bits)
     w = weight.detach().double().clone()
     out, cols = w.shape
     h = hessian.double().clone()
@@ -70,9 +80,9 @@ def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, group: int, block: 
         for i in range(end - start):
             col = start + i
             if col % group == 0:
-                scale[:, col // group] = w1[:, i:i + group].abs().amax(dim=1).clamp(min=1e-10) / QMAX
+                scale[:, col // group] = w1[:, i:i + group].abs().amax(dim=1).clamp(min=1e-10) / qmax
             s = scale[:, col // group]
-            qi = torch.round(w1[:, i] / s).clamp(QMIN, QMAX)
+            qi = torch.round(w1[:, i] / s).clamp(qmin, qmax)
             q[:, col] = qi.to(torch.int8)
             err = (w1[:, i] - qi * s) / hinv1[i, i]
             w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
@@ -96,10 +106,11 @@ class _InputGram(torch.fx.Interpreter):
         return super().run_node(n)
 
 
-def int4_layers(module: GraphModule, group: int, samples=None, progress=None,
-                skip: frozenset[str] = frozenset()) -> tuple[list[Int4Weight], list[dict]]:
-    """The int4 weights of every qualifying linear layer (GPTQ when `samples` are given, else
-    round-to-nearest), and a record of the layers left float."""
+def int4_layers(module: GraphModule, group: int | None, samples=None, progress=None,
+                skip: frozenset[str] = frozenset(), bits: int = 4) -> tuple[list[Int4Weight], list[dict]]:
+    """The int4 (or int8) weights of every qualifying linear layer (GPTQ when `samples` are given, else
+    round-to-nearest), and a record of the layers left float. `group` None: one scale per output
+    channel."""
     found, skipped = [], []
     for node in module.graph.nodes:
         if node.op != "call_function" or node.target not in LINEAR_OPS:
@@ -111,15 +122,17 @@ def int4_layers(module: GraphModule, group: int, samples=None, progress=None,
             skipped.append({"layer": node.name, "reason": "kept in float by the recipe (keep_float)"})
             continue
         weight = attr(module, weight_node.target)
-        if weight.dim() != 2 or weight.shape[1] % group:
+        size = group or (weight.shape[1] if weight.dim() == 2 else 0)
+        if weight.dim() != 2 or weight.shape[1] % size:
             skipped.append({"layer": node.name, "reason": f"{weight.shape[1]} input channels are not a multiple "
-                                                          f"of the group size {group}"})
+                                                          f"of the group size {size}"})
             continue
-        found.append(Int4Weight(node.name, weight_node.target, *quantize_weight(weight, group), group))
+        found.append(Int4Weight(node.name, weight_node.target, *quantize_weight(weight, size, bits), size, bits))
     if samples is not None and found:
         recorder = _InputGram(module, {w.layer for w in found})
         run_samples(recorder, samples, progress)
-        found = [Int4Weight(w.layer, w.attr, *gptq_weight(attr(module, w.attr), recorder.gram[w.layer], group), group)
+        found = [Int4Weight(w.layer, w.attr, *gptq_weight(attr(module, w.attr), recorder.gram[w.layer], w.group,
+                                                           bits=bits), w.group, bits)
                  if w.layer in recorder.gram else w for w in found]
     return found, skipped
 
@@ -147,7 +160,8 @@ def with_int4_weights(module: GraphModule, weights: list[Int4Weight], packed: bo
             owner = getattr(owner, part)
         if packed:
             value = IntxUnpackedToInt8Tensor(
-                w.q, w.scale, torch.zeros_like(w.scale, dtype=torch.int8), torch.int4, (1, w.group),
+                w.q, w.scale, torch.zeros_like(w.scale, dtype=torch.int8), torch.int4 if w.bits == 4 else torch.int8,
+                (1, w.group),
                 torch.float32, IntxUnpackedToInt8TensorActivationQuantization.INT8_ASYM_PER_TOKEN)
         else:
             value = w.dequantized()
@@ -170,13 +184,14 @@ class Int4Job:
     weights: list[Int4Weight]
     skipped: list[dict]
     algorithms: list[dict]
+    precision: str = "int4"  # or "int8-dynamic": int8 weights, one scale per output channel
 
     def encodings(self) -> dict:
-        """Every int4 layer's group, shapes and content hashes: the same values go to every runtime."""
+        """Every layer's group, shapes and content hashes: the same values go to every runtime."""
         import hashlib
 
-        return {"version": 1, "int4_weights": {
-            w.layer: {"group": w.group, "shape": list(w.q.shape), "range": [QMIN, QMAX],
+        return {"version": 1, f"{self.precision.replace('-', '_')}_weights": {
+            w.layer: {"group": w.group, "bits": w.bits, "shape": list(w.q.shape), "range": list(value_range(w.bits)),
                       "values_sha256": hashlib.sha256(w.q.numpy().tobytes()).hexdigest(),
                       "scales_sha256": hashlib.sha256(w.scale.numpy().tobytes()).hexdigest()}
             for w in self.weights}, "float_layers": self.skipped}
@@ -193,17 +208,19 @@ def build_int4(program: torch.export.ExportedProgram, recipe, samples, progress=
     if folded:
         records.append({"algorithm": "norm_fold", "changes": folded})
     gptq = "gptq" in recipe.algorithms
+    bits, group = (8, None) if recipe.scheme == "w8a8-dynamic" else (4, recipe.group_size)
     saved = (memo or {}).get("gptq")
     if gptq and saved:
-        weights, skipped = int4_layers(module, recipe.group_size, None, None, keep)
-        weights = [Int4Weight(w.layer, w.attr, saved[w.layer]["q"], saved[w.layer]["scale"], w.group) for w in weights]
+        weights, skipped = int4_layers(module, group, None, None, keep, bits)
+        weights = [Int4Weight(w.layer, w.attr, saved[w.layer]["q"], saved[w.layer]["scale"], w.group, bits)
+                   for w in weights]
         if progress is not None:
             progress(len(samples))
     else:
-        weights, skipped = int4_layers(module, recipe.group_size, samples if gptq else None, progress, keep)
+        weights, skipped = int4_layers(module, group, samples if gptq else None, progress, keep, bits)
         if gptq and memo is not None:
             memo["gptq"] = {w.layer: {"q": w.q, "scale": w.scale} for w in weights}
     if gptq:
         records.append({"algorithm": "gptq", "changes": [{"layers": len(weights), "samples": len(samples)}]})
     return Int4Job(with_int4_weights(module, weights, packed=True), with_int4_weights(module, weights, packed=False),
-                   weights, skipped, records)
+                   weights, skipped, records, "int4" if bits == 4 else "int8-dynamic")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from edgeship.errors import ConfigError, unknown_name
 
-SCHEMES = ("w8a8", "w4a8")
+SCHEMES = ("w8a8", "w4a8", "w8a8-dynamic")
 GROUP_SIZES = (16, 32, 64, 128, 256)
 ACTIVATION_METHODS = ("histogram", "mse", "minmax", "percentile", "entropy")
 # post-training algorithms, applied in this order before calibration (see edgeship/quantize/<name>.py)
@@ -18,7 +18,9 @@ ALGORITHMS = ("embeddings", "outlier_channels", "smoothquant", "gptq", "bias_cor
 # one pass over the calibration samples each
 READS_SAMPLES = ("outlier_channels", "smoothquant", "gptq", "bias_correction")
 DEFAULT_ALGORITHMS = {"w8a8": ("embeddings", "outlier_channels", "smoothquant", "bias_correction"),
-                      "w4a8": ("embeddings", "gptq")}
+                      "w4a8": ("embeddings", "gptq"), "w8a8-dynamic": ("embeddings",)}
+# what each scheme may take (its defaults and more)
+SCHEME_ALGORITHMS = DEFAULT_ALGORITHMS | {"w8a8-dynamic": ("embeddings", "gptq")}
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,10 @@ class Recipe:
 
     `w4a8`: int4 weights for linear layers, one symmetric scale per `group_size` input channels, and
     int8 activations quantized per token at run time by the runtime's int4 kernels; other ops float.
+
+    `w8a8-dynamic`: int8 weights for linear layers (symmetric, one scale per output channel), int8
+    activations quantized at run time by the runtime (`group_size` does not apply); other ops float.
+    It takes `embeddings` (int8 tables) and, when asked, `gptq`.
     It takes `embeddings` and `gptq` (GPTQ's error-compensating rounding of the int4 weights); layer
     norms are always folded into the linear layers that read them first (quantize/norm_fold.py)."""
 
@@ -68,10 +74,10 @@ class Recipe:
         if self.group_size not in GROUP_SIZES:
             raise ConfigError(f"group_size {self.group_size} is not supported; choose one of "
                               f"{', '.join(map(str, GROUP_SIZES))}")
-        wrong = sorted(set(self.algorithms) - set(DEFAULT_ALGORITHMS[self.scheme]))
+        wrong = sorted(set(self.algorithms) - set(SCHEME_ALGORITHMS[self.scheme]))
         if wrong:
             raise ConfigError(f"algorithms {', '.join(wrong)} do not apply to {self.scheme}; it takes "
-                              f"{', '.join(DEFAULT_ALGORITHMS[self.scheme])}")
+                              f"{', '.join(SCHEME_ALGORITHMS[self.scheme])}")
         if self.weight_granularity != "per_channel" or self.activation_granularity != "per_tensor":
             raise ConfigError("w8a8 uses per_channel weights and per_tensor activations; "
                               "remove the granularity keys or set them to those values")
@@ -97,6 +103,7 @@ RECIPES = {
     "int8": Recipe(),
     "int8-plain": Recipe(name="int8-plain", algorithms=()),
     "int4": Recipe(name="int4", scheme="w4a8"),
+    "int8-dynamic": Recipe(name="int8-dynamic", scheme="w8a8-dynamic"),
     "int8-percentile": Recipe(name="int8-percentile", activation_method="percentile"),
     "int8-entropy": Recipe(name="int8-entropy", activation_method="entropy"),
     "int8-minmax": Recipe(name="int8-minmax", activation_method="minmax"),

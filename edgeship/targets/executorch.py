@@ -35,13 +35,14 @@ class ExecuTorchAdapter:
             not_quantized = count_ops(outside, "outside the XNNPACK delegate (portable kernel)")
             not_quantized += count_ops(job.quantized.float_ops, "float op in the quantized graph")
             artifacts.append(Artifact(self.name, "int8", path, not_quantized))
-        if "int4" in precisions:
-            path = out / "model.int4.pte"
+        if job.int4 is not None and job.int4.precision in precisions:  # int4, or int8 with dynamic activations
+            precision = job.int4.precision
+            path = out / f"model.{precision}.pte"
             program = torch.export.export(job.int4.packed, job.example_inputs, strict=False)
             outside = _lower(program, path)
             not_quantized = count_ops(outside, "outside the XNNPACK delegate (portable kernel)")
             not_quantized += [{"op": f["layer"], "count": 1, "reason": f["reason"]} for f in job.int4.skipped]
-            artifacts.append(Artifact(self.name, "int4", path, not_quantized))
+            artifacts.append(Artifact(self.name, precision, path, not_quantized))
         return artifacts
 
 

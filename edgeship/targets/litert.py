@@ -35,13 +35,14 @@ class LiteRTAdapter:
             _convert(program.module(), job.example_inputs, path, quantized=True)
             artifacts.append(Artifact(self.name, "int8", path,
                                       count_ops(float_ops(path), "float LiteRT kernel")))
-        if "int4" in precisions:
-            artifacts.append(self._int4(job, out / "model.int4.tflite"))
+        if job.int4 is not None and job.int4.precision in precisions:  # int4, or int8 with dynamic activations
+            artifacts.append(self._int4(job, out / f"model.{job.int4.precision}.tflite"))
         return artifacts
 
     def _int4(self, job: LowerJob, path: Path) -> Artifact:
-        """The float graph with the int4 layers' dequantized weights, converted, then those weights
-        replaced by block-wise INT4 tensors carrying edgeship's values (edgeship/targets/tflite_int4.py)."""
+        """The float graph with the int4 (int8) layers' dequantized weights, converted, then those weights
+        replaced by block-wise INT4 (per-channel INT8) tensors carrying edgeship's values
+        (edgeship/targets/tflite_int4.py)."""
         from edgeship.targets.tflite_int4 import to_blockwise_int4
 
         _convert(job.int4.dequantized, job.example_inputs, path, quantized=False)
@@ -49,7 +50,7 @@ class LiteRTAdapter:
         not_quantized = [{"op": f["layer"], "count": 1, "reason": f["reason"]} for f in job.int4.skipped]
         not_quantized += [{"op": name, "count": 1, "reason": "litert-torch wrote it in a form the int4 rewrite "
                            "does not replace; float FULLY_CONNECTED"} for name in missing]
-        return Artifact(self.name, "int4", path, not_quantized)
+        return Artifact(self.name, job.int4.precision, path, not_quantized)
 
 
 def _static_quant_config():

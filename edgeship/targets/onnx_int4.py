@@ -1,5 +1,6 @@
 """ONNX pass: a MatMul / Gemm whose constant weight is one of edgeship's int4 layers becomes ONNX
-Runtime's MatMulNBits (com.microsoft) carrying exactly those int4 values and scales.
+Runtime's MatMulNBits (com.microsoft) carrying exactly those int4 values and scales; one of its
+per-channel int8 layers (`w8a8-dynamic`) becomes DynamicQuantizeMatMul with those int8 values.
 
 When it applies: the exporter wrote the layer as MatMul(x, W^T) or Gemm(x, W, transB=1) with the
 weight as an initializer whose values equal the dequantized int4 weight (edgeship exports the graph with
@@ -24,6 +25,22 @@ def _pack(w: Int4Weight) -> tuple[np.ndarray, np.ndarray]:
     pairs = q.reshape(n, k // w.group, w.group // 2, 2)
     packed = (pairs[..., 0] | (pairs[..., 1] << 4)).astype(np.uint8)
     return packed, w.scale.numpy().astype(np.float32).reshape(-1)
+
+
+def _dynamic_int8(graph, node, w: Int4Weight, bias: str | None):
+    """DynamicQuantizeMatMul (com.microsoft): int8 weights (K x N) with one scale per output column;
+    ONNX Runtime quantizes the activations to uint8 per tensor at run time."""
+    from onnx import helper, numpy_helper
+
+    base = f"{w.layer}_int8"
+    n = w.q.shape[0]
+    graph.initializer.extend([
+        numpy_helper.from_array(np.ascontiguousarray(w.q.numpy().T), f"{base}_B"),
+        numpy_helper.from_array(w.scale.numpy().reshape(n).astype(np.float32), f"{base}_scales"),
+        numpy_helper.from_array(np.zeros(n, np.int8), f"{base}_zero_points")])
+    inputs = [node.input[0], f"{base}_B", f"{base}_scales", f"{base}_zero_points"] + ([bias] if bias else [])
+    return helper.make_node("DynamicQuantizeMatMul", inputs, [node.output[0]], name=f"{base}_matmul",
+                            domain="com.microsoft")
 
 
 def to_matmul_nbits(path: Path, weights: list[Int4Weight]) -> list[str]:
@@ -56,17 +73,21 @@ def to_matmul_nbits(path: Path, weights: list[Int4Weight]) -> list[str]:
             continue
         found.add(match.layer)
         used_inits.add(node.input[1])
+        bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else None
+        if match.bits == 8:
+            nodes.append(_dynamic_int8(graph, node, match, bias))
+            continue
         packed, scales = _pack(match)
         base = f"{match.layer}_int4"
         graph.initializer.extend([numpy_helper.from_array(packed, f"{base}_B"),
                                   numpy_helper.from_array(scales, f"{base}_scales")])
-        out = node.output[0] if node.op_type == "MatMul" or len(node.input) < 3 else f"{base}_y"
+        out = node.output[0] if bias is None else f"{base}_y"
         n, k = match.q.shape
         nodes.append(helper.make_node("MatMulNBits", [node.input[0], f"{base}_B", f"{base}_scales"], [out],
                                       name=f"{base}_matmul", domain="com.microsoft", K=k, N=n, bits=4,
                                       block_size=match.group, accuracy_level=4))
         if out != node.output[0]:  # Gemm's bias
-            nodes.append(helper.make_node("Add", [out, node.input[2]], [node.output[0]], name=f"{base}_bias"))
+            nodes.append(helper.make_node("Add", [out, bias], [node.output[0]], name=f"{base}_bias"))
     still_read = {i for n in nodes for i in n.input}
     kept = [i for i in graph.initializer if i.name not in used_inits or i.name in still_read]
     del graph.initializer[:]

@@ -39,16 +39,17 @@ class OnnxRuntimeAdapter:
             onnx_path = out / "model.int8.onnx"
             _export_onnx(job.quantized.folded, job, onnx_path)
             artifacts += self._with_ort(onnx_path, out, "int8", [])
-        if "int4" in precisions:
+        if job.int4 is not None and job.int4.precision in precisions:  # int4, or int8 with dynamic activations
             from edgeship.targets.onnx_int4 import to_matmul_nbits
 
-            onnx_path = out / "model.int4.onnx"
+            precision = job.int4.precision
+            onnx_path = out / f"model.{precision}.onnx"
             _export_onnx(job.int4.dequantized, job, onnx_path)
             missing = to_matmul_nbits(onnx_path, job.int4.weights)
             float_layers = [{"op": f["layer"], "count": 1, "reason": f["reason"]} for f in job.int4.skipped]
-            float_layers += [{"op": name, "count": 1, "reason": "the exporter wrote it in a form MatMulNBits "
-                              "does not replace; float MatMul"} for name in missing]
-            artifacts += self._with_ort(onnx_path, out, "int4", float_layers)
+            float_layers += [{"op": name, "count": 1, "reason": "the exporter wrote it in a form the int4/int8 "
+                              "rewrite does not replace; float MatMul"} for name in missing]
+            artifacts += self._with_ort(onnx_path, out, precision, float_layers)
         return artifacts
 
     def _with_ort(self, onnx_path: Path, out: Path, precision: str, extra: list[dict]) -> list[Artifact]:

@@ -1,6 +1,8 @@
 """LiteRT pass: a FULLY_CONNECTED whose constant weight is one of edgeship's int4 layers gets that weight
 as an INT4 tensor with block-wise quantization (one scale per `group` input channels), which LiteRT's
-fully-connected kernel runs with int8 activations quantized at run time (dynamic range quantization).
+fully-connected kernel runs with int8 activations quantized at run time (dynamic range quantization);
+one of its per-channel int8 layers (`w8a8-dynamic`) gets an INT8 tensor with one scale per output
+channel (float32 scales: the int8 values and scales are exactly the other runtimes').
 
 The values are edgeship's int4 values unchanged; the scales are stored as float16 (the only scale type
 LiteRT's block-wise quantization takes), so the weights LiteRT computes with differ from the other
@@ -102,6 +104,9 @@ def _drop_unread_buffers(model) -> None:
 
 
 def _quantize_tensor(model, graph, tensor, w: Int4Weight, schema, rows: np.ndarray | None) -> None:
+    if w.bits == 8:
+        _per_channel_int8(model, tensor, w, schema, rows)
+        return
     buffer = schema.BufferT()
     buffer.data = pack(w.q.numpy())
     model.buffers.append(buffer)
@@ -126,4 +131,19 @@ def _quantize_tensor(model, graph, tensor, w: Int4Weight, schema, rows: np.ndarr
     quantization = schema.QuantizationParametersT()
     quantization.detailsType = schema.QuantizationDetails.BlockwiseQuantization
     quantization.details = details
+    tensor.quantization = quantization
+
+
+def _per_channel_int8(model, tensor, w: Int4Weight, schema, rows: np.ndarray | None) -> None:
+    """INT8 weights with one scale per output channel: LiteRT's hybrid (dynamic range) kernels."""
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(w.q.numpy().astype(np.int8).tobytes(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    tensor.buffer = len(model.buffers) - 1
+    tensor.type = schema.TensorType.INT8
+    scale = w.scale.numpy().reshape(-1) * (1.0 if rows is None else rows)
+    quantization = schema.QuantizationParametersT()
+    quantization.scale = [float(v) for v in scale.astype(np.float32)]
+    quantization.zeroPoint = [0] * len(scale)
+    quantization.quantizedDimension = 0
     tensor.quantization = quantization
