@@ -520,13 +520,13 @@ def _ratios(rows: list[dict]) -> dict:
     for runtime in sorted({r["runtime"] for r in rows}):
         fp32 = [r for r in rows if r["runtime"] == runtime and r["precision"] == "fp32"]
         for r in rows:
-            if fp32 and r["runtime"] == runtime and r["precision"] == "int8":
+            if fp32 and r["runtime"] == runtime and r["precision"] != "fp32":
                 ratios[f"{r['path']} / {fp32[0]['path']}"] = round(r["median"] / fp32[0]["median"], 3)
-    int8 = [r for r in rows if r["precision"] == "int8"]
-    if int8:
-        fastest = min(int8, key=lambda r: r["median"])
-        for r in int8:
-            ratios[f"{r['path']} / {fastest['path']} (fastest int8)"] = round(r["median"] / fastest["median"], 3)
+    for precision in sorted({r["precision"] for r in rows} - {"fp32"}):  # int8, int4 or int8-dynamic
+        same = [r for r in rows if r["precision"] == precision]
+        fastest = min(same, key=lambda r: r["median"])
+        for r in same:
+            ratios[f"{r['path']} / {fastest['path']} (fastest {precision})"] = round(r["median"] / fastest["median"], 3)
     return ratios
 
 
