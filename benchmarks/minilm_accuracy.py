@@ -1,4 +1,4 @@
-"""all-MiniLM-L6-v2 sentence embeddings, int8: edgeship against the stock flows, in one run.
+"""all-MiniLM-L6-v2 sentence embeddings: edgeship's recipes against the stock flows, in one run.
 
 Setup (as issue 3 states it): sequence length 64, 256 real English sentences (pydoc topics, shipped in
 calibration_data/sentences): 192 calibrate, 64 evaluate; mean cosine of each artifact's embeddings to the
@@ -8,6 +8,7 @@ float PyTorch embeddings, run in its own runtime.
   edgeship int8 --min-cosine  the fewest layers kept in float to reach cosine 0.99 (chosen on the eval set)
   edgeship int8-dynamic       per-channel int8 linear weights, activations quantized at run time
   edgeship int4               int4 block-wise weights (group 32, GPTQ), int8 per-token activations, int4 embeddings
+  edgeship fp16               the model in float16 (no calibration)
   stock executorch            XNNPACKQuantizer(get_symmetric_quantization_config(is_per_channel=True)),
                               with edgeship's integer-constants pass (without it calibration raises)
   stock onnxruntime dynamic   onnxruntime.quantization.quantize_dynamic on the float ONNX
@@ -113,7 +114,8 @@ def main() -> None:
     rows = []
     for flow, recipe, budget in (("edgeship int8", "int8", None), ("edgeship int8-plain", "int8-plain", None),
                                  ("edgeship int8 --min-cosine 0.99", "int8", {"cosine": 0.99}),
-                                 ("edgeship int8-dynamic", "int8-dynamic", None), ("edgeship int4", "int4", None)):
+                                 ("edgeship int8-dynamic", "int8-dynamic", None), ("edgeship int4", "int4", None),
+                                 ("edgeship fp16", "fp16", None)):
         result = api.export(source, "host", work / "calib.npz", eval_data=work / "eval.npz",
                             out=work / flow.replace(" ", "_"), budget=budget, recipe=recipe)
         for a in result.manifest["artifacts"]:

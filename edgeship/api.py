@@ -99,10 +99,14 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     cap.export_float_onnx(program, float_onnx, in_names, out_names)
 
     reference = torch_outputs(flat, evaluation)
-    stats = StatsCache.for_export(stats_folder, program, calib, recipe) if stats_folder is not None else None
+    stats = (StatsCache.for_export(stats_folder, program, calib, recipe)
+             if stats_folder is not None and recipe.scheme != "fp16" else None)
     memo = stats.memo if stats is not None else None
-    choice, quantized, int4 = None, None, None
-    if recipe.scheme in ("w4a8", "w8a8-dynamic"):
+    choice, quantized, int4, half = None, None, None, None
+    if recipe.scheme == "fp16":
+        half = cap.capture_half(flat, args)
+        encodings = {"version": 1, "fp16": "no quantization parameters: weights and compute in float16"}
+    elif recipe.scheme in ("w4a8", "w8a8-dynamic"):
         from edgeship.quantize.int4 import build_int4
 
         int4 = build_int4(program, recipe, calib, progress("weights", len(calib) * (recipe.calibration_passes - 1)),
@@ -126,20 +130,22 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     np.savez(stage / "sample_inputs.npz", **dict(zip(in_names, evaluation.sample(0))))
     (stage / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1) + "\n")
 
-    job = LowerJob(program, quantized, args, tuple(in_names), tuple(out_names), float_onnx, int4)
-    precisions = ("fp32", int4.precision) if int4 is not None else device.precisions
+    job = LowerJob(program, quantized, args, tuple(in_names), tuple(out_names), float_onnx, int4, half)
+    precisions = (("fp32", int4.precision) if int4 is not None else ("fp32", "fp16") if half is not None
+                  else device.precisions)
     artifacts, not_produced = [], []
     for runtime in device.runtimes:
         advance = progress(f"lower for {runtime}", 1)
         adapter = get_adapter(runtime)
         artifacts += adapter.lower(job, stage, precisions)
-        if int4 is not None and not any(a.precision == int4.precision for a in artifacts if a.runtime == runtime):
+        wanted = int4.precision if int4 is not None else "fp16" if half is not None else None
+        if wanted and not any(a.precision == wanted for a in artifacts if a.runtime == runtime):
             reason = adapter.no_int4 or "the adapter wrote no artifact for it"
-            not_produced.append({"runtime": runtime, "precision": int4.precision, "reason": reason})
+            not_produced.append({"runtime": runtime, "precision": wanted, "reason": reason})
             log.warning("%s: %s", runtime, reason)
         advance(1)
 
-    quantized_graph = int4.packed if int4 is not None else quantized.folded
+    quantized_graph = int4.packed if int4 is not None else half.module() if half is not None else quantized.folded
     simulated = torch_outputs(quantized_graph, evaluation)
     scales = output_scales(quantized_graph)
     threads = device.host_threads()
@@ -158,9 +164,10 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
                         "statistics": stats.record() if stats is not None else None},
         "evaluation": {"source": evaluation.source, "samples": len(evaluation),
                        "sha256": evaluation.content_hash()},
-        "simulated_int8" if int4 is None else f"simulated_{int4.precision.replace('-', '_')}": accuracy(reference, simulated),
+        f"simulated_{(int4.precision if int4 else 'fp16' if half else 'int8').replace('-', '_')}":
+            accuracy(reference, simulated),
         "float_ops_in_quantized_graph": quantized.float_ops if quantized is not None else [],
-        "algorithms": (quantized or int4).algorithms,
+        "algorithms": (quantized or int4).algorithms if (quantized or int4) is not None else [],
         "not_produced": not_produced,
         "precision_choice": choice,
         "artifacts": [mf.artifact_record(c, stage) for c in checked],

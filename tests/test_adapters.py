@@ -4,6 +4,7 @@ quantized graph, in output quantization steps, and against float)."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from edgeship.report.compare import accuracy, max_steps
 from edgeship.runtimes.base import get_harness
 from edgeship.targets.base import LowerJob, get_adapter
 from edgeship.verify import output_scales, torch_outputs
+
+MODELS = str(Path(__file__).parent / "models.py")
 
 
 def _job(model, shape, out: Path, seed: int = 0):
@@ -132,3 +135,35 @@ def test_int8_concat_in_every_runtime(tmp_path, runtime) -> None:
     for artifact in get_adapter(runtime).lower(job, tmp_path, ("int8",)):
         outputs = _run(artifact, held)
         assert max_steps(simulated, outputs, scales) <= 2.0, artifact.path.name
+
+
+def test_fp16_recipe_gives_float16_artifacts_in_every_runtime(tmp_path, monkeypatch, capsys) -> None:
+    """`fp16`: float16 weights in every runtime (ONNX Runtime's converter, XNNPACK in float16, LiteRT's
+    float16 weights behind DEQUANTIZE), float32 I/O, each run in its runtime: closer to float than any
+    int8 artifact, but not float32 either."""
+    import onnx
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+    from conftest import run_cli
+
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).random((8, 3, 32, 32)).astype(np.float32))
+    code, out, err = run_cli(["export", f"{MODELS}:tiny_conv_net", "--target", "host", "--calibration",
+                              str(tmp_path / "x.npz"), "--recipe", "fp16", "--out", str(tmp_path / "o"),
+                              "--format", "json"], monkeypatch, capsys)
+    assert code == 0, err
+    manifest = json.loads(out)
+    folder = tmp_path / "o/models-tiny_conv_net/host"
+    fp16 = {a["path"]: a for a in manifest["artifacts"] if a["precision"] == "fp16"}
+    assert set(fp16) == {"model.fp16.onnx", "model.fp16.ort", "model.fp16.pte", "model.fp16.tflite"}
+    for name, a in fp16.items():
+        assert 40 < a["accuracy"]["sqnr_db"] < 100, (name, a["accuracy"])  # float16 rounding, not float32
+        assert a["io"]["inputs"][0]["dtype"] == "float32" and a["io"]["outputs"][0]["dtype"] == "float32"
+    weights = [i for i in onnx.load(str(folder / "model.fp16.onnx")).graph.initializer if len(i.dims) == 4]
+    assert weights and all(i.data_type == onnx.TensorProto.FLOAT16 for i in weights)
+    model = flatbuffer_utils.read_model(str(folder / "model.fp16.tflite"))
+    graph = model.subgraphs[0]
+    codes = [flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
+             for op in graph.operators]
+    assert codes.count(schema.BuiltinOperator.DEQUANTIZE) >= 3  # stem, depthwise, pointwise weights
+    assert sum(t.type == schema.TensorType.FLOAT16 for t in graph.tensors) >= 3
+    assert manifest["simulated_fp16"]["sqnr_db"] > 40

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import linecache
 import logging
@@ -138,3 +139,26 @@ def strip_metadata(path: Path) -> None:
     for node in model.graph.node:
         del node.metadata_props[:]
     onnx.save(model, str(path))
+
+
+class HalfPrecision(torch.nn.Module):
+    """A float model computed in float16 with float32 inputs and outputs (cast at the edges), so an
+    fp16 artifact has the same I/O contract as the fp32 one."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(model).half().eval()
+
+    def forward(self, *args):
+        args = tuple(a.half() if a.is_floating_point() else a for a in args)
+        return tuple(o.float() if o.is_floating_point() else o for o in self.model(*args))
+
+
+def capture_half(flat: torch.nn.Module, args: tuple) -> torch.export.ExportedProgram:
+    """The float16 program of a FlatOutputs model (for the fp16 recipe)."""
+    try:
+        return torch.export.export(HalfPrecision(flat), args, strict=False)
+    except Exception as exc:  # the exporter raises many types for ops it cannot trace in float16
+        raise ExportError(f"torch.export cannot capture the model in float16: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:300] if str(exc) else ''}; use an int8 recipe, "
+                          "or run with --debug for the full trace") from exc

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from edgeship.errors import ConfigError, unknown_name
 
-SCHEMES = ("w8a8", "w4a8", "w8a8-dynamic")
+SCHEMES = ("w8a8", "w4a8", "w8a8-dynamic", "fp16")
 GROUP_SIZES = (16, 32, 64, 128, 256)
 ACTIVATION_METHODS = ("histogram", "mse", "minmax", "percentile", "entropy")
 # post-training algorithms, applied in this order before calibration (see edgeship/quantize/<name>.py)
@@ -18,7 +18,7 @@ ALGORITHMS = ("embeddings", "outlier_channels", "smoothquant", "gptq", "bias_cor
 # one pass over the calibration samples each
 READS_SAMPLES = ("outlier_channels", "smoothquant", "gptq", "bias_correction")
 DEFAULT_ALGORITHMS = {"w8a8": ("embeddings", "outlier_channels", "smoothquant", "bias_correction"),
-                      "w4a8": ("embeddings", "gptq"), "w8a8-dynamic": ("embeddings",)}
+                      "w4a8": ("embeddings", "gptq"), "w8a8-dynamic": ("embeddings",), "fp16": ()}
 # what each scheme may take (its defaults and more)
 SCHEME_ALGORITHMS = DEFAULT_ALGORITHMS | {"w8a8-dynamic": ("embeddings", "gptq")}
 
@@ -34,12 +34,16 @@ class Recipe:
 
     `w4a8`: int4 weights for linear layers, one symmetric scale per `group_size` input channels, and
     int8 activations quantized per token at run time by the runtime's int4 kernels; other ops float.
+    It takes `embeddings` (int4 tables) and `gptq` (GPTQ's error-compensating rounding of the int4
+    weights); layer norms are always folded into the linear layers that read them first
+    (quantize/norm_fold.py).
 
     `w8a8-dynamic`: int8 weights for linear layers (symmetric, one scale per output channel), int8
     activations quantized at run time by the runtime (`group_size` does not apply); other ops float.
     It takes `embeddings` (int8 tables) and, when asked, `gptq`.
-    It takes `embeddings` and `gptq` (GPTQ's error-compensating rounding of the int4 weights); layer
-    norms are always folded into the linear layers that read them first (quantize/norm_fold.py)."""
+
+    `fp16`: the float model in float16 (weights and compute where the runtime computes in float16;
+    float32 inputs and outputs); no calibration and no algorithms."""
 
     name: str = "int8"
     scheme: str = "w8a8"
@@ -85,7 +89,7 @@ class Recipe:
     @property
     def calibration_passes(self) -> int:
         """How many times calibration reads the samples (for progress)."""
-        return 1 + sum(a in READS_SAMPLES for a in self.algorithms)
+        return (0 if self.scheme == "fp16" else 1) + sum(a in READS_SAMPLES for a in self.algorithms)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -104,6 +108,7 @@ RECIPES = {
     "int8-plain": Recipe(name="int8-plain", algorithms=()),
     "int4": Recipe(name="int4", scheme="w4a8"),
     "int8-dynamic": Recipe(name="int8-dynamic", scheme="w8a8-dynamic"),
+    "fp16": Recipe(name="fp16", scheme="fp16"),
     "int8-percentile": Recipe(name="int8-percentile", activation_method="percentile"),
     "int8-entropy": Recipe(name="int8-entropy", activation_method="entropy"),
     "int8-minmax": Recipe(name="int8-minmax", activation_method="minmax"),

@@ -33,8 +33,13 @@ class ExecuTorchSession:
         return [o.detach().numpy().copy() for o in self._method.execute(tensors)]
 
 
+# ExecuTorch ScalarType codes, for metadata that reports the dtype as a bare number
+_SCALAR_TYPES = {"0": "byte", "1": "char", "3": "int", "4": "long", "5": "half", "6": "float", "11": "bool"}
+
+
 def _info(name: str, meta) -> TensorInfo:
     dtype = str(meta.dtype()).replace("ScalarType.", "").lower()
+    dtype = _SCALAR_TYPES.get(dtype, dtype)
     dtype = {"float": "float32", "long": "int64", "int": "int32", "char": "int8", "byte": "uint8",
              "half": "float16"}.get(dtype, dtype)
     return TensorInfo(name, tuple(meta.sizes()), dtype)

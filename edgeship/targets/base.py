@@ -24,6 +24,7 @@ class LowerJob:
     output_names: tuple[str, ...]
     float_onnx: Path  # the reference written at capture time
     int4: Int4Job | None = None  # the int4 weights and graphs (w4a8 recipes)
+    half: torch.export.ExportedProgram | None = None  # the float16 program (fp16 recipe)
 
 
 @dataclass

@@ -35,6 +35,11 @@ class ExecuTorchAdapter:
             not_quantized = count_ops(outside, "outside the XNNPACK delegate (portable kernel)")
             not_quantized += count_ops(job.quantized.float_ops, "float op in the quantized graph")
             artifacts.append(Artifact(self.name, "int8", path, not_quantized))
+        if "fp16" in precisions:
+            path = out / "model.fp16.pte"
+            outside = _lower(job.half, path)
+            artifacts.append(Artifact(self.name, "fp16", path,
+                                      count_ops(outside, "outside the XNNPACK delegate (portable kernel)")))
         if job.int4 is not None and job.int4.precision in precisions:  # int4, or int8 with dynamic activations
             precision = job.int4.precision
             path = out / f"model.{precision}.pte"

@@ -35,9 +35,27 @@ class LiteRTAdapter:
             _convert(program.module(), job.example_inputs, path, quantized=True)
             artifacts.append(Artifact(self.name, "int8", path,
                                       count_ops(float_ops(path), "float LiteRT kernel")))
+        if "fp16" in precisions:
+            artifacts.append(self._fp16(job, out / "model.fp16.tflite"))
         if job.int4 is not None and job.int4.precision in precisions:  # int4, or int8 with dynamic activations
             artifacts.append(self._int4(job, out / f"model.{job.int4.precision}.tflite"))
         return artifacts
+
+    def _fp16(self, job: LowerJob, path: Path) -> Artifact:
+        """LiteRT's float16 form: the fp32 model's conv / fully-connected / embedding weights stored in
+        float16 behind DEQUANTIZE ops (ai-edge-quantizer's float casting); the delegate computes in
+        float32, or in float16 where the CPU has it."""
+        from ai_edge_quantizer import qtyping, quantizer
+
+        _convert(job.float_program.module(), job.example_inputs, path, quantized=False)
+        config = qtyping.OpQuantizationConfig(
+            weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
+            compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True)
+        model = quantizer.Quantizer(str(path))
+        model.update_quantization_recipe(".*", qtyping.TFLOperationName.ALL_SUPPORTED, config,
+                                         quantizer.AlgorithmName.FLOAT_CASTING)
+        path.write_bytes(bytes(model.quantize(enable_progress_report=False).quantized_model))
+        return Artifact(self.name, "fp16", path)
 
     def _int4(self, job: LowerJob, path: Path) -> Artifact:
         """The float graph with the int4 (int8) layers' dequantized weights, converted, then those weights

@@ -1,4 +1,5 @@
-"""ONNX Runtime adapter: QDQ `model.int8.onnx`, its mobile `model.int8.ort`, and the fp32 ONNX."""
+"""ONNX Runtime adapter: QDQ `model.int8.onnx`, its mobile `model.int8.ort`, the fp32 ONNX, and the
+int4 / int8-dynamic / fp16 forms of the other recipes."""
 
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ class OnnxRuntimeAdapter:
             onnx_path = out / "model.int8.onnx"
             _export_onnx(job.quantized.folded, job, onnx_path)
             artifacts += self._with_ort(onnx_path, out, "int8", [])
+        if "fp16" in precisions:
+            onnx_path = out / "model.fp16.onnx"
+            _to_float16(job.float_onnx, onnx_path)
+            artifacts += self._with_ort(onnx_path, out, "fp16", [], list_float=False)
         if job.int4 is not None and job.int4.precision in precisions:  # int4, or int8 with dynamic activations
             from edgeship.targets.onnx_int4 import to_matmul_nbits
 
@@ -52,13 +57,24 @@ class OnnxRuntimeAdapter:
             artifacts += self._with_ort(onnx_path, out, precision, float_layers)
         return artifacts
 
-    def _with_ort(self, onnx_path: Path, out: Path, precision: str, extra: list[dict]) -> list[Artifact]:
+    def _with_ort(self, onnx_path: Path, out: Path, precision: str, extra: list[dict],
+                  list_float: bool = True) -> list[Artifact]:
         """The .onnx and its ORT-format twin, with the ops ONNX Runtime leaves in float."""
-        float_nodes = _float_nodes(onnx_path, out)
+        float_nodes = _float_nodes(onnx_path, out) if list_float else []
         reason = "float ONNX Runtime kernel (not fused into a quantized kernel)"
         ort_path = out / onnx_path.name.replace(".onnx", ".ort")
         _save_ort_format(onnx_path, ort_path)
         return [Artifact(self.name, precision, p, count_ops(float_nodes, reason) + extra) for p in (onnx_path, ort_path)]
+
+
+def _to_float16(fp32_path: Path, fp16_path: Path) -> None:
+    """The float ONNX with float16 weights and compute, float32 inputs and outputs (ONNX Runtime's own
+    converter; ops it keeps in float32 get casts around them)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+    onnx.save(model, str(fp16_path))
 
 
 def _export_onnx(module, job: LowerJob, onnx_path: Path) -> None:
