@@ -48,6 +48,18 @@ def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+def export_json(model: str, calibration: Path, recipe: str, out: Path, monkeypatch, capsys) -> tuple[dict, Path]:
+    """`edgeship export tests/models.py:MODEL --target host --format json` through the real CLI; returns
+    the manifest and the export folder."""
+    import json
+
+    code, text, err = run_cli(["export", f"{Path(__file__).parent / 'models.py'}:{model}", "--target", "host",
+                               "--calibration", str(calibration), "--recipe", recipe, "--out", str(out),
+                               "--format", "json"], monkeypatch, capsys)
+    assert code == 0, err
+    return json.loads(text), out / f"models-{model}" / "host"
+
+
 def minilm_samples():
     """all-MiniLM-L6-v2 (from its offline package) and real sentences: 64 to calibrate, 32 held out."""
     import sys

@@ -4,7 +4,6 @@ quantized graph, in output quantization steps, and against float)."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -21,8 +20,6 @@ from edgeship.report.compare import accuracy, max_steps
 from edgeship.runtimes.base import get_harness
 from edgeship.targets.base import LowerJob, get_adapter
 from edgeship.verify import output_scales, torch_outputs
-
-MODELS = str(Path(__file__).parent / "models.py")
 
 
 def _job(model, shape, out: Path, seed: int = 0):
@@ -144,15 +141,10 @@ def test_fp16_recipe_gives_float16_artifacts_in_every_runtime(tmp_path, monkeypa
     import onnx
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
-    from conftest import run_cli
+    from conftest import export_json
 
     np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).random((8, 3, 32, 32)).astype(np.float32))
-    code, out, err = run_cli(["export", f"{MODELS}:tiny_conv_net", "--target", "host", "--calibration",
-                              str(tmp_path / "x.npz"), "--recipe", "fp16", "--out", str(tmp_path / "o"),
-                              "--format", "json"], monkeypatch, capsys)
-    assert code == 0, err
-    manifest = json.loads(out)
-    folder = tmp_path / "o/models-tiny_conv_net/host"
+    manifest, folder = export_json("tiny_conv_net", tmp_path / "x.npz", "fp16", tmp_path / "o", monkeypatch, capsys)
     fp16 = {a["path"]: a for a in manifest["artifacts"] if a["precision"] == "fp16"}
     assert set(fp16) == {"model.fp16.onnx", "model.fp16.ort", "model.fp16.pte", "model.fp16.tflite"}
     for name, a in fp16.items():

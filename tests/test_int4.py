@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import export_json, run_cli
 
 from edgeship.quantize.int4 import QMAX, QMIN, quantize_weight
 
@@ -36,12 +36,7 @@ def int4_export(tmp_path_factory):
 
 
 def test_int4_export_delivers_the_same_weights(int4_export, monkeypatch, capsys) -> None:
-    code, out, err = run_cli(["export", f"{MODELS}:tiny_encoder", "--target", "host", "--calibration",
-                              str(int4_export / "x.npz"), "--recipe", "int4", "--out", str(int4_export / "o"),
-                              "--format", "json"], monkeypatch, capsys)
-    assert code == 0, err
-    manifest = json.loads(out)
-    folder = int4_export / "o/models-tiny_encoder/host"
+    manifest, folder = export_json("tiny_encoder", int4_export / "x.npz", "int4", int4_export / "o", monkeypatch, capsys)
     paths = {a["path"]: a for a in manifest["artifacts"]}
     assert set(paths) == {"model.fp32.onnx", "model.int4.onnx", "model.int4.ort", "model.fp32.pte",
                           "model.int4.pte", "model.fp32.tflite", "model.int4.tflite"}
@@ -232,12 +227,8 @@ def test_int8_dynamic_export_delivers_the_same_int8_weights(int4_export, monkeyp
     import onnx
     from onnx import numpy_helper
 
-    code, out, err = run_cli(["export", f"{MODELS}:tiny_encoder", "--target", "host", "--calibration",
-                              str(int4_export / "x.npz"), "--recipe", "int8-dynamic", "--out",
-                              str(int4_export / "d"), "--format", "json"], monkeypatch, capsys)
-    assert code == 0, err
-    manifest = json.loads(out)
-    folder = int4_export / "d/models-tiny_encoder/host"
+    manifest, folder = export_json("tiny_encoder", int4_export / "x.npz", "int8-dynamic", int4_export / "d",
+                                   monkeypatch, capsys)
     paths = {a["path"]: a for a in manifest["artifacts"]}
     assert set(paths) == {"model.fp32.onnx", "model.int8-dynamic.onnx", "model.int8-dynamic.ort", "model.fp32.pte",
                           "model.int8-dynamic.pte", "model.fp32.tflite", "model.int8-dynamic.tflite"}
