@@ -151,6 +151,7 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     threads = device.host_threads()
     checked = [check_artifact(a, evaluation, reference, simulated if a.precision != "fp32" else None,
                               scales, threads, progress) for a in artifacts]
+    checked = _drop_non_finite(checked, not_produced)
 
     from edgeship.report.compare import accuracy
 
@@ -185,6 +186,24 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     if stats is not None:  # last: a failed export leaves no statistics behind
         stats.save()
     return manifest
+
+
+def _drop_non_finite(checked: list, not_produced: list[dict]) -> list:
+    """An artifact whose outputs hold NaN or inf on the eval samples is not shipped: its file is removed
+    and `not_produced` says why (the float model's outputs on the same samples are finite)."""
+    kept = []
+    for c in checked:
+        count = c.accuracy.get("non_finite")
+        if not count:
+            kept.append(c)
+            continue
+        c.artifact.path.unlink(missing_ok=True)
+        reason = (f"{count} non-finite output values (NaN/inf) from {c.artifact.runtime} on "
+                  f"{c.accuracy['samples']} eval samples where the float model's are finite; not shipped")
+        not_produced.append({"runtime": c.artifact.runtime, "precision": c.artifact.precision,
+                             "path": c.artifact.path.name, "reason": reason})
+        log.warning("%s: %s", c.artifact.path.name, reason)
+    return kept
 
 
 def _flag_slower_than_fp32(artifacts: list[dict]) -> None:

@@ -159,3 +159,20 @@ def deep_outlier_mlp(seed: int = 0) -> DeepOutlierMLP:
         net.b.weight[7] *= 50.0
         net.b.bias[7] = 30.0
     return net.eval()
+
+
+class Overflows16(nn.Module):
+    """Finite in float32, beyond float16's range (65504) inside: its float16 forms give inf."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x) * 1000.0
+        return (h * h).sum(dim=-1, keepdim=True) * 1e-6
+
+
+def overflows16(seed: int = 0) -> Overflows16:
+    torch.manual_seed(seed)
+    return Overflows16().eval()

@@ -159,3 +159,29 @@ def test_fp16_recipe_gives_float16_artifacts_in_every_runtime(tmp_path, monkeypa
     assert codes.count(schema.BuiltinOperator.DEQUANTIZE) >= 3  # stem, depthwise, pointwise weights
     assert sum(t.type == schema.TensorType.FLOAT16 for t in graph.tensors) >= 3
     assert manifest["simulated_fp16"]["sqnr_db"] > 40
+
+
+def test_artifacts_with_non_finite_outputs_are_not_shipped(tmp_path, monkeypatch, capsys) -> None:
+    """A model whose float16 form overflows (a value past 65504 inside). XNNPACK computes it in float16
+    and gives inf, so model.fp16.pte is not shipped and the manifest and report say why; LiteRT keeps
+    float32 compute behind float16 weights and ONNX Runtime's converted model stays finite on this host,
+    so theirs are shipped."""
+    from conftest import export_json
+
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).standard_normal((8, 4, 16)).astype(np.float32))
+    manifest, folder = export_json("overflows16", tmp_path / "x.npz", "fp16", tmp_path / "o", monkeypatch, capsys)
+    assert manifest["simulated_fp16"]["non_finite"] > 0  # torch in float16 overflows too
+    dropped = {n["path"]: n["reason"] for n in manifest["not_produced"]}
+    assert list(dropped) == ["model.fp16.pte"] and "non-finite output values" in dropped["model.fp16.pte"]
+    assert not (folder / "model.fp16.pte").exists() and (folder / "model.fp32.pte").exists()
+    shipped = {a["path"]: a for a in manifest["artifacts"] if a["precision"] == "fp16"}
+    assert set(shipped) == {"model.fp16.onnx", "model.fp16.ort", "model.fp16.tflite"}
+    assert all(a["accuracy"]["sqnr_db"] > 30 for a in shipped.values())
+    assert "## Not produced" in (folder / "report.md").read_text()
+
+
+def test_accuracy_reports_non_finite_outputs_instead_of_no_error() -> None:
+    reference = [[np.ones(4, np.float32)]]
+    result = accuracy(reference, [[np.array([1, np.nan, np.inf, 1], np.float32)]])
+    assert result["non_finite"] == 2 and result["sqnr_db"] is None and result["cosine"] is None
+    assert "non_finite" not in accuracy(reference, [[np.ones(4, np.float32)]])

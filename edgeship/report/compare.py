@@ -27,6 +27,10 @@ def accuracy(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]
     signal = noise = 0.0
     cosines, max_err, agree = [], 0.0, []
     classifier = is_classifier(reference)
+    non_finite = sum(int(np.size(c) - np.count_nonzero(np.isfinite(c))) for cand in candidate for c in cand)
+    if non_finite:  # NaN / inf would compare as "no error" below; say what they are instead
+        return {"samples": len(reference), "sqnr_db": None, "cosine": None, "max_abs_error": None,
+                "top1_agreement": None, "non_finite": non_finite}
     for ref, cand in zip(reference, candidate):
         r, c = _flat(ref), _flat(cand)
         if r.shape != c.shape:

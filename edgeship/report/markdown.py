@@ -63,6 +63,9 @@ def report(manifest: dict) -> str:
                   "Largest output difference, in output quantization steps where the output is quantized:", ""]
         lines += [f"- {k}: {_fmt(v, '.1f') + ' steps, ' if v is not None else ''}max abs {max_abs.get(k, 0):.4g}"
                   for k, v in agreement.items()]
+    if manifest.get("not_produced"):
+        lines += ["", "## Not produced", ""]
+        lines += [f"- {n['runtime']} {n['precision']}: {n['reason']}" for n in manifest["not_produced"]]
     slower = [a for a in manifest["artifacts"] if a.get("slower_than_fp32")]
     if slower:
         lines += ["", "## Slower than fp32 on this machine", ""]
