@@ -84,7 +84,6 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
                  budget: dict | None = None, reproduce: dict | None = None, stats_folder: Path | None = None) -> dict:
     from edgeship.export import capture as cap
     from edgeship.export.inputs import specs_from_samples
-    from edgeship.quantize.calibrate import calibrate, convert
     from edgeship.quantize.stats_cache import StatsCache
     from edgeship.report import manifest as mf
     from edgeship.report.markdown import report
@@ -102,27 +101,8 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     stats = (StatsCache.for_export(stats_folder, program, calib, recipe)
              if stats_folder is not None and recipe.scheme != "fp16" else None)
     memo = stats.memo if stats is not None else None
-    choice, quantized, int4, half = None, None, None, None
-    if recipe.scheme == "fp16":
-        half = cap.capture_half(flat, args)
-        encodings = {"version": 1, "fp16": "no quantization parameters: weights and compute in float16"}
-    elif recipe.scheme in ("w4a8", "w8a8-dynamic"):
-        from edgeship.quantize.int4 import build_int4
-
-        int4 = build_int4(program, recipe, calib, progress("weights", len(calib) * (recipe.calibration_passes - 1)),
-                          memo)
-        encodings = int4.encodings()
-    else:
-        advance = progress("calibrate", len(calib) * recipe.calibration_passes)
-        prepared = calibrate(program, recipe, calib, advance, memo=memo)
-        if budget:
-            choice = _choose_float_layers(prepared, evaluation, reference, budget, progress)
-            if choice["keep_float"]:
-                prepared = calibrate(program, recipe, calib,
-                                     progress("recalibrate", len(calib) * recipe.calibration_passes),
-                                     frozenset(choice["keep_float"]))
-        quantized = convert(prepared)
-        encodings = quantized.encodings
+    choice, quantized, int4, half, encodings = _quantize(recipe, program, flat, args, calib, evaluation, reference,
+                                                         memo, budget, progress)
     (stage / "encodings.json").write_text(json.dumps(encodings, indent=1) + "\n")
     import numpy as np
 
@@ -186,6 +166,34 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     if stats is not None:  # last: a failed export leaves no statistics behind
         stats.save()
     return manifest
+
+
+def _quantize(recipe, program, flat, args, calib, evaluation, reference, memo, budget, progress: Progress):
+    """The recipe's one quantized form of the model: (budget choice, int8 graph, int4 / int8-dynamic
+    job, float16 program, encodings); the forms the recipe does not make are None."""
+    from edgeship.export.capture import capture_half
+    from edgeship.quantize.calibrate import calibrate, convert
+
+    if recipe.scheme == "fp16":
+        encodings = {"version": 1, "fp16": "no quantization parameters: weights and compute in float16"}
+        return None, None, None, capture_half(flat, args), encodings
+    if recipe.scheme in ("w4a8", "w8a8-dynamic"):
+        from edgeship.quantize.int4 import build_int4
+
+        job = build_int4(program, recipe, calib, progress("weights", len(calib) * (recipe.calibration_passes - 1)),
+                         memo)
+        return None, None, job, None, job.encodings()
+    choice = None
+    prepared = calibrate(program, recipe, calib, progress("calibrate", len(calib) * recipe.calibration_passes),
+                         memo=memo)
+    if budget:
+        choice = _choose_float_layers(prepared, evaluation, reference, budget, progress)
+        if choice["keep_float"]:
+            prepared = calibrate(program, recipe, calib,
+                                 progress("recalibrate", len(calib) * recipe.calibration_passes),
+                                 frozenset(choice["keep_float"]))
+    quantized = convert(prepared)
+    return choice, quantized, None, None, quantized.encodings
 
 
 def _drop_non_finite(checked: list, not_produced: list[dict]) -> list:
