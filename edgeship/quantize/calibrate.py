@@ -60,6 +60,12 @@ def calibrate(program: torch.export.ExportedProgram, recipe: Recipe, samples: Sa
         _observe(prepared, samples, progress)
         if memo is not None:
             memo.setdefault("observers", {})[family] = observer_states(prepared)
+    if recipe.activation_method == "auto":
+        from edgeship.quantize.range_choice import choose_range_rule
+
+        chosen = choose_range_rule(prepared, program.module(), samples)
+        if chosen:
+            records.append({"algorithm": "activation_ranges", "changes": [chosen]})
     if "bias_correction" in recipe.algorithms:
         from edgeship.quantize.bias_correction import correct_biases
 

@@ -47,7 +47,8 @@ SHARING_OPS = {
 @dataclass(frozen=True)
 class ActivationRange:
     """How activation ranges are calibrated: `histogram`/`mse` (L2-optimal range search on a
-    histogram), `minmax`, `percentile` (99.99th), or `entropy` (KL divergence)."""
+    histogram), `minmax`, `percentile` (99.99th), `entropy` (KL divergence), or `auto` (histogram
+    observers; quantize/range_choice.py picks L2 or percentile after calibration)."""
 
     method: str = "histogram"
 
@@ -55,7 +56,8 @@ class ActivationRange:
         from edgeship.quantize.observers import EntropyObserver, PercentileObserver
 
         eps = 2**-12
-        observers = {"histogram": HistogramObserver, "mse": HistogramObserver, "minmax": MinMaxObserver,
+        observers = {"auto": HistogramObserver, "histogram": HistogramObserver, "mse": HistogramObserver,
+                     "minmax": MinMaxObserver,
                      "percentile": PercentileObserver, "entropy": EntropyObserver}
         if self.method not in observers:
             raise ValueError(f"unknown activation range method {self.method!r}")

@@ -12,7 +12,7 @@ from edgeship.errors import ConfigError, unknown_name
 
 SCHEMES = ("w8a8", "w4a8", "w8a8-dynamic", "fp16")
 GROUP_SIZES = (16, 32, 64, 128, 256)
-ACTIVATION_METHODS = ("histogram", "mse", "minmax", "percentile", "entropy")
+ACTIVATION_METHODS = ("auto", "histogram", "mse", "minmax", "percentile", "entropy")
 # post-training algorithms, applied in this order before calibration (see edgeship/quantize/<name>.py)
 ALGORITHMS = ("embeddings", "outlier_channels", "smoothquant", "gptq", "bias_correction")
 # one pass over the calibration samples each
@@ -26,7 +26,8 @@ SCHEME_ALGORITHMS = DEFAULT_ALGORITHMS | {"w8a8-dynamic": ("embeddings", "gptq")
 @dataclass(frozen=True)
 class Recipe:
     """`w8a8`: int8 weights per output channel (symmetric, -127..127), int8 activations per tensor
-    (affine, -128..127), ranges calibrated by `activation_method`. `algorithms`: `embeddings` (int8
+    (affine, -128..127), ranges calibrated by `activation_method` (`auto`: of the L2-optimal and the
+    percentile ranges, the one whose simulated outputs are closer to float on the calibration samples). `algorithms`: `embeddings` (int8
     embedding tables, one scale per row), `outlier_channels`
     (linear output channels far above the rest computed in float), `smoothquant` (activation outliers
     moved into the weights, alpha chosen per layer), `bias_correction` (the mean output shift of the
@@ -49,7 +50,7 @@ class Recipe:
     scheme: str = "w8a8"
     weight_granularity: str = "per_channel"
     activation_granularity: str = "per_tensor"
-    activation_method: str = "histogram"
+    activation_method: str = "auto"
     algorithms: tuple[str, ...] | None = None  # None: the scheme's defaults (DEFAULT_ALGORITHMS)
     group_size: int = 32
     # layers to leave in float: glob patterns over module paths ("encoder.layer.*.output.dense") or op
@@ -109,6 +110,7 @@ RECIPES = {
     "int4": Recipe(name="int4", scheme="w4a8"),
     "int8-dynamic": Recipe(name="int8-dynamic", scheme="w8a8-dynamic"),
     "fp16": Recipe(name="fp16", scheme="fp16"),
+    "int8-histogram": Recipe(name="int8-histogram", activation_method="histogram"),
     "int8-percentile": Recipe(name="int8-percentile", activation_method="percentile"),
     "int8-entropy": Recipe(name="int8-entropy", activation_method="entropy"),
     "int8-minmax": Recipe(name="int8-minmax", activation_method="minmax"),

@@ -31,7 +31,7 @@ import torch
 log = logging.getLogger(__name__)
 FOLDER = ".calibration"
 # observer family per activation method: methods in one family keep the same statistics
-FAMILIES = {"histogram": "histogram-2048", "mse": "histogram-2048", "percentile": "histogram-2048",
+FAMILIES = {"auto": "histogram-2048", "histogram": "histogram-2048", "mse": "histogram-2048", "percentile": "histogram-2048",
             "entropy": "histogram-8192", "minmax": "minmax"}
 
 
