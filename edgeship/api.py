@@ -111,16 +111,16 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     (stage / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1) + "\n")
 
     job = LowerJob(program, quantized, args, tuple(in_names), tuple(out_names), float_onnx, int4, half)
-    precisions = (("fp32", int4.precision) if int4 is not None else ("fp32", "fp16") if half is not None
-                  else device.precisions)
+    # the precision a non-int8 recipe makes in place of the device's int8 artifacts
+    wanted = int4.precision if int4 is not None else "fp16" if half is not None else None
+    precisions = ("fp32", wanted) if wanted else device.precisions
     artifacts, not_produced = [], []
     for runtime in device.runtimes:
         advance = progress(f"lower for {runtime}", 1)
         adapter = get_adapter(runtime)
         artifacts += adapter.lower(job, stage, precisions)
-        wanted = int4.precision if int4 is not None else "fp16" if half is not None else None
         if wanted and not any(a.precision == wanted for a in artifacts if a.runtime == runtime):
-            reason = adapter.no_int4 or "the adapter wrote no artifact for it"
+            reason = "the adapter wrote no artifact for it"
             not_produced.append({"runtime": runtime, "precision": wanted, "reason": reason})
             log.warning("%s: %s", runtime, reason)
         advance(1)
@@ -145,7 +145,7 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
                         "statistics": stats.record() if stats is not None else None},
         "evaluation": {"source": evaluation.source, "samples": len(evaluation),
                        "sha256": evaluation.content_hash()},
-        f"simulated_{(int4.precision if int4 else 'fp16' if half else 'int8').replace('-', '_')}":
+        f"simulated_{(wanted or 'int8').replace('-', '_')}":
             accuracy(reference, simulated),
         "float_ops_in_quantized_graph": quantized.float_ops if quantized is not None else [],
         "algorithms": (quantized or int4).algorithms if (quantized or int4) is not None else [],

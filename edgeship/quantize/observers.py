@@ -10,6 +10,8 @@ from torchao.quantization.pt2e.observer import HistogramObserver
 class PercentileObserver(HistogramObserver):
     """Range = the [100 - p, p] percentiles of everything observed (p = 99.99 by default)."""
 
+    percentile = 99.99  # also what a histogram observer switched to this class (range_choice.py) uses
+
     def __init__(self, *args, percentile: float = 99.99, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.percentile = percentile

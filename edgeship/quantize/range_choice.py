@@ -34,8 +34,6 @@ def _set_rule(prepared: GraphModule, rule: str) -> int:
     for module in prepared.modules():
         if isinstance(module, HistogramObserver):
             module.__class__ = RULES[rule]
-            if rule == "percentile" and not hasattr(module, "percentile"):
-                module.percentile = 99.99
             count += 1
     return count
 

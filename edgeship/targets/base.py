@@ -39,7 +39,6 @@ class Artifact:
 
 class Adapter(Protocol):
     name: str
-    no_int4: str | None  # why this runtime gets no int4 artifact, or None when it does
 
     def lower(self, job: LowerJob, out: Path, precisions: tuple[str, ...]) -> list[Artifact]: ...
 

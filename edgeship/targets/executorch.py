@@ -19,7 +19,6 @@ _BOOKKEEPING = {"executorch_call_delegate", "getitem", "alloc", "memory.alloc", 
 
 class ExecuTorchAdapter:
     name = "executorch"
-    no_int4 = None
 
     def lower(self, job: LowerJob, out: Path, precisions: tuple[str, ...]) -> list[Artifact]:
         artifacts = []

@@ -21,7 +21,6 @@ _DATA_MOVEMENT = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "TRANSPOSE", "SQUEEZE", "
 
 class LiteRTAdapter:
     name = "litert"
-    no_int4 = None
 
     def lower(self, job: LowerJob, out: Path, precisions: tuple[str, ...]) -> list[Artifact]:
         artifacts = []

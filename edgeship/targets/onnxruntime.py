@@ -30,7 +30,6 @@ _INT8_KERNELS = {"QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinear
 
 class OnnxRuntimeAdapter:
     name = "onnxruntime"
-    no_int4 = None
 
     def lower(self, job: LowerJob, out: Path, precisions: tuple[str, ...]) -> list[Artifact]:
         artifacts = []
