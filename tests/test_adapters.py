@@ -111,6 +111,54 @@ def test_litert_int8_uses_int8_kernels(conv_job) -> None:
     assert interp.get_input_details()[0]["dtype"] == np.int8
 
 
+def test_litert_compaction_shares_quantization_vectors_and_changes_no_output(conv_job, tmp_path) -> None:
+    """The converter's file and the compacted one: same outputs bit for bit, the per-channel zero-point
+    vectors stored once per distinct value, module paths gone from the tensor names, I/O names kept."""
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from edgeship.targets.litert import _convert
+    from edgeship.targets.tflite_compact import compact
+
+    job, _, held, _ = conv_job
+    path = tmp_path / "model.int8.tflite"
+    program = torch.export.export(job.quantized.unfolded, job.example_inputs, strict=False)
+    _convert(program.module(), job.example_inputs, path, quantized=True)
+    original = path.read_bytes()
+    model = flatbuffer_utils.read_model(str(path))
+    tensors = model.subgraphs[0].tensors
+    zero_points = [np.asarray(t.quantization.zeroPoint) for t in tensors
+                   if t.quantization is not None and t.quantization.zeroPoint is not None]
+    repeated = sum(z.nbytes for z in zero_points) - sum(
+        np.frombuffer(b, np.int64).nbytes for b in {z.astype(np.int64).tobytes() for z in zero_points})
+    assert repeated > 0  # per-channel weights and biases: many all-zero vectors of the same length
+
+    saved = compact(path)
+    assert saved >= repeated and len(path.read_bytes()) == len(original) - saved
+
+    compacted = flatbuffer_utils.read_model(str(path)).subgraphs[0]
+    graph = model.subgraphs[0]
+    ends = set(graph.inputs) | set(graph.outputs)
+    assert [compacted.tensors[i].name for i in ends] == [graph.tensors[i].name for i in ends]
+    assert any(b"torch.nn.modules" in t.name for t in tensors)
+    assert not any(b"torch.nn.modules" in t.name for t in compacted.tensors)
+
+    before_path = tmp_path / "before.tflite"
+    before_path.write_bytes(original)
+    for i in range(len(held)):
+        results = []
+        for p in (before_path, path):
+            interp = Interpreter(str(p))
+            interp.allocate_tensors()
+            detail = interp.get_input_details()[0]
+            x = held.sample(i)[0]
+            scale, zero = detail["quantization"]
+            interp.set_tensor(detail["index"], np.clip(np.round(x / scale) + zero, -128, 127).astype(np.int8))
+            interp.invoke()
+            results.append(interp.get_tensor(interp.get_output_details()[0]["index"]))
+        assert np.array_equal(*results)
+
+
 @pytest.mark.parametrize("runtime", ["onnxruntime", "executorch", "litert"])
 def test_transformer_layer_in_every_runtime(tmp_path, runtime) -> None:
     job, flat, held = _job(tiny_encoder(), (8, 32), tmp_path)

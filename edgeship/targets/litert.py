@@ -11,6 +11,7 @@ import torch
 
 from edgeship.errors import ExportError
 from edgeship.targets.base import Artifact, LowerJob, count_ops
+from edgeship.targets.tflite_compact import compact
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,10 @@ class LiteRTAdapter:
             artifacts.append(self._fp16(job, out / "model.fp16.tflite"))
         if job.int4 is not None and job.int4.precision in precisions:  # int4, or int8 with dynamic activations
             artifacts.append(self._int4(job, out / f"model.{job.int4.precision}.tflite"))
+        for artifact in artifacts:  # every file, fp32 too, so that sizes compare like for like
+            saved = compact(artifact.path)
+            log.debug("%s: %d bytes of repeated quantization vectors and module paths removed",
+                      artifact.path.name, saved)
         return artifacts
 
     def _fp16(self, job: LowerJob, path: Path) -> Artifact:
