@@ -355,7 +355,8 @@ def recipes(format: FormatOpt = Format.table) -> None:
     table = Table("recipe", "scheme", "weights", "activations", "activation ranges", "algorithms")
     for name, r in RECIPES.items():
         weights, activations, ranges = {
-            "w4a8": (f"int4 linear, 1 scale / {r.group_size}", "int8 per token, at run time", "-"),
+            "w4a8": (f"int4 linear, 1 scale / {r.group_size}; int8 conv per channel",
+                     "int8 per token, at run time; conv int8 per tensor", r.activation_method),
             "w8a8-dynamic": ("int8 linear, per channel", "int8, at run time", "-"),
         }.get(r.scheme, (f"int8 {r.weight_granularity}", f"int8 {r.activation_granularity}", r.activation_method))
         table.add_row(name, r.scheme, weights, activations, ranges, ", ".join(r.algorithms) or "none")

@@ -9,12 +9,13 @@ from torch import nn
 class TinyConvNet(nn.Module):
     """Conv-BN-ReLU6 stem, a depthwise-separable block with a residual add, pool, linear head."""
 
-    def __init__(self, classes: int = 10) -> None:
+    def __init__(self, classes: int = 10, width: int = 16) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
-        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
-        self.pw = nn.Sequential(nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16))
-        self.head = nn.Linear(16, classes)
+        w = width
+        self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(w, w, 3, 1, 1, groups=w, bias=False), nn.BatchNorm2d(w), nn.ReLU6())
+        self.pw = nn.Sequential(nn.Conv2d(w, w, 1, bias=False), nn.BatchNorm2d(w))
+        self.head = nn.Linear(w, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -23,15 +24,20 @@ class TinyConvNet(nn.Module):
         return self.head(x)
 
 
-def tiny_conv_net(seed: int = 0) -> TinyConvNet:
+def tiny_conv_net(seed: int = 0, width: int = 16) -> TinyConvNet:
     torch.manual_seed(seed)
-    net = TinyConvNet()
+    net = TinyConvNet(width=width)
     for m in net.modules():  # non-trivial BN statistics, as a trained network has
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
             m.weight.data.uniform_(0.5, 1.5)
     return net.eval()
+
+
+def wide_conv_net(seed: int = 0) -> TinyConvNet:
+    """TinyConvNet with 32 channels: its head's input is one int4 group."""
+    return tiny_conv_net(seed, width=32)
 
 
 class TinyEncoder(nn.Module):

@@ -264,3 +264,40 @@ def test_int8_dynamic_export_delivers_the_same_int8_weights(int4_export, monkeyp
         assert paths[name]["bytes"] < 0.6 * paths[fp32]["bytes"]
     # ExecuTorch ran the linear layers in the XNNPACK delegate (only the layer norms outside it)
     assert {op["op"] for op in paths["model.int8-dynamic.pte"]["not_quantized"]} <= {"native_layer_norm"}
+
+
+def test_int4_puts_convolutions_in_int8(conv_npz, tmp_path, monkeypatch, capsys) -> None:
+    """A CNN with a linear head: the head gets int4 weights and the convolutions static int8 in every
+    runtime (int4 kernels for the head, int8 kernels for the convolutions), from one calibration."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    import onnx
+    from onnx import numpy_helper
+
+    manifest, folder = export_json("wide_conv_net", conv_npz, "int4", tmp_path / "o", monkeypatch, capsys)
+    assert {r["algorithm"]: r["changes"] for r in manifest["algorithms"]}["int8_convolutions"][0]["layers"] == 3
+    encodings = json.loads((folder / "encodings.json").read_text())
+    assert list(encodings["int4_weights"]) and len(encodings["int8_layers"]["weights"]) == 3
+
+    model = onnx.load(str(folder / "model.int4.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert sum(n.op_type == "MatMulNBits" for n in model.graph.node) == 1
+    int8_weights = [n for n in model.graph.node if n.op_type == "DequantizeLinear"
+                    and inits.get(n.input[0]) is not None and inits[n.input[0]].dtype == np.int8
+                    and inits[n.input[0]].ndim == 4]
+    assert len(int8_weights) == 3  # the three convolutions' weights
+
+    interp = Interpreter(str(folder / "model.int4.tflite"),
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    convs = [op for op in interp._get_ops_details() if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
+    assert len(convs) == 3
+    assert all(tensors[op["inputs"][1]]["dtype"] == np.int8 for op in convs)
+    assert len(_tflite_int4_weights(folder / "model.int4.tflite")) == 1
+
+    paths = {a["path"]: a for a in manifest["artifacts"]}
+    # the .pte's delegate blob is opaque here, so its convolutions are seen in its size: the int4 head alone
+    # could save at most its 1280 float bytes; int8 convolutions save 3/4 of their 2176 weights' 8704
+    assert paths["model.fp32.pte"]["bytes"] - paths["model.int4.pte"]["bytes"] > 1280 + 8704 // 4
+    for name in ("model.int4.onnx", "model.int4.pte", "model.int4.tflite"):
+        assert paths[name]["accuracy"]["cosine"] > 0.99, (name, paths[name]["accuracy"])
+        assert paths[name]["not_quantized"] == [] or all(o["op"] != "Conv" for o in paths[name]["not_quantized"])

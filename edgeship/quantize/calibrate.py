@@ -45,10 +45,20 @@ def calibrate(program: torch.export.ExportedProgram, recipe: Recipe, samples: Sa
     """The prepared graph with its observers fed every calibration sample. `keep_float`: node
     names the quantizer leaves unannotated. `memo` (quantize/stats_cache.py): statistics of an earlier
     run with the same key, reused instead of reading the samples; what is computed is added to it."""
+    module, keep, records = transformed(program, recipe, samples, progress, memo)
+    return observed(module, program.module(), recipe, samples, progress, keep_float | keep, records, memo)
+
+
+def observed(module: GraphModule, reference: GraphModule, recipe: Recipe, samples: Samples,
+             progress: Callable[[int], None] | None, skip: frozenset[str], records: list[dict],
+             memo: dict | None) -> GraphModule:
+    """`module` (already through the recipe's graph passes) prepared with the int8 quantizer, its
+    observers fed the samples (or loaded from `memo`), the activation range rule chosen against
+    `reference`'s float outputs, and biases corrected when the recipe asks; `records` gets what each
+    step did. `skip`: node names left float."""
     from edgeship.quantize.stats_cache import FAMILIES, load_observer_states, observer_states
 
-    module, keep, records = transformed(program, recipe, samples, progress, memo)
-    quantizer = EdgeshipQuantizer(activation_method=recipe.activation_method, skip=keep_float | keep)
+    quantizer = EdgeshipQuantizer(activation_method=recipe.activation_method, skip=skip)
     prepared = prepare_pt2e(module, quantizer)
     prepared.meta["edgeship_algorithms"] = records
     family = FAMILIES[recipe.activation_method]
@@ -63,7 +73,7 @@ def calibrate(program: torch.export.ExportedProgram, recipe: Recipe, samples: Sa
     if recipe.activation_method == "auto":
         from edgeship.quantize.range_choice import choose_range_rule
 
-        chosen = choose_range_rule(prepared, program.module(), samples)
+        chosen = choose_range_rule(prepared, reference, samples)
         if chosen:
             records.append({"algorithm": "activation_ranges", "changes": [chosen]})
     if "bias_correction" in recipe.algorithms:

@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch.fx import GraphModule, Node
 
 from edgeship.quantize.graphs import attr, run_samples
 from edgeship.quantize.quantizer import FLOAT_NODE, LINEAR_OPS
+
+if TYPE_CHECKING:
+    from edgeship.quantize.calibrate import QuantizedGraph
 
 QMIN, QMAX = -8, 7
 
@@ -185,6 +189,9 @@ class Int4Job:
     skipped: list[dict]
     algorithms: list[dict]
     precision: str = "int4"  # or "int8-dynamic": int8 weights, one scale per output channel
+    # int4's convolutions in static int8: `dequantized` is then int8's folded graph, and LiteRT converts
+    # int8.unfolded (with the same dequantized int4 weights)
+    int8: QuantizedGraph | None = None
 
     def encodings(self) -> dict:
         """Every layer's group, shapes and content hashes: the same values go to every runtime."""
@@ -194,12 +201,15 @@ class Int4Job:
             w.layer: {"group": w.group, "bits": w.bits, "shape": list(w.q.shape), "range": list(value_range(w.bits)),
                       "values_sha256": hashlib.sha256(w.q.numpy().tobytes()).hexdigest(),
                       "scales_sha256": hashlib.sha256(w.scale.numpy().tobytes()).hexdigest()}
-            for w in self.weights}, "float_layers": self.skipped}
+            for w in self.weights}, "float_layers": self.skipped,
+            **({"int8_layers": self.int8.encodings} if self.int8 is not None else {})}
 
 
-def build_int4(program: torch.export.ExportedProgram, recipe, samples, progress=None, memo: dict | None = None) -> Int4Job:
+def build_int4(program: torch.export.ExportedProgram, recipe, samples, progress=None, memo: dict | None = None,
+               int8_progress=None) -> Int4Job:
     """`memo` (quantize/stats_cache.py): GPTQ's values and scales from an earlier run with the same key
-    are reused instead of reading the samples; what is computed is added to it."""
+    are reused instead of reading the samples; what is computed is added to it. int4 puts the model's
+    convolutions in static int8 (`int8_progress()` gives the tick function for that calibration)."""
     from edgeship.quantize.calibrate import transformed
     from edgeship.quantize.norm_fold import fold_norm_affine
 
@@ -222,5 +232,40 @@ def build_int4(program: torch.export.ExportedProgram, recipe, samples, progress=
             memo["gptq"] = {w.layer: {"q": w.q, "scale": w.scale} for w in weights}
     if gptq:
         records.append({"algorithm": "gptq", "changes": [{"layers": len(weights), "samples": len(samples)}]})
-    return Int4Job(with_int4_weights(module, weights, packed=True), with_int4_weights(module, weights, packed=False),
-                   weights, skipped, records, "int4" if bits == 4 else "int8-dynamic")
+    dequantized = with_int4_weights(module, weights, packed=False)
+    int8 = None
+    if bits == 4 and _int8_layers(dequantized, keep):
+        int8 = _int8_elsewhere(dequantized, recipe, samples, int8_progress() if int8_progress else None,
+                               keep, records, memo)
+        dequantized = int8.folded
+    return Int4Job(with_int4_weights(dequantized, weights, packed=True), dequantized, weights, skipped, records,
+                   "int4" if bits == 4 else "int8-dynamic", int8)
+
+
+def _int8_layers(module: GraphModule, keep: frozenset[str]) -> list[str]:
+    """The convolutions int4 leaves to static int8 (int4 is for linear layers)."""
+    from edgeship.quantize.quantizer import CONV_OPS
+
+    return [n.name for n in module.graph.nodes
+            if n.op == "call_function" and n.target in CONV_OPS and n.name not in keep]
+
+
+def _int8_elsewhere(dequantized: GraphModule, recipe, samples, progress, keep: frozenset[str],
+                    records: list[dict], memo: dict | None):
+    """The convolutions (and the adds, pools and concats between int8 tensors) of the int4 model in
+    static int8, calibrated like the int8 recipe (the recipe's activation ranges, bias correction) on the
+    graph that already holds the int4 layers' dequantized weights; linear layers and matmuls stay as int4
+    left them."""
+    from edgeship.quantize.calibrate import convert, observed
+    from edgeship.quantize.quantizer import MATMUL_OPS
+    from edgeship.quantize.recipe import Recipe
+
+    int8_recipe = Recipe(name=recipe.name, scheme="w8a8", activation_method=recipe.activation_method,
+                         algorithms=("bias_correction",))
+    linear = {n.name for n in dequantized.graph.nodes
+              if n.op == "call_function" and (n.target in LINEAR_OPS or n.target in MATMUL_OPS)}
+    records.append({"algorithm": "int8_convolutions",
+                    "changes": [{"layers": len(_int8_layers(dequantized, keep)), "samples": len(samples)}]})
+    prepared = observed(copy.deepcopy(dequantized), dequantized, int8_recipe, samples, progress,
+                        frozenset(keep | linear), records, memo)
+    return convert(prepared)

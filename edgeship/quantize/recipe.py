@@ -11,7 +11,7 @@ from pathlib import Path
 from edgeship.errors import ConfigError, unknown_name
 
 SCHEMES = ("w8a8", "w4a8", "w8a8-dynamic", "fp16")
-GROUP_SIZES = (16, 32, 64, 128, 256)
+GROUP_SIZES = (32, 64, 128, 256)  # XNNPACK's int4 kernels take multiples of 32
 ACTIVATION_METHODS = ("auto", "histogram", "mse", "minmax", "percentile", "entropy")
 # post-training algorithms, applied in this order before calibration (see edgeship/quantize/<name>.py)
 ALGORITHMS = ("embeddings", "outlier_channels", "smoothquant", "gptq", "bias_correction")
@@ -34,7 +34,9 @@ class Recipe:
     int8 weights taken out of each bias, after calibration).
 
     `w4a8`: int4 weights for linear layers, one symmetric scale per `group_size` input channels, and
-    int8 activations quantized per token at run time by the runtime's int4 kernels; other ops float.
+    int8 activations quantized per token at run time by the runtime's int4 kernels; convolutions (and
+    the adds and pools between their int8 outputs) static int8 as in `w8a8`, with `activation_method`
+    and bias correction; other ops float.
     It takes `embeddings` (int4 tables) and `gptq` (GPTQ's error-compensating rounding of the int4
     weights); layer norms are always folded into the linear layers that read them first
     (quantize/norm_fold.py).
@@ -78,7 +80,7 @@ class Recipe:
                 raise unknown_name("algorithm", name, ALGORITHMS)
         if self.group_size not in GROUP_SIZES:
             raise ConfigError(f"group_size {self.group_size} is not supported; choose one of "
-                              f"{', '.join(map(str, GROUP_SIZES))}")
+                              f"{', '.join(map(str, GROUP_SIZES))} (every runtime's int4 kernels take them)")
         wrong = sorted(set(self.algorithms) - set(SCHEME_ALGORITHMS[self.scheme]))
         if wrong:
             raise ConfigError(f"algorithms {', '.join(wrong)} do not apply to {self.scheme}; it takes "

@@ -67,7 +67,11 @@ class LiteRTAdapter:
         (edgeship/targets/tflite_int4.py)."""
         from edgeship.targets.tflite_int4 import to_blockwise_int4
 
-        _convert(job.int4.dequantized, job.example_inputs, path, quantized=False)
+        if job.int4.int8 is not None:  # int4 with int8 convolutions: the int8 graph, its linears float
+            program = torch.export.export(job.int4.int8.unfolded, job.example_inputs, strict=False)
+            _convert(program.module(), job.example_inputs, path, quantized=True)
+        else:
+            _convert(job.int4.dequantized, job.example_inputs, path, quantized=False)
         missing = to_blockwise_int4(path, job.int4.weights)
         not_quantized = [{"op": f["layer"], "count": 1, "reason": f["reason"]} for f in job.int4.skipped]
         not_quantized += [{"op": name, "count": 1, "reason": "litert-torch wrote it in a form the int4 rewrite "
