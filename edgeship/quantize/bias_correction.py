@@ -98,8 +98,12 @@ def correct_biases(prepared: GraphModule, samples: Samples, progress: Callable[[
             continue
         weight = attr(prepared, weight_attr).detach()
         scale, zero_point = observer.calculate_qparams()
-        rounded = torch.fake_quantize_per_channel_affine(weight, scale.float(), zero_point.int(), 0,
-                                                         int(observer.quant_min), int(observer.quant_max))
+        if scale.numel() == 1:  # per-tensor weights
+            rounded = torch.fake_quantize_per_tensor_affine(weight, float(scale), int(zero_point),
+                                                            int(observer.quant_min), int(observer.quant_max))
+        else:
+            rounded = torch.fake_quantize_per_channel_affine(weight, scale.float(), zero_point.int(), 0,
+                                                             int(observer.quant_min), int(observer.quant_max))
         groups = int(node.args[6]) if len(node.args) > 6 else 1
         shift = _shift((rounded - weight).double(), means[node.name], groups)
         bias = attr(prepared, bias_attr)

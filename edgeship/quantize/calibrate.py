@@ -58,7 +58,8 @@ def observed(module: GraphModule, reference: GraphModule, recipe: Recipe, sample
     step did. `skip`: node names left float."""
     from edgeship.quantize.stats_cache import FAMILIES, load_observer_states, observer_states
 
-    quantizer = EdgeshipQuantizer(activation_method=recipe.activation_method, skip=skip)
+    quantizer = EdgeshipQuantizer(activation_method=recipe.activation_method, skip=skip,
+                                  weight_granularity=recipe.weight_granularity)
     prepared = prepare_pt2e(module, quantizer)
     prepared.meta["edgeship_algorithms"] = records
     family = FAMILIES[recipe.activation_method]
@@ -144,12 +145,13 @@ def apply_algorithms(module: GraphModule, recipe: Recipe, samples: Samples,
     """The recipe's post-training algorithms, in place, in ALGORITHMS order; each reads the calibration
     samples once, or replays what `memo` says it decided before. Returns a record per algorithm."""
     from edgeship.quantize.embeddings import quantize_embeddings
+    from edgeship.quantize.equalization import equalize
     from edgeship.quantize.outlier_split import split_outliers
     from edgeship.quantize.smoothquant import smooth
 
     table_bits = 4 if recipe.scheme == "w4a8" else 8
     passes = {"embeddings": functools.partial(quantize_embeddings, bits=table_bits, group=recipe.group_size),
-              "outlier_channels": split_outliers, "smoothquant": smooth}
+              "cross_layer_equalization": equalize, "outlier_channels": split_outliers, "smoothquant": smooth}
     records = []
     for name in (a for a in ALGORITHMS if a in recipe.algorithms and a in passes):
         kwargs = {}

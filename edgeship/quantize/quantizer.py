@@ -71,7 +71,10 @@ def _act_spec(method: str) -> QuantizationSpec:
     )
 
 
-def _weight_spec() -> QuantizationSpec:
+def _weight_spec(granularity: str = "per_channel") -> QuantizationSpec:
+    if granularity == "per_tensor":
+        return QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_tensor_symmetric,
+                                observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12))
     return QuantizationSpec(
         dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric, ch_axis=0,
         observer_or_fake_quant_ctr=PerChannelMinMaxObserver.with_args(eps=2**-12),
@@ -120,11 +123,13 @@ class EdgeshipQuantizer(Quantizer):
     `skip` holds node names (from the exported graph) to leave in float.
     """
 
-    def __init__(self, activation_method: str = "histogram", skip: frozenset[str] = frozenset()) -> None:
+    def __init__(self, activation_method: str = "histogram", skip: frozenset[str] = frozenset(),
+                 weight_granularity: str = "per_channel") -> None:
         super().__init__()
         ActivationRange(activation_method).observer()  # validates the name
         self.activation_method = activation_method
         self.skip = skip
+        self.weight_granularity = weight_granularity
 
     def _act(self) -> QuantizationSpec:
         return _act_spec(self.activation_method)
@@ -170,7 +175,7 @@ class EdgeshipQuantizer(Quantizer):
             return
         # The bias stays float: every runtime quantizes it to int32 at input scale x weight scale
         # itself, and XNNPACK only delegates a conv/linear whose bias is a static float param.
-        self._annotate_with_output({act: self._act(), weight: _weight_spec()}, node)
+        self._annotate_with_output({act: self._act(), weight: _weight_spec(self.weight_granularity)}, node)
 
     def _annotate_with_output(self, inputs: dict, node: Node) -> None:
         fused = _fusable_activation(node)

@@ -14,23 +14,28 @@ SCHEMES = ("w8a8", "w4a8", "w8a8-dynamic", "fp16")
 GROUP_SIZES = (32, 64, 128, 256)  # XNNPACK's int4 kernels take multiples of 32
 ACTIVATION_METHODS = ("auto", "histogram", "mse", "minmax", "percentile", "entropy")
 # post-training algorithms, applied in this order before calibration (see edgeship/quantize/<name>.py)
-ALGORITHMS = ("embeddings", "outlier_channels", "smoothquant", "gptq", "bias_correction")
+ALGORITHMS = ("embeddings", "cross_layer_equalization", "outlier_channels", "smoothquant", "gptq",
+              "bias_correction")
 # one pass over the calibration samples each
-READS_SAMPLES = ("outlier_channels", "smoothquant", "gptq", "bias_correction")
+READS_SAMPLES = ("cross_layer_equalization", "outlier_channels", "smoothquant", "gptq", "bias_correction")
+WEIGHT_GRANULARITIES = ("per_channel", "per_tensor")
 DEFAULT_ALGORITHMS = {"w8a8": ("embeddings", "outlier_channels", "smoothquant", "bias_correction"),
                       "w4a8": ("embeddings", "gptq"), "w8a8-dynamic": ("embeddings",), "fp16": ()}
 # what each scheme may take (its defaults and more)
-SCHEME_ALGORITHMS = DEFAULT_ALGORITHMS | {"w8a8-dynamic": ("embeddings", "gptq")}
+SCHEME_ALGORITHMS = DEFAULT_ALGORITHMS | {"w8a8-dynamic": ("embeddings", "gptq"),
+                                         "w8a8": DEFAULT_ALGORITHMS["w8a8"] + ("cross_layer_equalization",)}
 
 
 @dataclass(frozen=True)
 class Recipe:
     """`w8a8`: int8 weights per output channel (symmetric, -127..127), int8 activations per tensor
-    (affine, -128..127), ranges calibrated by `activation_method` (`auto`: of the L2-optimal and the
+    (affine, -128..127; `weight_granularity = "per_tensor"`: one weight scale per tensor, for delegates that
+    take no other), ranges calibrated by `activation_method` (`auto`: of the L2-optimal and the
     percentile ranges, the one whose simulated outputs are closer to float on the calibration samples). `algorithms`: `embeddings` (int8
     embedding tables, one scale per row), `outlier_channels`
     (linear output channels far above the rest computed in float), `smoothquant` (activation outliers
-    moved into the weights, alpha chosen per layer), `bias_correction` (the mean output shift of the
+    moved into the weights, alpha chosen per layer), `cross_layer_equalization` (consecutive
+    convolutions' channel ranges equalized: for per-tensor weights), `bias_correction` (the mean output shift of the
     int8 weights taken out of each bias, after calibration).
 
     `w4a8`: int4 weights for linear layers, one symmetric scale per `group_size` input channels, and
@@ -85,9 +90,13 @@ class Recipe:
         if wrong:
             raise ConfigError(f"algorithms {', '.join(wrong)} do not apply to {self.scheme}; it takes "
                               f"{', '.join(SCHEME_ALGORITHMS[self.scheme])}")
-        if self.weight_granularity != "per_channel" or self.activation_granularity != "per_tensor":
-            raise ConfigError("w8a8 uses per_channel weights and per_tensor activations; "
-                              "remove the granularity keys or set them to those values")
+        if self.weight_granularity not in WEIGHT_GRANULARITIES:
+            raise unknown_name("weight granularity", self.weight_granularity, WEIGHT_GRANULARITIES)
+        if self.weight_granularity != "per_channel" and self.scheme != "w8a8":
+            raise ConfigError(f"{self.scheme} takes per_channel weights only; per_tensor is for w8a8")
+        if self.activation_granularity != "per_tensor":
+            raise ConfigError("activations are quantized per_tensor (static) or by the runtime (dynamic); "
+                              "remove activation_granularity or set it to per_tensor")
 
     @property
     def calibration_passes(self) -> int:
@@ -116,6 +125,8 @@ RECIPES = {
     "int8-percentile": Recipe(name="int8-percentile", activation_method="percentile"),
     "int8-entropy": Recipe(name="int8-entropy", activation_method="entropy"),
     "int8-minmax": Recipe(name="int8-minmax", activation_method="minmax"),
+    "int8-per-tensor": Recipe(name="int8-per-tensor", weight_granularity="per_tensor",
+                              algorithms=DEFAULT_ALGORITHMS["w8a8"] + ("cross_layer_equalization",)),
 }
 
 
