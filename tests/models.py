@@ -182,3 +182,26 @@ class Overflows16(nn.Module):
 def overflows16(seed: int = 0) -> Overflows16:
     torch.manual_seed(seed)
     return Overflows16().eval()
+
+
+class ClassTokenNet(nn.Module):
+    """A ViT's front: conv patch embeddings, a learned class token concatenated before them, position
+    embeddings, one linear layer, and the class token's row as the output."""
+
+    def __init__(self, dim: int = 32, classes: int = 10) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 8, 8)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)  # small next to the patches, as trained
+        self.pos = nn.Parameter(torch.randn(1, 17, dim) * 0.02)
+        self.mix = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), patches], dim=1) + self.pos
+        return self.head(torch.relu(self.mix(tokens))[:, 0])
+
+
+def class_token_net(seed: int = 0) -> ClassTokenNet:
+    torch.manual_seed(seed)
+    return ClassTokenNet().eval()

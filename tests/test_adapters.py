@@ -159,6 +159,22 @@ def test_litert_compaction_shares_quantization_vectors_and_changes_no_output(con
         assert np.array_equal(*results)
 
 
+def test_litert_leaves_a_float_concat_float(conv_npz, tmp_path, monkeypatch, capsys) -> None:
+    """A class token concatenated with int8 patch embeddings: the quantizer leaves the concat float, and the
+    .tflite must too (litert-torch would otherwise store the class token in the patches' int8 scale)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from conftest import export_json
+
+    manifest, folder = export_json("class_token_net", conv_npz, "int8", tmp_path / "o", monkeypatch, capsys)
+    interp = Interpreter(str(folder / "model.int8.tflite"),
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    concats = [op for op in interp._get_ops_details() if op["op_name"] == "CONCATENATION"]
+    assert concats and all(tensors[op["outputs"][0]]["dtype"] == np.float32 for op in concats)
+    sqnr = {a["path"]: a["accuracy"]["sqnr_db"] for a in manifest["artifacts"]}
+    assert sqnr["model.int8.tflite"] > sqnr["model.int8.onnx"] - 1.0, sqnr
+
+
 @pytest.mark.parametrize("runtime", ["onnxruntime", "executorch", "litert"])
 def test_transformer_layer_in_every_runtime(tmp_path, runtime) -> None:
     job, flat, held = _job(tiny_encoder(), (8, 32), tmp_path)
