@@ -249,3 +249,13 @@ def test_accuracy_reports_non_finite_outputs_instead_of_no_error() -> None:
     result = accuracy(reference, [[np.array([1, np.nan, np.inf, 1], np.float32)]])
     assert result["non_finite"] == 2 and result["sqnr_db"] is None and result["cosine"] is None
     assert "non_finite" not in accuracy(reference, [[np.ones(4, np.float32)]])
+
+
+def test_accuracy_of_an_all_zero_output_is_not_a_perfect_cosine() -> None:
+    """A model whose outputs are tiny (a random-init Hugging Face MobileNetV2: ~1e-25) quantized to exact
+    zeros: cosine 0, not 1, whatever the reference's scale; two zero outputs agree."""
+    tiny = [[np.array([1e-25, -3e-25, 2e-25], np.float32)]]
+    zero = [[np.zeros(3, np.float32)]]
+    assert accuracy(tiny, zero)["cosine"] == 0.0
+    assert accuracy(zero, zero)["cosine"] == 1.0
+    assert accuracy(tiny, [[np.array([2e-25, -6e-25, 4e-25], np.float32)]])["cosine"] == 1.0

@@ -37,8 +37,10 @@ def accuracy(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]
             raise ValueError(f"output sizes differ: {r.shape} vs {c.shape}")
         signal += float(np.sum(r * r))
         noise += float(np.sum((r - c) ** 2))
-        denom = float(np.linalg.norm(r) * np.linalg.norm(c))
-        cosines.append(float(np.dot(r, c) / denom) if denom > 0 else (1.0 if np.allclose(r, c) else 0.0))
+        r_norm, c_norm = float(np.linalg.norm(r)), float(np.linalg.norm(c))
+        # a zero output against a non-zero one points nowhere near it, however small the reference is
+        cosines.append(float(np.dot(r / r_norm, c / c_norm)) if r_norm > 0 and c_norm > 0
+                       else (1.0 if r_norm == c_norm == 0 else 0.0))
         max_err = max(max_err, float(np.max(np.abs(r - c))) if r.size else 0.0)
         if classifier:
             agree.append(int(np.argmax(ref[0])) == int(np.argmax(cand[0])))
