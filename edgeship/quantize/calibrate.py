@@ -163,7 +163,19 @@ def apply_algorithms(module: GraphModule, recipe: Recipe, samples: Samples,
     return records
 
 
+def _freeze_qparams(prepared: GraphModule) -> None:
+    """Each observer's scale and zero point computed once: the encodings and both conversions read them
+    (HistogramObserver's L2 search costs ~1 s per activation; a MobileViT spent minutes repeating it)."""
+    from torchao.quantization.pt2e.observer import ObserverBase
+
+    for module in prepared.modules():
+        if isinstance(module, ObserverBase) and hasattr(module, "calculate_qparams"):
+            frozen = module.calculate_qparams()
+            module.calculate_qparams = lambda frozen=frozen: frozen
+
+
 def convert(prepared: GraphModule) -> QuantizedGraph:
+    _freeze_qparams(prepared)
     left_float = float_ops(prepared)
     encodings = collect_encodings(prepared)
     records = prepared.meta.get("edgeship_algorithms", [])
