@@ -30,7 +30,7 @@ import torch
 from torch.fx import GraphModule, Interpreter, Node
 
 from edgeship.calibration.samples import Samples
-from edgeship.quantize.graphs import attr, run_samples
+from edgeship.quantize.graphs import attr, replace_attr, run_samples
 from edgeship.quantize.quantizer import CONV_OPS
 
 aten = torch.ops.aten
@@ -114,20 +114,6 @@ def _conv2_input_range(weight2: torch.Tensor, depthwise: bool) -> torch.Tensor:
     return weight2.detach().abs().transpose(0, 1).reshape(weight2.shape[1], -1).amax(dim=1).float()
 
 
-def _replace(module: GraphModule, target: str, value: torch.Tensor) -> None:
-    """A new tensor in place of the attribute (never written into: the exported program shares it)."""
-    *path, leaf = target.split(".")
-    owner = module
-    for part in path:
-        owner = getattr(owner, part)
-    old = getattr(owner, leaf)
-    if isinstance(old, torch.nn.Parameter):
-        setattr(owner, leaf, torch.nn.Parameter(value.to(old.dtype), requires_grad=False))
-    else:
-        delattr(owner, leaf)
-        owner.register_buffer(leaf, value.to(old.dtype))
-
-
 def _scaled_args(pair: _Pair) -> list[Node]:
     conv1 = list(pair.norm.args[1:3]) if pair.norm is not None else [pair.conv1.args[1]] + [
         b for b in pair.conv1.args[2:3] if isinstance(b, Node)]
@@ -141,7 +127,7 @@ def _apply(module: GraphModule, pair: _Pair, s: torch.Tensor) -> None:
         value = attr(module, node.target).detach()
         shape = [1] * value.dim()
         shape[axis] = -1
-        _replace(module, node.target, value * factor.reshape(shape).to(value.dtype))
+        replace_attr(module, node.target, value * factor.reshape(shape).to(value.dtype))
 
     if pair.norm is not None:
         for arg in pair.norm.args[1:3]:  # gamma, beta
@@ -204,7 +190,7 @@ def equalize(module: GraphModule, samples: Samples, progress: Callable[[int], No
                     m[pair.pre_activation.name] = peak / s
         # the product of the sweeps applied once, as a replay from `memo` applies it: same bits either way
         for target, value in originals.items():
-            _replace(module, target, value)
+            replace_attr(module, target, value)
         for pair in pairs:
             _apply(module, pair, total[pair.conv2.name])
     if memo is not None:

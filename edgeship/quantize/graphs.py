@@ -49,6 +49,20 @@ def attr(module: GraphModule, target: str) -> torch.Tensor:
     return obj
 
 
+def replace_attr(module: torch.nn.Module, target: str, value: torch.Tensor) -> None:
+    """A new tensor in place of the parameter or buffer at dotted `target`, of the same kind (the old
+    tensor is not written into: an exported program may share it)."""
+    *path, leaf = target.split(".")
+    owner = module
+    for part in path:
+        owner = getattr(owner, part)
+    if isinstance(getattr(owner, leaf), torch.nn.Parameter):
+        setattr(owner, leaf, torch.nn.Parameter(value, requires_grad=False))
+    else:
+        delattr(owner, leaf)
+        owner.register_buffer(leaf, value)
+
+
 def register(module: GraphModule, name: str, value: torch.Tensor) -> str:
     name = name.replace(".", "_")
     module.register_buffer(name, value)

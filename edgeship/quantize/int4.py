@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch.fx import GraphModule, Node
 
-from edgeship.quantize.graphs import attr, run_samples
-from edgeship.quantize.quantizer import FLOAT_NODE, LINEAR_OPS
+from edgeship.quantize.graphs import attr, replace_attr, run_samples
+from edgeship.quantize.quantizer import CONV_OPS, FLOAT_NODE, LINEAR_OPS, MATMUL_OPS
 
 if TYPE_CHECKING:
     from edgeship.quantize.calibrate import QuantizedGraph
@@ -158,10 +158,6 @@ def with_int4_weights(module: GraphModule, weights: list[Int4Weight], packed: bo
                 node.target = torch.nn.functional.linear
         result.recompile()
     for w in weights:
-        *path, leaf = w.attr.split(".")
-        owner = result
-        for part in path:
-            owner = getattr(owner, part)
         if packed:
             value = IntxUnpackedToInt8Tensor(
                 w.q, w.scale, torch.zeros_like(w.scale, dtype=torch.int8), torch.int4 if w.bits == 4 else torch.int8,
@@ -169,11 +165,7 @@ def with_int4_weights(module: GraphModule, weights: list[Int4Weight], packed: bo
                 torch.float32, IntxUnpackedToInt8TensorActivationQuantization.INT8_ASYM_PER_TOKEN)
         else:
             value = w.dequantized()
-        if isinstance(getattr(owner, leaf), torch.nn.Parameter):
-            setattr(owner, leaf, torch.nn.Parameter(value, requires_grad=False))
-        else:
-            delattr(owner, leaf)
-            owner.register_buffer(leaf, value)
+        replace_attr(result, w.attr, value)
     return result.eval()
 
 
@@ -234,9 +226,10 @@ def build_int4(program: torch.export.ExportedProgram, recipe, samples, progress=
         records.append({"algorithm": "gptq", "changes": [{"layers": len(weights), "samples": len(samples)}]})
     dequantized = with_int4_weights(module, weights, packed=False)
     int8 = None
-    if bits == 4 and _int8_layers(dequantized, keep):
+    convolutions = _int8_layers(dequantized, keep) if bits == 4 else []
+    if convolutions:
         int8 = _int8_elsewhere(dequantized, recipe, samples, int8_progress() if int8_progress else None,
-                               keep, records, memo)
+                               keep, len(convolutions), records, memo)
         dequantized = int8.folded
     return Int4Job(with_int4_weights(dequantized, weights, packed=True), dequantized, weights, skipped, records,
                    "int4" if bits == 4 else "int8-dynamic", int8)
@@ -244,20 +237,17 @@ def build_int4(program: torch.export.ExportedProgram, recipe, samples, progress=
 
 def _int8_layers(module: GraphModule, keep: frozenset[str]) -> list[str]:
     """The convolutions int4 leaves to static int8 (int4 is for linear layers)."""
-    from edgeship.quantize.quantizer import CONV_OPS
-
     return [n.name for n in module.graph.nodes
             if n.op == "call_function" and n.target in CONV_OPS and n.name not in keep]
 
 
-def _int8_elsewhere(dequantized: GraphModule, recipe, samples, progress, keep: frozenset[str],
+def _int8_elsewhere(dequantized: GraphModule, recipe, samples, progress, keep: frozenset[str], convolutions: int,
                     records: list[dict], memo: dict | None):
     """The convolutions (and the adds, pools and concats between int8 tensors) of the int4 model in
     static int8, calibrated like the int8 recipe (the recipe's activation ranges, bias correction) on the
     graph that already holds the int4 layers' dequantized weights; linear layers and matmuls stay as int4
     left them."""
     from edgeship.quantize.calibrate import convert, observed
-    from edgeship.quantize.quantizer import MATMUL_OPS
     from edgeship.quantize.recipe import Recipe
 
     int8_recipe = Recipe(name=recipe.name, scheme="w8a8", activation_method=recipe.activation_method,
@@ -265,7 +255,7 @@ def _int8_elsewhere(dequantized: GraphModule, recipe, samples, progress, keep: f
     linear = {n.name for n in dequantized.graph.nodes
               if n.op == "call_function" and (n.target in LINEAR_OPS or n.target in MATMUL_OPS)}
     records.append({"algorithm": "int8_convolutions",
-                    "changes": [{"layers": len(_int8_layers(dequantized, keep)), "samples": len(samples)}]})
+                    "changes": [{"layers": convolutions, "samples": len(samples)}]})
     prepared = observed(copy.deepcopy(dequantized), dequantized, int8_recipe, samples, progress,
                         frozenset(keep | linear), records, memo)
     return convert(prepared)

@@ -31,8 +31,7 @@ class LiteRTAdapter:
             artifacts.append(Artifact(self.name, "fp32", path))
         if "int8" in precisions:
             path = out / "model.int8.tflite"
-            program = torch.export.export(job.quantized.unfolded, job.example_inputs, strict=False)
-            _convert(_fence_float_concats(program.module()), job.example_inputs, path, quantized=True)
+            _convert_int8(job.quantized.unfolded, job.example_inputs, path)
             artifacts.append(Artifact(self.name, "int8", path,
                                       count_ops(float_ops(path), "float LiteRT kernel")))
         if "fp16" in precisions:
@@ -68,8 +67,7 @@ class LiteRTAdapter:
         from edgeship.targets.tflite_int4 import to_blockwise_int4
 
         if job.int4.int8 is not None:  # int4 with int8 convolutions: the int8 graph, its linears float
-            program = torch.export.export(job.int4.int8.unfolded, job.example_inputs, strict=False)
-            _convert(_fence_float_concats(program.module()), job.example_inputs, path, quantized=True)
+            _convert_int8(job.int4.int8.unfolded, job.example_inputs, path)
         else:
             _convert(job.int4.dequantized, job.example_inputs, path, quantized=False)
         missing = to_blockwise_int4(path, job.int4.weights)
@@ -88,6 +86,12 @@ def _static_quant_config():
 
     config = pq.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
     return QuantConfig(pt2e_quantizer=pq.PT2EQuantizer().set_global(config))
+
+
+def _convert_int8(unfolded: torch.fx.GraphModule, args: tuple, path: Path) -> None:
+    """A calibrated Q/DQ graph (weights float behind their Q/DQ pairs) converted into int8 kernels."""
+    program = torch.export.export(unfolded, args, strict=False)
+    _convert(_fence_float_concats(program.module()), args, path, quantized=True)
 
 
 def _fence_float_concats(module: torch.fx.GraphModule) -> torch.fx.GraphModule:

@@ -23,8 +23,8 @@ import numpy as np
 
 
 def compact(path: Path) -> int:
-    """Rewrites the model at `path` with identical scale and zero-point vectors stored once; returns the
-    bytes saved."""
+    """Rewrites the model at `path` with identical quantization vectors stored once and short inner tensor
+    names; returns the bytes saved."""
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
