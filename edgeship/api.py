@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from edgeship.errors import ConfigError, DeviceError, EdgeshipError
+from edgeship.errors import ConfigError, DeviceError, EdgeshipError, ExportError
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,6 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     args, flat, program = _capture(loaded, calib)
     out_names = cap.output_names(loaded.module, args)
     in_names = [s.name for s in specs_from_samples(calib)]
-    float_onnx = stage / "model.fp32.onnx"
-    cap.export_float_onnx(program, float_onnx, in_names, out_names)
 
     reference = torch_outputs(flat, evaluation)
     stats = (StatsCache.for_export(stats_folder, program, calib, recipe)
@@ -110,20 +108,29 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     np.savez(stage / "sample_inputs.npz", **dict(zip(in_names, evaluation.sample(0))))
     (stage / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1) + "\n")
 
-    job = LowerJob(program, quantized, args, tuple(in_names), tuple(out_names), float_onnx, int4, half)
+    job = LowerJob(program, quantized, args, tuple(in_names), tuple(out_names), stage / "model.fp32.onnx", int4,
+                   half)
     # the precision a non-int8 recipe makes in place of the device's int8 artifacts
     wanted = int4.precision if int4 is not None else "fp16" if half is not None else None
     precisions = ("fp32", wanted) if wanted else device.precisions
-    artifacts, not_produced = [], []
+    artifacts, not_produced, failures = [], [], []
     for runtime in device.runtimes:
         advance = progress(f"lower for {runtime}", 1)
-        adapter = get_adapter(runtime)
-        artifacts += adapter.lower(job, stage, precisions)
-        if wanted and not any(a.precision == wanted for a in artifacts if a.runtime == runtime):
-            reason = "the adapter wrote no artifact for it"
-            not_produced.append({"runtime": runtime, "precision": wanted, "reason": reason})
-            log.warning("%s: %s", runtime, reason)
+        try:
+            artifacts += _lower(get_adapter(runtime), job, stage, precisions)
+        except ExportError as exc:  # the other runtimes' artifacts are still made and verified
+            failures.append(f"{runtime}: {exc}")
+            not_produced += [{"runtime": runtime, "precision": p, "reason": str(exc)} for p in precisions]
+        else:
+            if wanted and not any(a.precision == wanted for a in artifacts if a.runtime == runtime):
+                reason = "the adapter wrote no artifact for it"
+                not_produced.append({"runtime": runtime, "precision": wanted, "reason": reason})
+                log.warning("%s: %s", runtime, reason)
         advance(1)
+    if not artifacts:
+        raise ExportError("no runtime could take the model: " + "; ".join(failures))
+    for failure in failures:
+        log.warning("no artifacts for %s", failure)
 
     quantized_graph = int4.packed if int4 is not None else half.module() if half is not None else quantized.folded
     simulated = torch_outputs(quantized_graph, evaluation)
@@ -166,6 +173,17 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     if stats is not None:  # last: a failed export leaves no statistics behind
         stats.save()
     return manifest
+
+
+def _lower(adapter, job, stage: Path, precisions: tuple[str, ...]) -> list:
+    """One adapter's artifacts; when it fails, the files it had written are removed."""
+    before = set(stage.iterdir())
+    try:
+        return adapter.lower(job, stage, precisions)
+    except BaseException:
+        for path in set(stage.iterdir()) - before:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        raise
 
 
 def _quantize(recipe, program, flat, args, calib, evaluation, reference, memo, budget, progress: Progress):

@@ -430,6 +430,8 @@ def _print_table(result) -> None:
     for row in rows(m):
         table.add_row(*row)
     Console(width=200).print(table)
+    for n in m.get("not_produced", []):
+        typer.echo(f"not produced: {n['runtime']} {n['precision']}: {n['reason']}", err=True)
 
 
 class _progress:

@@ -131,17 +131,45 @@ def test_usage_error_exit_code_2(monkeypatch, capsys) -> None:
     assert code == 2 and "No such option" in err
 
 
-def test_failure_late_in_export_leaves_no_folder(tmp_path, npz, monkeypatch, capsys) -> None:
-    """A failure after artifacts were written (here: in lowering) leaves nothing behind."""
+def _fail(message: str):
     from edgeship.errors import ExportError
-    from edgeship.targets import litert
 
     def fail(*a, **k):
-        raise ExportError("litert-torch cannot convert the int8 model: injected; run with --debug")
+        raise ExportError(f"{message}: injected; run with --debug")
+    return fail
 
-    monkeypatch.setattr(litert, "_convert", fail)
+
+def test_failure_late_in_export_leaves_no_folder(tmp_path, npz, monkeypatch, capsys) -> None:
+    """A failure after artifacts were written (here: every runtime's lowering, after their fp32
+    files) leaves nothing behind."""
+    from edgeship.targets import executorch, litert, onnxruntime
+
+    monkeypatch.setattr(litert, "_convert", _fail("litert-torch cannot convert the int8 model"))
+    monkeypatch.setattr(executorch, "_lower", _fail("ExecuTorch cannot lower the model"))
+    monkeypatch.setattr(onnxruntime, "_save_ort_format", _fail("ONNX Runtime cannot convert"))
     code, _, err = _export(monkeypatch, capsys, f"{MODELS}:tiny_conv_net", npz, tmp_path / "out")
-    _assert_clean_failure(code, err, tmp_path / "out", "injected")
+    _assert_clean_failure(code, err, tmp_path / "out", "no runtime could take the model")
+    assert "litert: litert-torch cannot convert" in err and "executorch: ExecuTorch cannot lower" in err
+
+
+def test_one_runtime_failing_leaves_the_others(tmp_path, npz, monkeypatch, capsys) -> None:
+    """A converter that cannot take the model costs its own runtime only: the others' artifacts are
+    made and verified, the failed one's files are removed, and the manifest and stderr say why."""
+    import json
+
+    from edgeship.targets import litert
+
+    monkeypatch.setattr(litert, "_convert_int8", _fail("litert-torch cannot convert the int8 model"))
+    code, _, err = _export(monkeypatch, capsys, f"{MODELS}:tiny_conv_net", npz, tmp_path / "out")
+    assert code == 0, err
+    out = tmp_path / "out/models-tiny_conv_net/host"
+    manifest = json.loads((out / "manifest.json").read_text())
+    made = {(a["runtime"], a["precision"]) for a in manifest["artifacts"]}
+    assert {("onnxruntime", "int8"), ("executorch", "int8")} <= made and not any(r == "litert" for r, _ in made)
+    assert not list(out.glob("*.tflite"))  # its fp32 .tflite was written before the int8 failed
+    missing = {(n["runtime"], n["precision"]) for n in manifest["not_produced"] if "injected" in n["reason"]}
+    assert missing == {("litert", "fp32"), ("litert", "int8")}
+    assert "not produced: litert int8: litert-torch cannot convert the int8 model: injected" in err
 
 
 def test_interrupt_leaves_no_folder(tmp_path, npz, monkeypatch, capsys) -> None:

@@ -22,7 +22,7 @@ class LowerJob:
     example_inputs: tuple[torch.Tensor, ...]
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
-    float_onnx: Path  # the reference written at capture time
+    float_onnx: Path  # where ONNX Runtime's adapter writes the float ONNX (its fp32 artifact)
     int4: Int4Job | None = None  # the int4 weights and graphs (w4a8 recipes)
     half: torch.export.ExportedProgram | None = None  # the float16 program (fp16 recipe)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from edgeship.errors import ExportError
-from edgeship.export.capture import strip_metadata
+from edgeship.export.capture import export_float_onnx, strip_metadata
 from edgeship.runtimes.onnxruntime import ARM_SESSION_CONFIG, session_options
 from edgeship.targets.base import Artifact, LowerJob, count_ops
 
@@ -33,6 +33,8 @@ class OnnxRuntimeAdapter:
 
     def lower(self, job: LowerJob, out: Path, precisions: tuple[str, ...]) -> list[Artifact]:
         artifacts = []
+        if "fp32" in precisions or "fp16" in precisions:
+            export_float_onnx(job.float_program, job.float_onnx, list(job.input_names), list(job.output_names))
         if "fp32" in precisions:
             artifacts.append(Artifact(self.name, "fp32", job.float_onnx))
         if "int8" in precisions:
