@@ -205,3 +205,24 @@ class ClassTokenNet(nn.Module):
 def class_token_net(seed: int = 0) -> ClassTokenNet:
     torch.manual_seed(seed)
     return ClassTokenNet().eval()
+
+
+class DropoutHead(nn.Module):
+    """A CNN classifier head as torchvision writes it (EfficientNet, MobileNetV3): pooled features through
+    nn.Dropout(inplace=True) into the classifier; a few feature channels carry outliers."""
+
+    def __init__(self, channels: int = 64, classes: int = 100) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, channels, 3, 2, 1), nn.ReLU())
+        with torch.no_grad():
+            self.features[0].weight[:4] *= 40
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(0.2, inplace=True), nn.Linear(channels, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def dropout_head(seed: int = 0) -> DropoutHead:
+    torch.manual_seed(seed)
+    return DropoutHead().eval()

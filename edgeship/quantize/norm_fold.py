@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch.fx import GraphModule, Node
 
-from edgeship.quantize.graphs import attr, register
+from edgeship.quantize.graphs import attr, register, remove_eval_dropout
 from edgeship.quantize.quantizer import FLOAT_NODE, LINEAR_OPS
 
 aten = torch.ops.aten
@@ -35,18 +35,9 @@ def _foldable_readers(norm: Node) -> list[Node]:
             and _constant(u.args[1]) and (len(u.args) < 3 or u.args[2] is None or _constant(u.args[2]))]
 
 
-def _remove_eval_dropout(module: GraphModule) -> None:
-    """Dropout in eval mode (train=False) is the identity; it would hide a norm's readers."""
-    for node in list(module.graph.nodes):
-        if node.op == "call_function" and node.target == aten.dropout.default and len(node.args) > 2 \
-                and node.args[2] is False:
-            node.replace_all_uses_with(node.args[0])
-            module.graph.erase_node(node)
-
-
 def fold_norm_affine(module: GraphModule) -> list[dict]:
     """Rewrites `module` in place; returns one record per folded norm (its name and the layers)."""
-    _remove_eval_dropout(module)
+    remove_eval_dropout(module)  # it would hide a norm's readers
     records = []
     for norm in list(module.graph.nodes):
         if norm.op != "call_function" or norm.target != aten.layer_norm.default or len(norm.args) < 3:
