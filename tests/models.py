@@ -226,3 +226,23 @@ class DropoutHead(nn.Module):
 def dropout_head(seed: int = 0) -> DropoutHead:
     torch.manual_seed(seed)
     return DropoutHead().eval()
+
+
+class HeavyTailMLP(nn.Module):
+    """Two linear layers; in the first, one weight in every 32 of each row is ~30x the rest (as a few
+    large weights appear in trained layers), so an int4 group's 16 steps leave the small ones at zero
+    while int8's 255 keep them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(64, 64), nn.Linear(64, 16)
+        with torch.no_grad():
+            self.a.weight[:, ::32] *= 30.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+def heavy_tail_mlp(seed: int = 0) -> HeavyTailMLP:
+    torch.manual_seed(seed)
+    return HeavyTailMLP().eval()

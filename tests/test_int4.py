@@ -301,3 +301,44 @@ def test_int4_puts_convolutions_in_int8(conv_npz, tmp_path, monkeypatch, capsys)
     for name in ("model.int4.onnx", "model.int4.pte", "model.int4.tflite"):
         assert paths[name]["accuracy"]["cosine"] > 0.99, (name, paths[name]["accuracy"])
         assert paths[name]["not_quantized"] == [] or all(o["op"] != "Conv" for o in paths[name]["not_quantized"])
+
+
+def test_keep_int8_gives_a_linear_layer_int8_in_every_runtime(tmp_path, monkeypatch, capsys) -> None:
+    """`keep_int8` in an int4 recipe: the named linear layer gets static int8 (int8 weights and
+    activations) instead of int4 weights, in every runtime, and the model gets closer to float where int4
+    hurts that layer (a layer with a few large weights per group)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    import onnx
+
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).standard_normal((24, 8, 64)).astype(np.float32))
+    (tmp_path / "k.toml").write_text('scheme = "w4a8"\nkeep_int8 = ["a"]\n')
+    plain, _ = export_json("heavy_tail_mlp", tmp_path / "x.npz", "int4", tmp_path / "p", monkeypatch, capsys)
+    kept, folder = export_json("heavy_tail_mlp", tmp_path / "x.npz", str(tmp_path / "k.toml"), tmp_path / "k",
+                               monkeypatch, capsys)
+    sqnr = {m: {a["path"]: a["accuracy"]["sqnr_db"] for a in r["artifacts"] if a["precision"] == "int4"}
+            for m, r in (("plain", plain), ("kept", kept))}
+    assert len(sqnr["kept"]) == 4 and all(sqnr["kept"][p] > sqnr["plain"][p] + 10 for p in sqnr["kept"]), sqnr
+
+    encodings = json.loads((folder / "encodings.json").read_text())
+    assert list(encodings["int4_weights"]) == ["linear_1"]  # b
+    assert list(encodings["int8_layers"]["weights"]) == ["model.a.weight"]
+    assert {r["algorithm"]: r["changes"] for r in kept["algorithms"]}["int8_convolutions"][0]["keep_int8"] == ["linear"]
+    model = onnx.load(str(folder / "model.int4.onnx"))
+    assert sum(n.op_type == "MatMulNBits" for n in model.graph.node) == 1
+    interp = Interpreter(str(folder / "model.int4.tflite"),
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    fcs = [op for op in interp._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]
+    assert len(fcs) == 2 and len(_tflite_int4_weights(folder / "model.int4.tflite")) == 1  # b int4, a int8
+
+
+def test_keep_int8_bad_input(tmp_path, monkeypatch, capsys) -> None:
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).standard_normal((8, 8, 64)).astype(np.float32))
+    for name, text, expected in (("w8.toml", 'keep_int8 = ["a"]\n', "keep_int8 is for w4a8 (int4) recipes"),
+                                 ("none.toml", 'scheme = "w4a8"\nkeep_int8 = ["nope.*"]\n',
+                                  "recipe keep_int8 pattern 'nope.*' matches no layer")):
+        (tmp_path / name).write_text(text)
+        code, _, err = run_cli(["export", f"{MODELS}:heavy_tail_mlp", "--target", "host", "--calibration",
+                                str(tmp_path / "x.npz"), "--recipe", str(tmp_path / name), "--out",
+                                str(tmp_path / "o")], monkeypatch, capsys)
+        assert code == 1 and expected in err and "Traceback" not in err, err
+        assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*"))

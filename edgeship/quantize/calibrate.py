@@ -114,7 +114,7 @@ def transformed(program: torch.export.ExportedProgram, recipe: Recipe, samples: 
     return module, keep, apply_algorithms(module, recipe, samples, progress, memo)
 
 
-def layers_matching(module: GraphModule, patterns: tuple[str, ...]) -> frozenset[str]:
+def layers_matching(module: GraphModule, patterns: tuple[str, ...], key: str = "keep_float") -> frozenset[str]:
     """Node names of the conv / linear / matmul layers whose module path (with or without the wrapper's
     leading `model.`) or op type matches one of the glob `patterns`."""
     import fnmatch
@@ -136,7 +136,7 @@ def layers_matching(module: GraphModule, patterns: tuple[str, ...]) -> frozenset
         hits = {name for name, keys in layers if any(fnmatch.fnmatchcase(k, pattern) for k in keys)}
         if not hits:
             examples = ", ".join(sorted({k for _, keys in layers for k in keys if "." in k})[:4])
-            raise ConfigError(f"recipe keep_float pattern {pattern!r} matches no layer; layers are named like "
+            raise ConfigError(f"recipe {key} pattern {pattern!r} matches no layer; layers are named like "
                               f"{examples} or by op type (linear, conv2d, matmul)")
         found |= hits
     return frozenset(found)

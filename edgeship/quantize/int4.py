@@ -111,13 +111,14 @@ class _InputGram(torch.fx.Interpreter):
 
 
 def int4_layers(module: GraphModule, group: int | None, samples=None, progress=None,
-                skip: frozenset[str] = frozenset(), bits: int = 4) -> tuple[list[Int4Weight], list[dict]]:
+                skip: frozenset[str] = frozenset(), bits: int = 4,
+                static: frozenset[str] = frozenset()) -> tuple[list[Int4Weight], list[dict]]:
     """The int4 (or int8) weights of every qualifying linear layer (GPTQ when `samples` are given, else
-    round-to-nearest), and a record of the layers left float. `group` None: one scale per output
-    channel."""
+    round-to-nearest), and a record of the layers left float (`skip`). `group` None: one scale per output
+    channel. Layers in `static` are left out (they get static int8 instead)."""
     found, skipped = [], []
     for node in module.graph.nodes:
-        if node.op != "call_function" or node.target not in LINEAR_OPS:
+        if node.op != "call_function" or node.target not in LINEAR_OPS or node.name in static:
             continue
         weight_node = node.args[1]
         if node.meta.get(FLOAT_NODE) or not (isinstance(weight_node, Node) and weight_node.op == "get_attr"):
@@ -202,10 +203,13 @@ def build_int4(program: torch.export.ExportedProgram, recipe, samples, progress=
     """`memo` (quantize/stats_cache.py): GPTQ's values and scales from an earlier run with the same key
     are reused instead of reading the samples; what is computed is added to it. int4 puts the model's
     convolutions in static int8 (`int8_progress()` gives the tick function for that calibration)."""
-    from edgeship.quantize.calibrate import transformed
+    from edgeship.quantize.calibrate import layers_matching, transformed
     from edgeship.quantize.norm_fold import fold_norm_affine
 
     module, keep, records = transformed(program, recipe, samples, progress, memo)
+    matched = layers_matching(module, recipe.keep_int8, "keep_int8")
+    static = frozenset(n.name for n in module.graph.nodes
+                       if n.name in matched and (n.target in LINEAR_OPS or n.target in MATMUL_OPS)) - keep
     folded = fold_norm_affine(module)
     if folded:
         records.append({"algorithm": "norm_fold", "changes": folded})
@@ -213,13 +217,13 @@ def build_int4(program: torch.export.ExportedProgram, recipe, samples, progress=
     bits, group = (8, None) if recipe.scheme == "w8a8-dynamic" else (4, recipe.group_size)
     saved = (memo or {}).get("gptq")
     if gptq and saved:
-        weights, skipped = int4_layers(module, group, None, None, keep, bits)
+        weights, skipped = int4_layers(module, group, None, None, keep, bits, static)
         weights = [Int4Weight(w.layer, w.attr, saved[w.layer]["q"], saved[w.layer]["scale"], w.group, bits)
                    for w in weights]
         if progress is not None:
             progress(len(samples))
     else:
-        weights, skipped = int4_layers(module, group, samples if gptq else None, progress, keep, bits)
+        weights, skipped = int4_layers(module, group, samples if gptq else None, progress, keep, bits, static)
         if gptq and memo is not None:
             memo["gptq"] = {w.layer: {"q": w.q, "scale": w.scale} for w in weights}
     if gptq:
@@ -227,9 +231,9 @@ def build_int4(program: torch.export.ExportedProgram, recipe, samples, progress=
     dequantized = with_int4_weights(module, weights, packed=False)
     int8 = None
     convolutions = _int8_layers(dequantized, keep) if bits == 4 else []
-    if convolutions:
+    if convolutions or static:
         int8 = _int8_elsewhere(dequantized, recipe, samples, int8_progress() if int8_progress else None,
-                               keep, len(convolutions), records, memo)
+                               keep, len(convolutions), static, records, memo)
         dequantized = int8.folded
     return Int4Job(with_int4_weights(dequantized, weights, packed=True), dequantized, weights, skipped, records,
                    "int4" if bits == 4 else "int8-dynamic", int8)
@@ -242,20 +246,20 @@ def _int8_layers(module: GraphModule, keep: frozenset[str]) -> list[str]:
 
 
 def _int8_elsewhere(dequantized: GraphModule, recipe, samples, progress, keep: frozenset[str], convolutions: int,
-                    records: list[dict], memo: dict | None):
-    """The convolutions (and the adds, pools and concats between int8 tensors) of the int4 model in
-    static int8, calibrated like the int8 recipe (the recipe's activation ranges, bias correction) on the
-    graph that already holds the int4 layers' dequantized weights; linear layers and matmuls stay as int4
-    left them."""
+                    static: frozenset[str], records: list[dict], memo: dict | None):
+    """The convolutions and the `static` (keep_int8) linear layers (and the adds, pools and concats
+    between int8 tensors) of the int4 model in static int8, calibrated like the int8 recipe (the recipe's
+    activation ranges, bias correction) on the graph that already holds the int4 layers' dequantized
+    weights; the other linear layers and matmuls stay as int4 left them."""
     from edgeship.quantize.calibrate import convert, observed
     from edgeship.quantize.recipe import Recipe
 
     int8_recipe = Recipe(name=recipe.name, scheme="w8a8", activation_method=recipe.activation_method,
                          algorithms=("bias_correction",))
     linear = {n.name for n in dequantized.graph.nodes
-              if n.op == "call_function" and (n.target in LINEAR_OPS or n.target in MATMUL_OPS)}
-    records.append({"algorithm": "int8_convolutions",
-                    "changes": [{"layers": convolutions, "samples": len(samples)}]})
+              if n.op == "call_function" and (n.target in LINEAR_OPS or n.target in MATMUL_OPS)} - static
+    records.append({"algorithm": "int8_convolutions", "changes": [
+        {"layers": convolutions, "samples": len(samples), **({"keep_int8": sorted(static)} if static else {})}]})
     prepared = observed(copy.deepcopy(dequantized), dequantized, int8_recipe, samples, progress,
                         frozenset(keep | linear), records, memo)
     return convert(prepared)

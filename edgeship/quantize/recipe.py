@@ -41,7 +41,7 @@ class Recipe:
     `w4a8`: int4 weights for linear layers, one symmetric scale per `group_size` input channels, and
     int8 activations quantized per token at run time by the runtime's int4 kernels; convolutions (and
     the adds and pools between their int8 outputs) static int8 as in `w8a8`, with `activation_method`
-    and bias correction; other ops float.
+    and bias correction, and so are the linear layers `keep_int8` names; other ops float.
     It takes `embeddings` (int4 tables) and `gptq` (GPTQ's error-compensating rounding of the int4
     weights); layer norms are always folded into the linear layers that read them first
     (quantize/norm_fold.py).
@@ -63,17 +63,25 @@ class Recipe:
     # layers to leave in float: glob patterns over module paths ("encoder.layer.*.output.dense") or op
     # types ("linear", "conv2d", "matmul"); a pattern that matches no layer is an error
     keep_float: tuple[str, ...] = ()
+    # w4a8 only: linear layers to give static int8 (int8 weights per output channel, int8 activations)
+    # instead of int4 weights, for layers int4 hurts most; the same kind of patterns as keep_float
+    keep_int8: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise unknown_name("scheme", self.scheme, SCHEMES)
         if self.activation_method not in ACTIVATION_METHODS:
             raise unknown_name("activation method", self.activation_method, ACTIVATION_METHODS)
-        if isinstance(self.keep_float, (list, tuple)) and all(isinstance(p, str) for p in self.keep_float):
-            object.__setattr__(self, "keep_float", tuple(self.keep_float))
-        else:
-            raise ConfigError("keep_float must be a list of module-path or op-type patterns, e.g. "
-                              '["encoder.layer.*.output.dense", "conv2d"]')
+        for key in ("keep_float", "keep_int8"):
+            value = getattr(self, key)
+            if isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value):
+                object.__setattr__(self, key, tuple(value))
+            else:
+                raise ConfigError(f"{key} must be a list of module-path or op-type patterns, e.g. "
+                                  '["encoder.layer.*.output.dense", "linear"]')
+        if self.keep_int8 and self.scheme != "w4a8":
+            raise ConfigError(f"keep_int8 is for w4a8 (int4) recipes, where it gives linear layers int8 instead of "
+                              f"int4; {self.scheme} already quantizes them to int8 or leaves them float (keep_float)")
         if self.algorithms is None:
             object.__setattr__(self, "algorithms", DEFAULT_ALGORITHMS.get(self.scheme, ()))
         if isinstance(self.algorithms, (list, tuple)):
