@@ -255,8 +255,9 @@ RANKING_SAMPLES = 32
 class AnalyzeResult:
     model: str
     metric: str
-    all_int8: dict  # simulated accuracy with every layer quantized
+    all_int8: dict  # simulated accuracy with every layer quantized (to int4 for int4 recipes)
     rows: list[dict]  # ranked: layer, op, module, alone, kept_float, cumulative
+    precision: str = "int8"  # what "quantized" means in the rows: int8, or int4 weights
 
 
 def analyze(model: str, calibration: str | Path, *, eval_data: str | Path | None = None,
@@ -278,16 +279,41 @@ def analyze(model: str, calibration: str | Path, *, eval_data: str | Path | None
     loaded, calib, evaluation = _load_inputs(model, calibration, eval_data, input_shapes, input_dtypes, preprocess)
     _, flat, program = _capture(loaded, calib)
     resolved = recipe_by_name(recipe)
-    prepared = calibrate(program, resolved, calib, progress("calibrate", len(calib) * resolved.calibration_passes))
+    if resolved.scheme not in ("w8a8", "w4a8"):
+        raise ConfigError(f"analyze ranks layers for int8 (w8a8) and int4 (w4a8) recipes; {resolved.name} is "
+                          f"{resolved.scheme}: use --recipe int8 or int4")
     evaluation = evaluation.take(list(range(min(len(evaluation), RANKING_SAMPLES))), evaluation.source)
-    sim = sens.Simulator(copy.deepcopy(prepared), evaluation, torch_outputs(flat, evaluation))
+    reference = torch_outputs(flat, evaluation)
+    if resolved.scheme == "w4a8":
+        sim = _int4_simulator(program, resolved, calib, evaluation, reference, progress)
+    else:
+        prepared = calibrate(program, resolved, calib, progress("calibrate", len(calib) * resolved.calibration_passes))
+        sim = sens.Simulator(copy.deepcopy(prepared), evaluation, reference)
     found = sens.rank(sim, metric, alone=True, advance=progress("per-layer sensitivity", len(sim.layers)))
     rows, kept_float = [], set()
     for s in found:
         kept_float.add(s.layer.name)
         rows.append({"layer": s.layer.name, "op": s.layer.op, "module": s.layer.module, "alone": s.alone,
                      "kept_float": s.kept_float, "cumulative": sim.evaluate(kept_float)})
-    return AnalyzeResult(loaded.source, metric, sim.evaluate(), rows)
+    return AnalyzeResult(loaded.source, metric, sim.evaluate(), rows,
+                         "int4" if resolved.scheme == "w4a8" else "int8")
+
+
+def _int4_simulator(program, recipe, calib, evaluation, reference, progress: Progress):
+    """The int4 recipe's linear layers, each switchable between float and its int4 weights (GPTQ's when
+    the recipe has it); convolutions, which int4 gives int8, are not ranked."""
+    from edgeship.quantize import sensitivity as sens
+    from edgeship.quantize.calibrate import transformed
+    from edgeship.quantize.int4 import int4_layers
+    from edgeship.quantize.norm_fold import fold_norm_affine
+
+    tick = progress("calibrate", len(calib) * recipe.calibration_passes)
+    module, keep, _ = transformed(program, recipe, calib, tick)
+    fold_norm_affine(module)
+    weights, _ = int4_layers(module, recipe.group_size, calib if "gptq" in recipe.algorithms else None, tick, keep)
+    if not weights:
+        raise ConfigError("the model has no linear layer that int4 quantizes; analyze it with --recipe int8")
+    return sens.Int4Simulator(module, weights, evaluation, reference)
 
 
 @dataclass(frozen=True)

@@ -160,7 +160,8 @@ def analyze(
     top: Annotated[int, typer.Option(help="Rows to show.")] = 20,
     format: FormatOpt = Format.table,
 ) -> None:
-    """Rank the layers by how much int8 hurts them (simulated on the eval samples).
+    """Rank the layers by how much int8 (or, with an int4 recipe, int4 weights) hurts them (simulated on
+    the eval samples).
 
     Example: edgeship analyze examples/minilm.py:build -c calibration_data/sentences-minilm.npz --metric cosine
     """
@@ -171,16 +172,16 @@ def analyze(
         result = api.analyze(model, calibration, eval_data=eval_data, input_shapes=input_shape,
                              input_dtypes=input_dtype, recipe=recipe, metric=metric, progress=progress)
     if format is Format.json:
-        typer.echo(json.dumps({"model": result.model, "metric": result.metric, "all_int8": result.all_int8,
-                               "rows": result.rows}, indent=1))
+        typer.echo(json.dumps({"model": result.model, "metric": result.metric, "precision": result.precision,
+                               "all_int8": result.all_int8, "rows": result.rows}, indent=1))
         return
     from rich.console import Console
     from rich.table import Table
 
-    m = result.metric
-    table = Table("rank", "layer", "op", "module", f"{m}: only this int8", f"{m}: this in float",
+    m, p = result.metric, result.precision
+    table = Table("rank", "layer", "op", "module", f"{m}: only this {p}", f"{m}: this in float",
                   f"{m}: this and above in float",
-                  title=f"{result.model}: all layers int8 gives {m} {result.all_int8[m]}")
+                  title=f"{result.model}: all layers {p} gives {m} {result.all_int8[m]}")
     def cell(acc: dict) -> str:
         return "exact" if acc[m] is None and acc["max_abs_error"] == 0 else str(acc[m])
 

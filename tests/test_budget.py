@@ -73,6 +73,25 @@ def test_analyze_ranks_layers(ffn_data, monkeypatch, capsys) -> None:
     assert result["all_int8"]["sqnr_db"] < min(gains)
 
 
+def test_analyze_ranks_linear_layers_for_int4(tmp_path, monkeypatch, capsys) -> None:
+    """With an int4 recipe, analyze ranks the linear layers by what their int4 weights cost (the layer
+    to give keep_int8 or keep_float first), and its all-int4 figure is what the export simulates."""
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).standard_normal((24, 8, 64)).astype(np.float32))
+    code, out, err = run_cli(["analyze", f"{MODELS}:heavy_tail_mlp", "--calibration", str(tmp_path / "x.npz"),
+                              "--format", "json", "--recipe", "int4"], monkeypatch, capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["precision"] == "int4"
+    rows = result["rows"]
+    assert [r["module"] for r in rows] == ["model.a", "model.b"]  # a's heavy-tailed weights first
+    assert rows[0]["kept_float"]["sqnr_db"] > result["all_int8"]["sqnr_db"] + 10
+    assert rows[0]["alone"]["sqnr_db"] < rows[1]["alone"]["sqnr_db"]
+    assert rows[-1]["cumulative"]["max_abs_error"] == 0.0
+    code, _, err = run_cli(["analyze", f"{MODELS}:heavy_tail_mlp", "--calibration", str(tmp_path / "x.npz"),
+                            "--recipe", "fp16"], monkeypatch, capsys)
+    assert code == 1 and "analyze ranks layers for int8 (w8a8) and int4 (w4a8) recipes" in err
+
+
 def test_budget_choice_is_in_the_report(tmp_path, ffn_data, monkeypatch, capsys) -> None:
     code, _, err = run_cli(["export", f"{MODELS}:outlier_ffn", "--target", "host", "--calibration", str(ffn_data),
                             "--out", str(tmp_path), "--min-cosine", "0.9999", "--recipe", "int8-plain"],

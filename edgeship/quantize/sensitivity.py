@@ -1,4 +1,5 @@
-"""Per-layer sensitivity and the fewest layers to keep in float to meet an accuracy budget.
+"""Per-layer sensitivity and the fewest layers to keep in float to meet an accuracy budget; for int4
+recipes, the linear layers' sensitivity to their int4 weights.
 
 pt2e observers watch float values, so calibration does not depend on which layers end up
 quantized: one calibration serves every choice. Each observer is replaced by a fake-quantize module
@@ -89,6 +90,9 @@ class Simulator:
         on_only = None if only is None else set(next(l for l in self.layers if l.name == only).observers)
         for name, fq in self.fq.items():
             fq.enabled = (name in on_only) if on_only is not None else (name not in off)
+        return self._run()
+
+    def _run(self) -> dict:
         outputs = []
         with torch.no_grad():
             for i in range(len(self.evaluation)):
@@ -96,6 +100,37 @@ class Simulator:
                 result = result if isinstance(result, (tuple, list)) else (result,)
                 outputs.append([r.numpy() for r in result])
         return accuracy(self.reference, outputs)
+
+
+class Int4Simulator:
+    """The float graph (after the int4 recipe's passes) with each linear layer's weight switchable
+    between float and its int4 values (dequantized), evaluated like `Simulator`: what `analyze` ranks
+    for int4 recipes, where a sensitive layer can be given int8 (keep_int8) or float (keep_float)."""
+
+    def __init__(self, module: GraphModule, weights: list, evaluation: Samples, reference) -> None:
+        from edgeship.quantize.graphs import attr
+
+        self.gm = copy.deepcopy(module)
+        self.evaluation, self.reference = evaluation, reference
+        self.weights = {w.layer: w for w in weights}
+        self.values = {w.layer: (attr(self.gm, w.attr), w.dequantized()) for w in weights}
+        nodes = {n.name: n for n in self.gm.graph.nodes}
+        self.layers = [Layer(w.layer, "linear", _module_path(nodes[w.layer]), ()) for w in weights]
+
+    subset = Simulator.subset
+
+    def evaluate(self, float_layers: set[str] | frozenset[str] = frozenset(), only: str | None = None) -> dict:
+        from edgeship.quantize.graphs import replace_attr
+
+        for name, w in self.weights.items():
+            int4 = name == only if only is not None else name not in float_layers
+            replace_attr(self.gm, w.attr, self.values[name][1 if int4 else 0])
+        return Simulator._run(self)
+
+
+def _module_path(node: Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else ""
 
 
 def _observers_of(nodes) -> list[str]:
@@ -133,9 +168,7 @@ def _layers(prepared: GraphModule) -> list[Layer]:
             continue
         outputs = _downstream_observers(node) or []
         observers = tuple(dict.fromkeys(inputs + outputs))
-        stack = node.meta.get("nn_module_stack") or {}
-        module = list(stack.values())[-1][0] if stack else ""
-        layers.append(Layer(node.name, str(node.target).split(".")[-2], module, observers))
+        layers.append(Layer(node.name, str(node.target).split(".")[-2], _module_path(node), observers))
     return layers
 
 
