@@ -82,7 +82,7 @@ def capture(model: torch.nn.Module, args: tuple, source_file: str | None) -> tor
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()  # no terminal colours
     line = next((t.strip() for t in text if t.strip()), "")
     return line[:300]
 
@@ -122,8 +122,10 @@ def export_float_onnx(program: torch.export.ExportedProgram, path: Path, input_n
         onnx_program = torch.onnx.export(program, input_names=input_names, output_names=output_names,
                                          dynamo=True, optimize=True, verbose=False)
     except Exception as exc:  # the ONNX exporter raises many types for ops it cannot translate
+        cause = exc.__cause__  # the exporter wraps the failing step's error; that one names the op
+        why = f" ({type(cause).__name__}: {_first_line(cause)})" if cause is not None else ""
         raise ExportError(f"torch.onnx.export cannot translate the model: {type(exc).__name__}: "
-                          f"{_first_line(exc)}; run with --debug for the full trace") from exc
+                          f"{_first_line(exc)}{why}; run with --debug for the full trace") from exc
     onnx_program.save(str(path))
     strip_metadata(path)
 
