@@ -23,11 +23,11 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch.fx import GraphModule, Interpreter, Node
+from torch.fx import GraphModule, Node
 from torchao.quantization.pt2e.observer import ObserverBase
 
 from edgeship.calibration.samples import Samples
-from edgeship.quantize.graphs import attr, run_samples
+from edgeship.quantize.graphs import Watcher, attr, run_samples
 from edgeship.quantize.quantizer import CONV_OPS
 
 
@@ -48,23 +48,24 @@ def _corrected_layers(prepared: GraphModule) -> list[tuple[Node, ObserverBase, s
     return found
 
 
-class _InputMeans(Interpreter):
+class _InputMeans(Watcher):
     """Sums each watched convolution's input per channel (axis 1). Observers are passed over (they
     return their input), so their statistics stay those of the calibration pass."""
 
     def __init__(self, module: GraphModule, layers: set[str]) -> None:
-        super().__init__(module)
-        self.layers, self.sums, self.counts = layers, {}, {}
+        super().__init__(module, layers)
+        self.sums, self.counts = {}, {}
 
     def run_node(self, n: Node):
         if n.op == "call_module" and isinstance(self.module.get_submodule(n.target), ObserverBase):
             return self.env[n.args[0]]
-        if n.name in self.layers:
-            x = self.env[n.args[0]].detach().double()
-            flat = x.transpose(0, 1).reshape(x.shape[1], -1)
-            self.sums[n.name] = self.sums.get(n.name, 0) + flat.sum(dim=1)
-            self.counts[n.name] = self.counts.get(n.name, 0) + flat.shape[1]
         return super().run_node(n)
+
+    def record(self, node: Node, out) -> None:
+        x = self.env[node.args[0]].detach().double()
+        flat = x.transpose(0, 1).reshape(x.shape[1], -1)
+        self.sums[node.name] = self.sums.get(node.name, 0) + flat.sum(dim=1)
+        self.counts[node.name] = self.counts.get(node.name, 0) + flat.shape[1]
 
 
 def _shift(error: torch.Tensor, mean: torch.Tensor, groups: int) -> torch.Tensor:

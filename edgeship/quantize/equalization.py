@@ -27,10 +27,10 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch.fx import GraphModule, Interpreter, Node
+from torch.fx import GraphModule, Node
 
 from edgeship.calibration.samples import Samples
-from edgeship.quantize.graphs import attr, replace_attr, run_samples
+from edgeship.quantize.graphs import Watcher, attr, replace_attr, run_samples
 from edgeship.quantize.quantizer import CONV_OPS
 
 aten = torch.ops.aten
@@ -86,19 +86,16 @@ def _pairs(module: GraphModule) -> list[_Pair]:
     return found
 
 
-class _PreActivationMax(Interpreter):
+class _PreActivationMax(Watcher):
     """Max over the samples of each watched node's output, per channel (axis 1)."""
 
     def __init__(self, module: GraphModule, watch: set[str]) -> None:
-        super().__init__(module)
-        self.watch, self.amax = watch, {}
+        super().__init__(module, watch)
+        self.amax = {}
 
-    def run_node(self, n: Node):
-        out = super().run_node(n)
-        if n.name in self.watch:
-            v = out.detach().transpose(0, 1).reshape(out.shape[1], -1).amax(dim=1).float()
-            self.amax[n.name] = torch.maximum(self.amax[n.name], v) if n.name in self.amax else v
-        return out
+    def record(self, node: Node, out) -> None:
+        v = out.detach().transpose(0, 1).reshape(out.shape[1], -1).amax(dim=1).float()
+        self.amax[node.name] = torch.maximum(self.amax[node.name], v) if node.name in self.amax else v
 
 
 def _folded_norm_factor(module: GraphModule, norm: Node | None, channels: int) -> torch.Tensor:

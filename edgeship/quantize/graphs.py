@@ -12,25 +12,40 @@ from edgeship.calibration.samples import Samples
 from edgeship.export.inputs import to_torch
 
 
-class ChannelMax(Interpreter):
-    """Runs the graph and keeps, for each watched node, the max |value| per last-axis channel, and
-    (when `keep` > 0) up to `keep` rows of its values for fitting."""
+class Watcher(Interpreter):
+    """Runs the graph and hands each watched node and its output to `record` (the node's inputs are
+    still in `self.env` then): what every pass that collects statistics over the samples builds on."""
 
-    def __init__(self, module: GraphModule, watch: set[str], keep: int = 0) -> None:
+    def __init__(self, module: GraphModule, watch: set[str]) -> None:
         super().__init__(module)
-        self.watch, self.keep, self.amax, self.rows = watch, keep, {}, {}
+        self.watch = watch
 
     def run_node(self, n: Node):
         out = super().run_node(n)
         if n.name in self.watch:
-            flat = out.detach().reshape(-1, out.shape[-1]).float()
-            v = flat.abs().amax(dim=0)
-            self.amax[n.name] = torch.maximum(self.amax[n.name], v) if n.name in self.amax else v
-            kept = self.rows.setdefault(n.name, [])
-            have = sum(len(r) for r in kept)
-            if have < self.keep:
-                kept.append(flat[: self.keep - have].clone())
+            self.record(n, out)
         return out
+
+    def record(self, node: Node, out) -> None:
+        raise NotImplementedError
+
+
+class ChannelMax(Watcher):
+    """Keeps, for each watched node, the max |value| per last-axis channel, and (when `keep` > 0) up to
+    `keep` rows of its values for fitting."""
+
+    def __init__(self, module: GraphModule, watch: set[str], keep: int = 0) -> None:
+        super().__init__(module, watch)
+        self.keep, self.amax, self.rows = keep, {}, {}
+
+    def record(self, node: Node, out) -> None:
+        flat = out.detach().reshape(-1, out.shape[-1]).float()
+        v = flat.abs().amax(dim=0)
+        self.amax[node.name] = torch.maximum(self.amax[node.name], v) if node.name in self.amax else v
+        kept = self.rows.setdefault(node.name, [])
+        have = sum(len(r) for r in kept)
+        if have < self.keep:
+            kept.append(flat[: self.keep - have].clone())
 
 
 def run_samples(recorder: Interpreter, samples: Samples, progress: Callable[[int], None] | None = None) -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.fx import GraphModule, Node
 
-from edgeship.quantize.graphs import attr, replace_attr, run_samples
+from edgeship.quantize.graphs import Watcher, attr, replace_attr, run_samples
 from edgeship.quantize.quantizer import CONV_OPS, FLOAT_NODE, LINEAR_OPS, MATMUL_OPS
 
 if TYPE_CHECKING:
@@ -95,19 +95,18 @@ def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, group: int, block: 
     return q, scale.float()
 
 
-class _InputGram(torch.fx.Interpreter):
+class _InputGram(Watcher):
     """Accumulates H = sum x^T x of the inputs of the watched linear layers."""
 
     def __init__(self, module: GraphModule, layers: set[str]) -> None:
-        super().__init__(module)
-        self.layers, self.gram = layers, {}
+        super().__init__(module, layers)
+        self.gram = {}
 
-    def run_node(self, n: Node):
-        if n.name in self.layers:
-            x = self.env[n.args[0]].detach().reshape(-1, self.env[n.args[0]].shape[-1]).double()
-            g = x.T @ x
-            self.gram[n.name] = self.gram[n.name] + g if n.name in self.gram else g
-        return super().run_node(n)
+    def record(self, node: Node, out) -> None:
+        x = self.env[node.args[0]].detach()
+        x = x.reshape(-1, x.shape[-1]).double()
+        g = x.T @ x
+        self.gram[node.name] = self.gram[node.name] + g if node.name in self.gram else g
 
 
 def int4_layers(module: GraphModule, group: int | None, samples=None, progress=None,

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.fx import GraphModule, Interpreter, Node
+from torch.fx import GraphModule, Node
 
 from edgeship.calibration.samples import Samples
 from edgeship.export.inputs import to_torch
+from edgeship.quantize.graphs import Watcher
 from edgeship.quantize.quantizer import ACTIVATIONS, FLOAT_NODE
 from edgeship.quantize.sensitivity import LAYER_OPS
 
@@ -61,16 +62,14 @@ def checkpoints(folded: GraphModule) -> list[tuple[str, str, str, str]]:
     return found
 
 
-class _Record(Interpreter):
+class _Record(Watcher):
     def __init__(self, module: GraphModule, names: set[str]) -> None:
-        super().__init__(module)
-        self.names, self.values = names, {}
+        super().__init__(module, names)
+        self.values = {}
 
-    def run_node(self, n: Node):
-        out = super().run_node(n)
-        if n.name in self.names and isinstance(out, torch.Tensor):
-            self.values[n.name] = out.detach().float().numpy().copy()
-        return out
+    def record(self, node: Node, out) -> None:
+        if isinstance(out, torch.Tensor):
+            self.values[node.name] = out.detach().float().numpy().copy()
 
 
 def graph_values(module: GraphModule, names: set[str], samples: Samples) -> list[dict[str, np.ndarray]]:
