@@ -303,13 +303,10 @@ def _int4_simulator(program, recipe, calib, evaluation, reference, progress: Pro
     """The int4 recipe's linear layers, each switchable between float and its int4 weights (GPTQ's when
     the recipe has it); convolutions, which int4 gives int8, are not ranked."""
     from edgeship.quantize import sensitivity as sens
-    from edgeship.quantize.calibrate import transformed
-    from edgeship.quantize.int4 import int4_layers
-    from edgeship.quantize.norm_fold import fold_norm_affine
+    from edgeship.quantize.int4 import float_graph, int4_layers
 
     tick = progress("calibrate", len(calib) * recipe.calibration_passes)
-    module, keep, _ = transformed(program, recipe, calib, tick)
-    fold_norm_affine(module)
+    module, keep, _ = float_graph(program, recipe, calib, tick)
     weights, _ = int4_layers(module, recipe.group_size, calib if "gptq" in recipe.algorithms else None, tick, keep)
     if not weights:
         raise ConfigError("the model has no linear layer that int4 quantizes; analyze it with --recipe int8")

@@ -120,15 +120,14 @@ def layers_matching(module: GraphModule, patterns: tuple[str, ...], key: str = "
     import fnmatch
 
     from edgeship.errors import ConfigError
-    from edgeship.quantize.sensitivity import LAYER_OPS
+    from edgeship.quantize.sensitivity import LAYER_OPS, module_path
 
     if not patterns:
         return frozenset()
     layers = []
     for node in module.graph.nodes:
         if node.op == "call_function" and node.target in LAYER_OPS:
-            stack = node.meta.get("nn_module_stack") or {}
-            path = list(stack.values())[-1][0] if stack else ""
+            path = module_path(node)
             op = str(node.target).split(".")[-2]
             layers.append((node.name, {path, path.removeprefix("model."), op}))
     found = set()

@@ -197,21 +197,31 @@ class Int4Job:
             **({"int8_layers": self.int8.encodings} if self.int8 is not None else {})}
 
 
+def float_graph(program: torch.export.ExportedProgram, recipe, samples, progress=None, memo: dict | None = None
+                ) -> tuple[GraphModule, frozenset[str], list[dict]]:
+    """The float graph whose linear layers get int4 weights: the recipe's passes applied and the layer
+    norms folded into the linear layers that read them; also the keep_float layers and the records."""
+    from edgeship.quantize.calibrate import transformed
+    from edgeship.quantize.norm_fold import fold_norm_affine
+
+    module, keep, records = transformed(program, recipe, samples, progress, memo)
+    folded = fold_norm_affine(module)
+    if folded:
+        records.append({"algorithm": "norm_fold", "changes": folded})
+    return module, keep, records
+
+
 def build_int4(program: torch.export.ExportedProgram, recipe, samples, progress=None, memo: dict | None = None,
                int8_progress=None) -> Int4Job:
     """`memo` (quantize/stats_cache.py): GPTQ's values and scales from an earlier run with the same key
     are reused instead of reading the samples; what is computed is added to it. int4 puts the model's
     convolutions in static int8 (`int8_progress()` gives the tick function for that calibration)."""
-    from edgeship.quantize.calibrate import layers_matching, transformed
-    from edgeship.quantize.norm_fold import fold_norm_affine
+    from edgeship.quantize.calibrate import layers_matching
 
-    module, keep, records = transformed(program, recipe, samples, progress, memo)
+    module, keep, records = float_graph(program, recipe, samples, progress, memo)
     matched = layers_matching(module, recipe.keep_int8, "keep_int8")
     static = frozenset(n.name for n in module.graph.nodes
                        if n.name in matched and (n.target in LINEAR_OPS or n.target in MATMUL_OPS)) - keep
-    folded = fold_norm_affine(module)
-    if folded:
-        records.append({"algorithm": "norm_fold", "changes": folded})
     gptq = "gptq" in recipe.algorithms
     bits, group = (8, None) if recipe.scheme == "w8a8-dynamic" else (4, recipe.group_size)
     saved = (memo or {}).get("gptq")

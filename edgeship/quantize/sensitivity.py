@@ -63,7 +63,32 @@ class Sensitivity:
     kept_float: dict  # accuracy with every layer quantized but this one
 
 
-class Simulator:
+class _Evaluated:
+    """A graph run on the evaluation samples and compared with the float outputs; subclasses set `gm`,
+    `layers` and the switches `evaluate` flips."""
+
+    evaluation: Samples
+    reference: list
+
+    def subset(self, count: int):
+        """The same graph and switches, evaluated on the first `count` samples only."""
+        view = copy.copy(self)
+        view.evaluation = self.evaluation.take(list(range(min(count, len(self.evaluation)))),
+                                               self.evaluation.source)
+        view.reference = self.reference[:count]
+        return view
+
+    def _run(self) -> dict:
+        outputs = []
+        with torch.no_grad():
+            for i in range(len(self.evaluation)):
+                result = self.gm(*to_torch(self.evaluation.sample(i)))
+                result = result if isinstance(result, (tuple, list)) else (result,)
+                outputs.append([r.numpy() for r in result])
+        return accuracy(self.reference, outputs)
+
+
+class Simulator(_Evaluated):
     """The calibrated graph with switchable fake quantization, evaluated against float outputs."""
 
     def __init__(self, prepared: GraphModule, evaluation: Samples, reference) -> None:
@@ -77,14 +102,6 @@ class Simulator:
                 self.fq[node.target] = fq
         self.layers = _layers(prepared)
 
-    def subset(self, count: int) -> Simulator:
-        """The same graph and switches, evaluated on the first `count` samples only."""
-        view = copy.copy(self)
-        view.evaluation = self.evaluation.take(list(range(min(count, len(self.evaluation)))),
-                                               self.evaluation.source)
-        view.reference = self.reference[:count]
-        return view
-
     def evaluate(self, float_layers: set[str] | frozenset[str] = frozenset(), only: str | None = None) -> dict:
         off = {o for layer in self.layers if layer.name in float_layers for o in layer.observers}
         on_only = None if only is None else set(next(l for l in self.layers if l.name == only).observers)
@@ -92,17 +109,8 @@ class Simulator:
             fq.enabled = (name in on_only) if on_only is not None else (name not in off)
         return self._run()
 
-    def _run(self) -> dict:
-        outputs = []
-        with torch.no_grad():
-            for i in range(len(self.evaluation)):
-                result = self.gm(*to_torch(self.evaluation.sample(i)))
-                result = result if isinstance(result, (tuple, list)) else (result,)
-                outputs.append([r.numpy() for r in result])
-        return accuracy(self.reference, outputs)
 
-
-class Int4Simulator:
+class Int4Simulator(_Evaluated):
     """The float graph (after the int4 recipe's passes) with each linear layer's weight switchable
     between float and its int4 values (dequantized), evaluated like `Simulator`: what `analyze` ranks
     for int4 recipes, where a sensitive layer can be given int8 (keep_int8) or float (keep_float)."""
@@ -115,9 +123,7 @@ class Int4Simulator:
         self.weights = {w.layer: w for w in weights}
         self.values = {w.layer: (attr(self.gm, w.attr), w.dequantized()) for w in weights}
         nodes = {n.name: n for n in self.gm.graph.nodes}
-        self.layers = [Layer(w.layer, "linear", _module_path(nodes[w.layer]), ()) for w in weights]
-
-    subset = Simulator.subset
+        self.layers = [Layer(w.layer, "linear", module_path(nodes[w.layer]), ()) for w in weights]
 
     def evaluate(self, float_layers: set[str] | frozenset[str] = frozenset(), only: str | None = None) -> dict:
         from edgeship.quantize.graphs import replace_attr
@@ -125,10 +131,10 @@ class Int4Simulator:
         for name, w in self.weights.items():
             int4 = name == only if only is not None else name not in float_layers
             replace_attr(self.gm, w.attr, self.values[name][1 if int4 else 0])
-        return Simulator._run(self)
+        return self._run()
 
 
-def _module_path(node: Node) -> str:
+def module_path(node: Node) -> str:
     stack = node.meta.get("nn_module_stack") or {}
     return list(stack.values())[-1][0] if stack else ""
 
@@ -168,7 +174,7 @@ def _layers(prepared: GraphModule) -> list[Layer]:
             continue
         outputs = _downstream_observers(node) or []
         observers = tuple(dict.fromkeys(inputs + outputs))
-        layers.append(Layer(node.name, str(node.target).split(".")[-2], _module_path(node), observers))
+        layers.append(Layer(node.name, str(node.target).split(".")[-2], module_path(node), observers))
     return layers
 
 
