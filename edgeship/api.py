@@ -199,7 +199,8 @@ def _quantize(recipe, program, flat, args, calib, evaluation, reference, memo, b
         from edgeship.quantize.int4 import build_int4
 
         job = build_int4(program, recipe, calib, progress("weights", len(calib) * (recipe.calibration_passes - 1)),
-                         memo, lambda: progress("calibrate convolutions", len(calib) * 2))
+                         memo, lambda: progress("calibrate convolutions",
+                                                len(calib) * (2 + ("gptq" in recipe.algorithms))))
         return None, None, job, None, job.encodings()
     choice = None
     prepared = calibrate(program, recipe, calib, progress("calibrate", len(calib) * recipe.calibration_passes),

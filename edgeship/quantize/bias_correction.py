@@ -77,9 +77,11 @@ def _shift(error: torch.Tensor, mean: torch.Tensor, groups: int) -> torch.Tensor
 
 
 def correct_biases(prepared: GraphModule, samples: Samples, progress: Callable[[int], None] | None = None,
-                   memo: dict | None = None) -> list[dict]:
+                   memo: dict | None = None, originals: dict[str, torch.Tensor] | None = None) -> list[dict]:
     """Corrects the biases of `prepared` in place; returns one record per layer (its largest shift).
-    `memo`: filled with the input means; when it holds them, the samples are not read."""
+    `memo`: filled with the input means; when it holds them, the samples are not read. `originals`: the
+    float weights (by attribute) that an earlier pass (GPTQ) replaced with int8 values; the shift is
+    measured from them."""
     layers = _corrected_layers(prepared)
     if not layers:
         return []
@@ -106,7 +108,7 @@ def correct_biases(prepared: GraphModule, samples: Samples, progress: Callable[[
             rounded = torch.fake_quantize_per_channel_affine(weight, scale.float(), zero_point.int(), 0,
                                                              int(observer.quant_min), int(observer.quant_max))
         groups = int(node.args[6]) if len(node.args) > 6 else 1
-        shift = _shift((rounded - weight).double(), means[node.name], groups)
+        shift = _shift((rounded - (originals or {}).get(weight_attr, weight)).double(), means[node.name], groups)
         bias = attr(prepared, bias_attr)
         with torch.no_grad():
             bias.sub_(shift.to(bias.dtype))

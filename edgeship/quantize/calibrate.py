@@ -55,8 +55,8 @@ def observed(module: GraphModule, reference: GraphModule, recipe: Recipe, sample
              memo: dict | None) -> GraphModule:
     """`module` (already through the recipe's graph passes) prepared with the int8 quantizer, its
     observers fed the samples (or loaded from `memo`), the activation range rule chosen against
-    `reference`'s float outputs, and biases corrected when the recipe asks; `records` gets what each
-    step did. `skip`: node names left float."""
+    `reference`'s float outputs, the int8 weights rounded by GPTQ and biases corrected when the recipe
+    asks; `records` gets what each step did. `skip`: node names left float."""
     from edgeship.quantize.stats_cache import FAMILIES, load_observer_states, observer_states
 
     quantizer = EdgeshipQuantizer(activation_method=recipe.activation_method, skip=skip,
@@ -78,12 +78,20 @@ def observed(module: GraphModule, reference: GraphModule, recipe: Recipe, sample
         chosen = choose_range_rule(prepared, reference, samples)
         if chosen:
             records.append({"algorithm": "activation_ranges", "changes": [chosen]})
+    originals = {}
+    if "gptq" in recipe.algorithms:
+        from edgeship.quantize.gptq import round_weights
+
+        passes = memo.setdefault("passes", {}).setdefault("gptq", {}) if memo is not None else None
+        with torch.no_grad():
+            changes, originals = round_weights(prepared, samples, progress, passes)
+        records.append({"algorithm": "gptq", "changes": changes})
     if "bias_correction" in recipe.algorithms:
         from edgeship.quantize.bias_correction import correct_biases
 
         passes = memo.setdefault("passes", {}).setdefault("bias_correction", {}) if memo is not None else None
         with torch.no_grad():
-            changes = correct_biases(prepared, samples, progress, passes)
+            changes = correct_biases(prepared, samples, progress, passes, originals)
         records.append({"algorithm": "bias_correction", "changes": changes})
     return prepared
 

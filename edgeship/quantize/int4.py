@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch.fx import GraphModule, Node
 
-from edgeship.quantize.graphs import Watcher, attr, replace_attr, run_samples
+from edgeship.quantize.graphs import attr, replace_attr, run_samples
+from edgeship.quantize.gptq import PatchGram, gptq_columns
 from edgeship.quantize.quantizer import CONV_OPS, FLOAT_NODE, LINEAR_OPS, MATMUL_OPS
 
 if TYPE_CHECKING:
@@ -60,53 +61,12 @@ def quantize_weight(weight: torch.Tensor, group: int, bits: int = 4) -> tuple[to
     return q.reshape(out, cols), scale
 
 
-def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, group: int, block: int = 128,
-                damp: float = 0.01, bits: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """GPTQ (Frantar et al. 2023): quantize the columns in order and spread each column's rounding error
-    over the columns not yet quantized, weighted by the inverse of H = sum x^T x over the calibration
-    inputs, so the layer's outputs on those inputs move least. Scales are set per group from the
-    updated weights when the group starts. Returns (q, scale) like `quantize_weight`."""
-    qmin, qmax = value_range(bits)
-    w = weight.detach().double().clone()
-    out, cols = w.shape
-    h = hessian.double().clone()
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h += torch.eye(cols, dtype=h.dtype) * damp * float(torch.diag(h).mean())
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    q = torch.zeros(out, cols, dtype=torch.int8)
-    scale = torch.zeros(out, cols // group, dtype=torch.float64)
-    block = max(group, block - block % group)
-    for start in range(0, cols, block):
-        end = min(start + block, cols)
-        w1, err1, hinv1 = w[:, start:end].clone(), torch.zeros(out, end - start, dtype=w.dtype), hinv[start:end, start:end]
-        for i in range(end - start):
-            col = start + i
-            if col % group == 0:
-                scale[:, col // group] = w1[:, i:i + group].abs().amax(dim=1).clamp(min=1e-10) / qmax
-            s = scale[:, col // group]
-            qi = torch.round(w1[:, i] / s).clamp(qmin, qmax)
-            q[:, col] = qi.to(torch.int8)
-            err = (w1[:, i] - qi * s) / hinv1[i, i]
-            w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
-            err1[:, i] = err
-        w[:, end:] -= err1 @ hinv[start:end, end:]
-    return q, scale.float()
-
-
-class _InputGram(Watcher):
-    """Accumulates H = sum x^T x of the inputs of the watched linear layers."""
-
-    def __init__(self, module: GraphModule, layers: set[str]) -> None:
-        super().__init__(module, layers)
-        self.gram = {}
-
-    def record(self, node: Node, out) -> None:
-        x = self.env[node.args[0]].detach()
-        x = x.reshape(-1, x.shape[-1]).double()
-        g = x.T @ x
-        self.gram[node.name] = self.gram[node.name] + g if node.name in self.gram else g
+def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, group: int, bits: int = 4
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """GPTQ (quantize/gptq.py) with one H = sum x^T x for all rows and a scale per `group` columns of each
+    row, set from the updated weights when the group starts. Returns (q, scale) like `quantize_weight`."""
+    q, scale = gptq_columns(weight[None], hessian[None], *value_range(bits), group=group)
+    return q[0], scale[0]
 
 
 def int4_layers(module: GraphModule, group: int | None, samples=None, progress=None,
@@ -133,9 +93,9 @@ def int4_layers(module: GraphModule, group: int | None, samples=None, progress=N
             continue
         found.append(Int4Weight(node.name, weight_node.target, *quantize_weight(weight, size, bits), size, bits))
     if samples is not None and found:
-        recorder = _InputGram(module, {w.layer for w in found})
+        recorder = PatchGram(module, {w.layer for w in found})
         run_samples(recorder, samples, progress)
-        found = [Int4Weight(w.layer, w.attr, *gptq_weight(attr(module, w.attr), recorder.gram[w.layer], w.group,
+        found = [Int4Weight(w.layer, w.attr, *gptq_weight(attr(module, w.attr), recorder.gram[w.layer][0], w.group,
                                                            bits=bits), w.group, bits)
                  if w.layer in recorder.gram else w for w in found]
     return found, skipped
@@ -264,7 +224,8 @@ def _int8_elsewhere(dequantized: GraphModule, recipe, samples, progress, keep: f
     from edgeship.quantize.recipe import Recipe
 
     int8_recipe = Recipe(name=recipe.name, scheme="w8a8", activation_method=recipe.activation_method,
-                         algorithms=("bias_correction",))
+                         algorithms=tuple(a for a in ("gptq", "bias_correction")
+                                          if a == "bias_correction" or a in recipe.algorithms))
     linear = {n.name for n in dequantized.graph.nodes
               if n.op == "call_function" and (n.target in LINEAR_OPS or n.target in MATMUL_OPS)} - static
     records.append({"algorithm": "int8_convolutions", "changes": [

@@ -19,7 +19,7 @@ ALGORITHMS = ("embeddings", "cross_layer_equalization", "outlier_channels", "smo
 # one pass over the calibration samples each
 READS_SAMPLES = ("cross_layer_equalization", "outlier_channels", "smoothquant", "gptq", "bias_correction")
 WEIGHT_GRANULARITIES = ("per_channel", "per_tensor")
-DEFAULT_ALGORITHMS = {"w8a8": ("embeddings", "outlier_channels", "smoothquant", "bias_correction"),
+DEFAULT_ALGORITHMS = {"w8a8": ("embeddings", "outlier_channels", "smoothquant", "gptq", "bias_correction"),
                       "w4a8": ("embeddings", "gptq"), "w8a8-dynamic": ("embeddings",), "fp16": ()}
 # what each scheme may take (its defaults and more)
 SCHEME_ALGORITHMS = DEFAULT_ALGORITHMS | {"w8a8-dynamic": ("embeddings", "gptq"),
@@ -35,15 +35,16 @@ class Recipe:
     embedding tables, one scale per row), `outlier_channels`
     (linear output channels far above the rest computed in float), `smoothquant` (activation outliers
     moved into the weights, alpha chosen per layer), `cross_layer_equalization` (consecutive
-    convolutions' channel ranges equalized: for per-tensor weights), `bias_correction` (the mean output shift of the
-    int8 weights taken out of each bias, after calibration).
+    convolutions' channel ranges equalized: for per-tensor weights), `gptq` (the int8 weights of convolutions
+    and linear layers rounded by GPTQ, with the scales calibration gave them), `bias_correction` (the mean
+    output shift of the int8 weights taken out of each bias, after calibration).
 
     `w4a8`: int4 weights for linear layers, one symmetric scale per `group_size` input channels, and
     int8 activations quantized per token at run time by the runtime's int4 kernels; convolutions (and
     the adds and pools between their int8 outputs) static int8 as in `w8a8`, with `activation_method`
     and bias correction, and so are the linear layers `keep_int8` names; other ops float.
     It takes `embeddings` (int4 tables) and `gptq` (GPTQ's error-compensating rounding of the int4
-    weights); layer norms are always folded into the linear layers that read them first
+    weights, and of the static int8 ones); layer norms are always folded into the linear layers that read them first
     (quantize/norm_fold.py).
 
     `w8a8-dynamic`: int8 weights for linear layers (symmetric, one scale per output channel), int8
