@@ -48,7 +48,7 @@ def list_targets():
 def export(model: str, target: str, calibration: str | Path, *, eval_data: str | Path | None = None,
            out: str | Path = "out", input_shapes: list[str] | None = None,
            input_dtypes: list[str] | None = None, recipe: str = "int8",
-           preprocess: dict | None = None, budget: dict | None = None,
+           preprocess: dict | None = None, budget: dict | None = None, require_all: bool = False,
            progress: Progress = _no_progress) -> ExportResult:
     """Capture, quantize once, lower for every runtime of `target`, verify, time, and write
     `out/<model>/<target>/` atomically. Raises an EdgeshipError subclass on bad input.
@@ -56,7 +56,9 @@ def export(model: str, target: str, calibration: str | Path, *, eval_data: str |
     `preprocess` overrides image preprocessing keys (resize, crop, mean, std, layout, color) on top
     of the image folder's preprocess.toml, or of the ImageNet defaults. `budget` ({"cosine": 0.99},
     {"sqnr_db": 25}, {"top1_agreement": 0.995}) keeps the fewest, most sensitive layers in float so
-    that the simulated model meets it on the eval data; BudgetError when it cannot."""
+    that the simulated model meets it on the eval data; BudgetError when it cannot. `require_all`: an
+    artifact the target asks for that a runtime could not make fails the export (ExportError, nothing
+    written) instead of being listed under `not_produced`."""
     from edgeship.quantize.recipe import recipe_by_name
     from edgeship.targets.devices import load_device
 
@@ -76,12 +78,13 @@ def export(model: str, target: str, calibration: str | Path, *, eval_data: str |
                  "input_shapes": input_shapes, "input_dtypes": input_dtypes, "preprocess": preprocess}
     with _staging(final) as stage:
         manifest = _export_into(stage, loaded, device, resolved, calib, evaluation, progress, budget, reproduce,
-                                stats_folder=final.parent)
+                                stats_folder=final.parent, require_all=require_all)
     return ExportResult(final, manifest)
 
 
 def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progress: Progress,
-                 budget: dict | None = None, reproduce: dict | None = None, stats_folder: Path | None = None) -> dict:
+                 budget: dict | None = None, reproduce: dict | None = None, stats_folder: Path | None = None,
+                 require_all: bool = False) -> dict:
     from edgeship.export import capture as cap
     from edgeship.export.inputs import specs_from_samples
     from edgeship.quantize.stats_cache import StatsCache
@@ -139,6 +142,11 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     checked = [check_artifact(a, evaluation, reference, simulated if a.precision != "fp32" else None,
                               scales, threads, progress) for a in artifacts]
     checked = _drop_non_finite(checked, not_produced)
+    if require_all and not_produced:
+        missing = "; ".join(f"{n['runtime']} {n['precision']}: {n['reason']}" for n in not_produced)
+        raise ExportError(f"not every artifact could be made (--require-all): {missing}; nothing was written. "
+                          "Drop --require-all to keep the artifacts that could be made, or change the "
+                          "target's runtimes")
 
     from edgeship.report.compare import accuracy
 

@@ -67,6 +67,8 @@ def export(
     min_cosine: Annotated[Optional[float], typer.Option(help="Budget: mean cosine to float, e.g. 0.99.")] = None,
     min_sqnr: Annotated[Optional[float], typer.Option(help="Budget: SQNR to float in dB, e.g. 25.")] = None,
     max_drop: Annotated[Optional[str], typer.Option(help="Budget: top-1 agreement drop, e.g. 0.5%.")] = None,
+    require_all: Annotated[bool, typer.Option("--require-all", help="Fail (exit 1, nothing written) when "
+                           "any runtime cannot make its artifacts, instead of exporting the others.")] = False,
     format: FormatOpt = Format.table,
 ) -> None:
     """Export MODEL for a device target: fp32 and int8 artifacts for each runtime, verified and timed.
@@ -89,7 +91,8 @@ def export(
     with _progress() as progress:
         result = api.export(model, target, calibration, eval_data=eval_data, out=out,
                             input_shapes=input_shape, input_dtypes=input_dtype, recipe=recipe,
-                            preprocess=preprocess, budget=budget or None, progress=progress)
+                            preprocess=preprocess, budget=budget or None, require_all=require_all,
+                            progress=progress)
     if format is Format.json:
         typer.echo(json.dumps(result.manifest, indent=1))
         return

@@ -172,6 +172,17 @@ def test_one_runtime_failing_leaves_the_others(tmp_path, npz, monkeypatch, capsy
     assert "not produced: litert int8: litert-torch cannot convert the int8 model: injected" in err
 
 
+def test_require_all_fails_when_one_runtime_cannot(tmp_path, npz, monkeypatch, capsys) -> None:
+    """--require-all: the same failing converter fails the export, and nothing is written."""
+    from edgeship.targets import litert
+
+    monkeypatch.setattr(litert, "_convert_int8", _fail("litert-torch cannot convert the int8 model"))
+    code, _, err = _export(monkeypatch, capsys, f"{MODELS}:tiny_conv_net", npz, tmp_path / "out", "--require-all")
+    _assert_clean_failure(code, err, tmp_path / "out", "not every artifact could be made (--require-all)")
+    assert "litert int8: litert-torch cannot convert the int8 model: injected" in err
+    assert "Drop --require-all" in err
+
+
 def test_interrupt_leaves_no_folder(tmp_path, npz, monkeypatch, capsys) -> None:
     """Ctrl-C in the middle of an export (here: while lowering) removes what was written."""
     from edgeship.targets import executorch
