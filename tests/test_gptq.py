@@ -75,9 +75,18 @@ def test_gptq_values_are_what_the_int8_graph_holds() -> None:
     assert records["gptq"][0]["layers"] == 4
     # bias correction measures from the float weights, so it still has shifts to take out
     assert any(r["max_shift"] > 0 for r in records["bias_correction"])
-    # and the converted graph computes with those values: int8 weights as GPTQ left them
-    folded = convert(prepared).folded
-    assert torch.isfinite(torch.from_numpy(torch_outputs(folded, calib)[0][0])).all()
+    # analyze and budgets switch a layer to float: it gets its float weight back, not GPTQ's values
+    from edgeship.quantize.sensitivity import Simulator
+
+    reference = torch_outputs(program.module(), calib)
+    with_gptq, without = (Simulator(calibrate(program, Recipe(algorithms=a), calib), calib, reference)
+                          for a in (("gptq",), ()))
+    everything = {layer.name for layer in with_gptq.layers}
+    assert with_gptq.evaluate()["sqnr_db"] != without.evaluate()["sqnr_db"]
+    assert with_gptq.evaluate(everything)["sqnr_db"] == without.evaluate(everything)["sqnr_db"]
+    for fq in with_gptq.fq.values():
+        fq.enabled = False
+    assert with_gptq._run()["sqnr_db"] > 100  # the float model
 
 
 @pytest.mark.slow

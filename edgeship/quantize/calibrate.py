@@ -20,6 +20,7 @@ from edgeship.quantize.graphs import remove_eval_dropout
 from edgeship.quantize.encodings import collect_encodings
 from edgeship.quantize.quantizer import EdgeshipQuantizer, float_ops
 from edgeship.quantize.recipe import ALGORITHMS, READS_SAMPLES, Recipe
+from edgeship.quantize.sensitivity import FLOAT_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ def observed(module: GraphModule, reference: GraphModule, recipe: Recipe, sample
         with torch.no_grad():
             changes, originals = round_weights(prepared, samples, progress, passes)
         records.append({"algorithm": "gptq", "changes": changes})
+        prepared.meta[FLOAT_WEIGHTS] = originals  # what analyze and budgets switch a float layer back to
     if "bias_correction" in recipe.algorithms:
         from edgeship.quantize.bias_correction import correct_biases
 

@@ -147,13 +147,13 @@ def round_weights(prepared: GraphModule, samples: Samples, progress: Callable[[i
     layers, left = _weight_layers(prepared)
     if not layers:
         return [], {}
-    saved = (memo or {}).get("values")
-    if saved is not None and set(saved) == {node.name for node, *_ in layers}:
-        values = saved
+    names = sorted(node.name for node, *_ in layers)
+    if memo and memo.get("layers") == names:
+        values = memo["values"]
         if progress is not None:
             progress(len(samples))
     else:
-        recorder = PatchGram(prepared, {node.name for node, *_ in layers})
+        recorder = PatchGram(prepared, set(names))
         run_samples(recorder, samples, progress)
         grams = recorder.gram
         values = {}
@@ -168,7 +168,7 @@ def round_weights(prepared: GraphModule, samples: Samples, progress: Callable[[i
                                 int(observer.quant_max), scale.reshape(-1, 1).expand(weight.shape[0], 1).reshape(groups, rows))
             values[node.name] = q.reshape(weight.shape)
         if memo is not None:
-            memo["values"] = values
+            memo.update(layers=names, values=values)
     originals = {}
     for node, observer, weight_attr in layers:
         if node.name not in values:

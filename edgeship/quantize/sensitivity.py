@@ -26,6 +26,7 @@ from edgeship.report.compare import accuracy
 log = logging.getLogger(__name__)
 
 LAYER_OPS = CONV_OPS | LINEAR_OPS | MATMUL_OPS
+FLOAT_WEIGHTS = "edgeship_float_weights"  # prepared.meta: weights GPTQ replaced, by attribute
 
 
 class _FakeQuant(torch.nn.Module):
@@ -37,10 +38,11 @@ class _FakeQuant(torch.nn.Module):
         self.qmin, self.qmax = int(observer.quant_min), int(observer.quant_max)
         self.axis = getattr(observer, "ch_axis", None) if scale.numel() > 1 else None
         self.enabled = True
+        self.float_value: torch.Tensor | None = None  # a weight's float value, where GPTQ replaced it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
-            return x
+            return x if self.float_value is None else self.float_value
         if self.axis is None:
             return torch.fake_quantize_per_tensor_affine(x, float(self.scale), int(self.zero_point),
                                                          self.qmin, self.qmax)
@@ -95,9 +97,14 @@ class Simulator(_Evaluated):
         self.gm = prepared
         self.evaluation, self.reference = evaluation, reference
         self.fq: dict[str, _FakeQuant] = {}
+        # weights GPTQ rounded: a layer switched to float gets its float weight back
+        floats = prepared.meta.get(FLOAT_WEIGHTS, {})
         for node in prepared.graph.nodes:
             if node.op == "call_module" and isinstance(getattr(prepared, node.target), ObserverBase):
                 fq = _FakeQuant(getattr(prepared, node.target))
+                source = node.args[0]
+                if isinstance(source, Node) and source.op == "get_attr" and source.target in floats:
+                    fq.float_value = floats[source.target]
                 setattr(prepared, node.target, fq)
                 self.fq[node.target] = fq
         self.layers = _layers(prepared)
