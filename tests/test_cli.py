@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import run_cli
 
 MODELS = str(Path(__file__).parent / "models.py")
@@ -126,3 +127,28 @@ def test_export_from_a_package_module(tmp_path, monkeypatch, capsys) -> None:
                              monkeypatch, capsys)
     assert code == 0, err
     assert (tmp_path / "build/models/models/linux-arm64/model.int8.tflite").is_file()
+
+
+@pytest.mark.parametrize("model, recipe", [("tiny_conv_net", "int8"), ("tiny_conv_net", "int4"),
+                                           ("tiny_encoder", "int8")])
+def test_every_progress_stage_reaches_its_total(tmp_path, model, recipe) -> None:
+    """Each calibration pass ticks its samples whether or not the model has layers it applies to, so
+    every progress bar ends full (a CNN has no layer for SmoothQuant, a transformer none for bias
+    correction)."""
+    from edgeship import api
+
+    source = {"tiny_conv_net": (3, 32, 32), "tiny_encoder": (8, 32)}[model]
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((8, *source)).astype(np.float32))
+    stages = []
+
+    def progress(task: str, total: int):
+        stage = {"task": task, "total": total, "done": 0}
+        stages.append(stage)
+
+        def advance(n: int) -> None:
+            stage["done"] += n
+        return advance
+
+    api.export(f"{MODELS}:{model}", "host", tmp_path / "calib.npz", out=tmp_path / "out", recipe=recipe,
+               progress=progress)
+    assert stages and all(s["done"] == s["total"] for s in stages), stages

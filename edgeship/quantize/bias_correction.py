@@ -84,6 +84,8 @@ def correct_biases(prepared: GraphModule, samples: Samples, progress: Callable[[
     measured from them."""
     layers = _corrected_layers(prepared)
     if not layers:
+        if progress is not None:  # the pass is counted whether or not it reads the samples
+            progress(len(samples))
         return []
     if memo and "means" in memo:
         means = memo["means"]

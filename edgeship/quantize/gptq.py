@@ -146,6 +146,8 @@ def round_weights(prepared: GraphModule, samples: Samples, progress: Callable[[i
     not read."""
     layers, left = _weight_layers(prepared)
     if not layers:
+        if progress is not None:  # the pass is counted whether or not it reads the samples
+            progress(len(samples))
         return [], {}
     names = sorted(node.name for node, *_ in layers)
     if memo and memo.get("layers") == names:

@@ -98,6 +98,8 @@ def int4_layers(module: GraphModule, group: int | None, samples=None, progress=N
         found = [Int4Weight(w.layer, w.attr, *gptq_weight(attr(module, w.attr), recorder.gram[w.layer][0], w.group,
                                                            bits=bits), w.group, bits)
                  if w.layer in recorder.gram else w for w in found]
+    elif samples is not None and progress is not None:  # the GPTQ pass is counted even with no layer for it
+        progress(len(samples))
     return found, skipped
 
 

@@ -85,6 +85,8 @@ def _finish(module: GraphModule, records: list[dict]) -> None:
 def _find_and_split(module: GraphModule, samples: Samples, ratio: float, progress) -> list[dict]:
     linears = _int8_output_linears(module)
     if not linears:
+        if progress is not None:  # the pass is counted whether or not it reads the samples
+            progress(len(samples))
         return []
     recorder = ChannelMax(module, {n.name for n in linears})
     run_samples(recorder, samples, progress)

@@ -96,6 +96,8 @@ def smooth(module: GraphModule, samples: Samples, progress: Callable[[int], None
     applied without reading the samples."""
     groups = smoothing_groups(module)
     if not groups:
+        if progress is not None:  # the pass is counted whether or not it reads the samples
+            progress(len(samples))
         return []
     replay = bool(memo) and "scales" in memo
     if replay:
