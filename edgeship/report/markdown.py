@@ -69,7 +69,8 @@ def report(manifest: dict) -> str:
     slower = [a for a in manifest["artifacts"] if a.get("slower_than_fp32")]
     if slower:
         lines += ["", "## Slower than fp32 on this machine", ""]
-        lines += [f"- {a['path']}: {a['latency_ms']['vs_fp32']:.2f}x its runtime's fp32 median" for a in slower]
+        lines += [f"- {a['path']}: {a['latency_ms']['vs_fp32']:.2f}x its runtime's fp32 median"
+                  + (f" ({a['host_timing']})" if a.get("host_timing") else "") for a in slower]
     choice = manifest.get("precision_choice")
     if choice:
         wanted = ", ".join(f"{k} >= {v:g}" for k, v in choice["budget"].items())
