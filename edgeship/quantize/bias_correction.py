@@ -77,11 +77,11 @@ def _shift(error: torch.Tensor, mean: torch.Tensor, groups: int) -> torch.Tensor
 
 
 def correct_biases(prepared: GraphModule, samples: Samples, progress: Callable[[int], None] | None = None,
-                   memo: dict | None = None, originals: dict[str, torch.Tensor] | None = None) -> list[dict]:
+                   memo: dict | None = None, replaced: dict[str, torch.Tensor] | None = None) -> list[dict]:
     """Corrects the biases of `prepared` in place; returns one record per layer (its largest shift).
-    `memo`: filled with the input means; when it holds them, the samples are not read. `originals`: the
-    float weights (by attribute) that an earlier pass (GPTQ) replaced with int8 values; the shift is
-    measured from them."""
+    `memo`: filled with the input means; when it holds them, the samples are not read. `replaced`: the
+    float values of what earlier passes changed, by attribute (GPTQ's weights): a shift is measured from
+    a layer's float weight; each corrected bias's float value is added to it."""
     layers = _corrected_layers(prepared)
     if not layers:
         if progress is not None:  # the pass is counted whether or not it reads the samples
@@ -110,8 +110,10 @@ def correct_biases(prepared: GraphModule, samples: Samples, progress: Callable[[
             rounded = torch.fake_quantize_per_channel_affine(weight, scale.float(), zero_point.int(), 0,
                                                              int(observer.quant_min), int(observer.quant_max))
         groups = int(node.args[6]) if len(node.args) > 6 else 1
-        shift = _shift((rounded - (originals or {}).get(weight_attr, weight)).double(), means[node.name], groups)
+        shift = _shift((rounded - (replaced or {}).get(weight_attr, weight)).double(), means[node.name], groups)
         bias = attr(prepared, bias_attr)
+        if replaced is not None:
+            replaced.setdefault(bias_attr, bias.detach().clone())
         with torch.no_grad():
             bias.sub_(shift.to(bias.dtype))
         records.append({"layer": node.name, "max_shift": round(float(shift.abs().max()), 6),

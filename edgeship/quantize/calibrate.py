@@ -20,7 +20,7 @@ from edgeship.quantize.graphs import remove_eval_dropout
 from edgeship.quantize.encodings import collect_encodings
 from edgeship.quantize.quantizer import EdgeshipQuantizer, float_ops
 from edgeship.quantize.recipe import ALGORITHMS, READS_SAMPLES, Recipe
-from edgeship.quantize.sensitivity import FLOAT_WEIGHTS
+from edgeship.quantize.sensitivity import FLOAT_VALUES
 
 log = logging.getLogger(__name__)
 
@@ -79,22 +79,23 @@ def observed(module: GraphModule, reference: GraphModule, recipe: Recipe, sample
         chosen = choose_range_rule(prepared, reference, samples)
         if chosen:
             records.append({"algorithm": "activation_ranges", "changes": [chosen]})
-    originals = {}
+    replaced = {}  # the float values of the weights and biases the passes below change, by attribute
     if "gptq" in recipe.algorithms:
         from edgeship.quantize.gptq import round_weights
 
         passes = memo.setdefault("passes", {}).setdefault("gptq", {}) if memo is not None else None
         with torch.no_grad():
             changes, originals = round_weights(prepared, samples, progress, passes)
+        replaced.update(originals)
         records.append({"algorithm": "gptq", "changes": changes})
-        prepared.meta[FLOAT_WEIGHTS] = originals  # what analyze and budgets switch a float layer back to
     if "bias_correction" in recipe.algorithms:
         from edgeship.quantize.bias_correction import correct_biases
 
         passes = memo.setdefault("passes", {}).setdefault("bias_correction", {}) if memo is not None else None
         with torch.no_grad():
-            changes = correct_biases(prepared, samples, progress, passes, originals)
+            changes = correct_biases(prepared, samples, progress, passes, replaced)
         records.append({"algorithm": "bias_correction", "changes": changes})
+    prepared.meta[FLOAT_VALUES] = replaced  # what analyze and budgets give a layer they switch to float
     return prepared
 
 

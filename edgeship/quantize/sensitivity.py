@@ -26,7 +26,7 @@ from edgeship.report.compare import accuracy
 log = logging.getLogger(__name__)
 
 LAYER_OPS = CONV_OPS | LINEAR_OPS | MATMUL_OPS
-FLOAT_WEIGHTS = "edgeship_float_weights"  # prepared.meta: weights GPTQ replaced, by attribute
+FLOAT_VALUES = "edgeship_float_values"  # prepared.meta: float weights and biases the PTQ passes changed, by attribute
 
 
 class _FakeQuant(torch.nn.Module):
@@ -97,8 +97,9 @@ class Simulator(_Evaluated):
         self.gm = prepared
         self.evaluation, self.reference = evaluation, reference
         self.fq: dict[str, _FakeQuant] = {}
-        # weights GPTQ rounded: a layer switched to float gets its float weight back
-        floats = prepared.meta.get(FLOAT_WEIGHTS, {})
+        # weights GPTQ rounded and biases bias correction changed: a layer switched to float gets its
+        # float values back, as the export that keeps it float computes with them
+        floats = prepared.meta.get(FLOAT_VALUES, {})
         for node in prepared.graph.nodes:
             if node.op == "call_module" and isinstance(getattr(prepared, node.target), ObserverBase):
                 fq = _FakeQuant(getattr(prepared, node.target))
@@ -108,12 +109,24 @@ class Simulator(_Evaluated):
                 setattr(prepared, node.target, fq)
                 self.fq[node.target] = fq
         self.layers = _layers(prepared)
+        from edgeship.quantize.graphs import attr
+
+        self.biases = {}  # layer -> (bias attribute, float value, corrected value)
+        for node in prepared.graph.nodes:
+            bias = node.args[2] if node.op == "call_function" and node.target in LAYER_OPS and len(node.args) > 2 else None
+            if isinstance(bias, Node) and bias.op == "get_attr" and bias.target in floats:
+                self.biases[node.name] = (bias.target, floats[bias.target], attr(prepared, bias.target).detach().clone())
 
     def evaluate(self, float_layers: set[str] | frozenset[str] = frozenset(), only: str | None = None) -> dict:
+        from edgeship.quantize.graphs import replace_attr
+
         off = {o for layer in self.layers if layer.name in float_layers for o in layer.observers}
         on_only = None if only is None else set(next(l for l in self.layers if l.name == only).observers)
         for name, fq in self.fq.items():
             fq.enabled = (name in on_only) if on_only is not None else (name not in off)
+        for layer, (target, float_value, corrected) in self.biases.items():
+            kept_float = layer != only if only is not None else layer in float_layers
+            replace_attr(self.gm, target, float_value if kept_float else corrected)
         return self._run()
 
 
