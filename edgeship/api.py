@@ -204,11 +204,11 @@ def _quantize(recipe, program, flat, args, calib, evaluation, reference, memo, b
         encodings = {"version": 1, "fp16": "no quantization parameters: weights and compute in float16"}
         return None, None, None, capture_half(flat, args), encodings
     if recipe.scheme in ("w4a8", "w8a8-dynamic"):
-        from edgeship.quantize.int4 import build_int4
+        from edgeship.quantize.int4 import build_int4, int8_recipe
 
         job = build_int4(program, recipe, calib, progress("weights", len(calib) * (recipe.calibration_passes - 1)),
                          memo, lambda: progress("calibrate convolutions",
-                                                len(calib) * (2 + ("gptq" in recipe.algorithms))))
+                                                len(calib) * int8_recipe(recipe).calibration_passes))
         return None, None, job, None, job.encodings()
     choice = None
     prepared = calibrate(program, recipe, calib, progress("calibrate", len(calib) * recipe.calibration_passes),

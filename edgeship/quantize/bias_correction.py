@@ -27,39 +27,24 @@ from torch.fx import GraphModule, Node
 from torchao.quantization.pt2e.observer import ObserverBase
 
 from edgeship.calibration.samples import Samples
-from edgeship.quantize.graphs import Watcher, attr, run_samples
+from edgeship.quantize.graphs import Watcher, attr, observed_weights, run_samples
 from edgeship.quantize.quantizer import CONV_OPS
 
 
 def _corrected_layers(prepared: GraphModule) -> list[tuple[Node, ObserverBase, str, str]]:
     """(layer, its weight observer, weight attribute, bias attribute) for each layer that qualifies."""
-    found = []
-    for node in prepared.graph.nodes:
-        if node.op != "call_function" or node.target not in CONV_OPS or len(node.args) < 3:
-            continue
-        observed, bias = node.args[1], node.args[2]
-        if not (isinstance(observed, Node) and observed.op == "call_module" and isinstance(bias, Node)
-                and bias.op == "get_attr"):
-            continue
-        observer = getattr(prepared, observed.target)
-        weight = observed.args[0]
-        if isinstance(observer, ObserverBase) and isinstance(weight, Node) and weight.op == "get_attr":
-            found.append((node, observer, weight.target, bias.target))
-    return found
+    return [(node, observer, weight, node.args[2].target) for node, observer, weight in observed_weights(prepared, CONV_OPS)
+            if len(node.args) > 2 and isinstance(node.args[2], Node) and node.args[2].op == "get_attr"]
 
 
 class _InputMeans(Watcher):
-    """Sums each watched convolution's input per channel (axis 1). Observers are passed over (they
-    return their input), so their statistics stay those of the calibration pass."""
+    """Sums each watched convolution's input per channel (axis 1), with float activations."""
+
+    float_observers = True
 
     def __init__(self, module: GraphModule, layers: set[str]) -> None:
         super().__init__(module, layers)
         self.sums, self.counts = {}, {}
-
-    def run_node(self, n: Node):
-        if n.op == "call_module" and isinstance(self.module.get_submodule(n.target), ObserverBase):
-            return self.env[n.args[0]]
-        return super().run_node(n)
 
     def record(self, node: Node, out) -> None:
         x = self.env[node.args[0]].detach().double()

@@ -32,8 +32,8 @@ from torch.fx import GraphModule, Node
 from torchao.quantization.pt2e.observer import ObserverBase
 
 from edgeship.calibration.samples import Samples
-from edgeship.quantize.graphs import Watcher, attr, replace_attr, run_samples
-from edgeship.quantize.quantizer import LINEAR_OPS
+from edgeship.quantize.graphs import Watcher, attr, observed_weights, replace_attr, run_samples
+from edgeship.quantize.quantizer import CONV_OPS, LINEAR_OPS
 
 aten = torch.ops.aten
 PATCH_CONVS = {aten.conv1d.default, aten.conv2d.default}  # numeric stride / padding / dilation
@@ -100,17 +100,13 @@ def _pair(value, dims: int) -> list[int]:
 
 
 class PatchGram(Watcher):
-    """H = sum x x^T of each watched layer's input patches (one per group). Observers are passed over
-    (they return their input), so activations are the float ones and observer statistics are untouched."""
+    """H = sum x x^T of each watched layer's input patches (one per group), with float activations."""
+
+    float_observers = True
 
     def __init__(self, module: GraphModule, layers: set[str]) -> None:
         super().__init__(module, layers)
         self.gram = {}
-
-    def run_node(self, n: Node):
-        if n.op == "call_module" and isinstance(self.module.get_submodule(n.target), ObserverBase):
-            return self.env[n.args[0]]
-        return super().run_node(n)
 
     def record(self, node: Node, out) -> None:
         u = patches(node, self.env[node.args[0]].detach().double(), self.env[node.args[1]].shape)
@@ -120,22 +116,9 @@ class PatchGram(Watcher):
 
 def _weight_layers(prepared: GraphModule) -> tuple[list[tuple[Node, ObserverBase, str]], list[dict]]:
     """(layer, its weight observer, weight attribute) for each layer GPTQ rounds; records of those left."""
-    found, left = [], []
-    for node in prepared.graph.nodes:
-        if node.op != "call_function" or len(node.args) < 2:
-            continue
-        if node.target not in PATCH_CONVS and node.target not in LINEAR_OPS:
-            if str(node.target).startswith("aten.conv") and isinstance(node.args[1], Node) \
-                    and node.args[1].op == "call_module":
-                left.append({"layer": node.name, "reason": f"{node.target} (string padding) keeps nearest rounding"})
-            continue
-        observed = node.args[1]
-        if not (isinstance(observed, Node) and observed.op == "call_module"):
-            continue
-        observer, weight = getattr(prepared, observed.target), observed.args[0]
-        if isinstance(observer, ObserverBase) and isinstance(weight, Node) and weight.op == "get_attr":
-            found.append((node, observer, weight.target))
-    return found, left
+    left = [{"layer": node.name, "reason": f"{node.target} (string padding) keeps nearest rounding"}
+            for node, *_ in observed_weights(prepared, CONV_OPS - PATCH_CONVS)]
+    return observed_weights(prepared, PATCH_CONVS | LINEAR_OPS), left
 
 
 def round_weights(prepared: GraphModule, samples: Samples, progress: Callable[[int], None] | None = None,

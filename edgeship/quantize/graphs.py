@@ -7,6 +7,7 @@ from typing import Callable
 
 import torch
 from torch.fx import GraphModule, Interpreter, Node
+from torchao.quantization.pt2e.observer import ObserverBase
 
 from edgeship.calibration.samples import Samples
 from edgeship.export.inputs import to_torch
@@ -14,13 +15,20 @@ from edgeship.export.inputs import to_torch
 
 class Watcher(Interpreter):
     """Runs the graph and hands each watched node and its output to `record` (the node's inputs are
-    still in `self.env` then): what every pass that collects statistics over the samples builds on."""
+    still in `self.env` then): what every pass that collects statistics over the samples builds on.
+    `float_observers` (for a prepared graph): observers return their input and see nothing, so the
+    values are the float ones and calibration's statistics stay as they were."""
+
+    float_observers = False
 
     def __init__(self, module: GraphModule, watch: set[str]) -> None:
         super().__init__(module)
         self.watch = watch
 
     def run_node(self, n: Node):
+        if self.float_observers and n.op == "call_module" and isinstance(self.module.get_submodule(n.target),
+                                                                          ObserverBase):
+            return self.env[n.args[0]]
         out = super().run_node(n)
         if n.name in self.watch:
             self.record(n, out)
@@ -46,6 +54,22 @@ class ChannelMax(Watcher):
         have = sum(len(r) for r in kept)
         if have < self.keep:
             kept.append(flat[: self.keep - have].clone())
+
+
+def observed_weights(prepared: GraphModule, ops: set) -> list[tuple[Node, ObserverBase, str]]:
+    """(layer, its weight observer, weight attribute) for each `ops` node of a prepared graph whose weight
+    is a constant behind an observer (what the quantizer gave int8 weights)."""
+    found = []
+    for node in prepared.graph.nodes:
+        if node.op != "call_function" or node.target not in ops or len(node.args) < 2:
+            continue
+        observed = node.args[1]
+        if not (isinstance(observed, Node) and observed.op == "call_module"):
+            continue
+        observer, weight = prepared.get_submodule(observed.target), observed.args[0]
+        if isinstance(observer, ObserverBase) and isinstance(weight, Node) and weight.op == "get_attr":
+            found.append((node, observer, weight.target))
+    return found
 
 
 def run_samples(recorder: Interpreter, samples: Samples, progress: Callable[[int], None] | None = None) -> None:

@@ -216,6 +216,16 @@ def _int8_layers(module: GraphModule, keep: frozenset[str]) -> list[str]:
             if n.op == "call_function" and n.target in CONV_OPS and n.name not in keep]
 
 
+def int8_recipe(recipe):
+    """How int4 calibrates the layers it gives static int8: the recipe's activation ranges, its GPTQ, and
+    bias correction."""
+    from edgeship.quantize.recipe import Recipe
+
+    return Recipe(name=recipe.name, scheme="w8a8", activation_method=recipe.activation_method,
+                  algorithms=tuple(a for a in ("gptq", "bias_correction")
+                                   if a == "bias_correction" or a in recipe.algorithms))
+
+
 def _int8_elsewhere(dequantized: GraphModule, recipe, samples, progress, keep: frozenset[str], convolutions: int,
                     static: frozenset[str], records: list[dict], memo: dict | None):
     """The convolutions and the `static` (keep_int8) linear layers (and the adds, pools and concats
@@ -223,15 +233,11 @@ def _int8_elsewhere(dequantized: GraphModule, recipe, samples, progress, keep: f
     activation ranges, bias correction) on the graph that already holds the int4 layers' dequantized
     weights; the other linear layers and matmuls stay as int4 left them."""
     from edgeship.quantize.calibrate import convert, observed
-    from edgeship.quantize.recipe import Recipe
 
-    int8_recipe = Recipe(name=recipe.name, scheme="w8a8", activation_method=recipe.activation_method,
-                         algorithms=tuple(a for a in ("gptq", "bias_correction")
-                                          if a == "bias_correction" or a in recipe.algorithms))
     linear = {n.name for n in dequantized.graph.nodes
               if n.op == "call_function" and (n.target in LINEAR_OPS or n.target in MATMUL_OPS)} - static
     records.append({"algorithm": "int8_convolutions", "changes": [
         {"layers": convolutions, "samples": len(samples), **({"keep_int8": sorted(static)} if static else {})}]})
-    prepared = observed(copy.deepcopy(dequantized), dequantized, int8_recipe, samples, progress,
+    prepared = observed(copy.deepcopy(dequantized), dequantized, int8_recipe(recipe), samples, progress,
                         frozenset(keep | linear), records, memo)
     return convert(prepared)

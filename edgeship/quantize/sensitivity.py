@@ -38,11 +38,10 @@ class _FakeQuant(torch.nn.Module):
         self.qmin, self.qmax = int(observer.quant_min), int(observer.quant_max)
         self.axis = getattr(observer, "ch_axis", None) if scale.numel() > 1 else None
         self.enabled = True
-        self.float_value: torch.Tensor | None = None  # a weight's float value, where GPTQ replaced it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
-            return x if self.float_value is None else self.float_value
+            return x
         if self.axis is None:
             return torch.fake_quantize_per_tensor_affine(x, float(self.scale), int(self.zero_point),
                                                          self.qmin, self.qmax)
@@ -97,25 +96,13 @@ class Simulator(_Evaluated):
         self.gm = prepared
         self.evaluation, self.reference = evaluation, reference
         self.fq: dict[str, _FakeQuant] = {}
-        # weights GPTQ rounded and biases bias correction changed: a layer switched to float gets its
-        # float values back, as the export that keeps it float computes with them
-        floats = prepared.meta.get(FLOAT_VALUES, {})
         for node in prepared.graph.nodes:
             if node.op == "call_module" and isinstance(getattr(prepared, node.target), ObserverBase):
                 fq = _FakeQuant(getattr(prepared, node.target))
-                source = node.args[0]
-                if isinstance(source, Node) and source.op == "get_attr" and source.target in floats:
-                    fq.float_value = floats[source.target]
                 setattr(prepared, node.target, fq)
                 self.fq[node.target] = fq
         self.layers = _layers(prepared)
-        from edgeship.quantize.graphs import attr
-
-        self.biases = {}  # layer -> (bias attribute, float value, corrected value)
-        for node in prepared.graph.nodes:
-            bias = node.args[2] if node.op == "call_function" and node.target in LAYER_OPS and len(node.args) > 2 else None
-            if isinstance(bias, Node) and bias.op == "get_attr" and bias.target in floats:
-                self.biases[node.name] = (bias.target, floats[bias.target], attr(prepared, bias.target).detach().clone())
+        self.restored = _replaced_values(prepared)
 
     def evaluate(self, float_layers: set[str] | frozenset[str] = frozenset(), only: str | None = None) -> dict:
         from edgeship.quantize.graphs import replace_attr
@@ -124,9 +111,10 @@ class Simulator(_Evaluated):
         on_only = None if only is None else set(next(l for l in self.layers if l.name == only).observers)
         for name, fq in self.fq.items():
             fq.enabled = (name in on_only) if on_only is not None else (name not in off)
-        for layer, (target, float_value, corrected) in self.biases.items():
+        for layer, values in self.restored.items():
             kept_float = layer != only if only is not None else layer in float_layers
-            replace_attr(self.gm, target, float_value if kept_float else corrected)
+            for target, float_value, changed in values:
+                replace_attr(self.gm, target, float_value if kept_float else changed)
         return self._run()
 
 
@@ -152,6 +140,25 @@ class Int4Simulator(_Evaluated):
             int4 = name == only if only is not None else name not in float_layers
             replace_attr(self.gm, w.attr, self.values[name][1 if int4 else 0])
         return self._run()
+
+
+def _replaced_values(prepared: GraphModule) -> dict[str, list[tuple[str, torch.Tensor, torch.Tensor]]]:
+    """Per layer, the weight and bias attributes a PTQ pass changed (GPTQ's values, bias correction's
+    bias), with their float and changed values: a layer switched to float gets its float values back, as
+    the export that keeps it float computes with them."""
+    from edgeship.quantize.graphs import attr
+
+    floats = prepared.meta.get(FLOAT_VALUES, {})
+    found = {}
+    for node in prepared.graph.nodes:
+        if node.op != "call_function" or node.target not in LAYER_OPS:
+            continue
+        for arg in node.args[1:3]:
+            source = arg.args[0] if isinstance(arg, Node) and arg.op == "call_module" else arg
+            if isinstance(source, Node) and source.op == "get_attr" and source.target in floats:
+                found.setdefault(node.name, []).append(
+                    (source.target, floats[source.target], attr(prepared, source.target).detach().clone()))
+    return found
 
 
 def module_path(node: Node) -> str:
