@@ -95,6 +95,7 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
 
     started = time.perf_counter()
     args, flat, program = _capture(loaded, calib)
+    native = _capture_native(loaded, args, flat)
     out_names = cap.output_names(loaded.module, args)
     in_names = [s.name for s in specs_from_samples(calib)]
 
@@ -112,7 +113,7 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     (stage / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1) + "\n")
 
     job = LowerJob(program, quantized, args, tuple(in_names), tuple(out_names), stage / "model.fp32.onnx", int4,
-                   half)
+                   half, native)
     # the precision a non-int8 recipe makes in place of the device's int8 artifacts
     wanted = int4.precision if int4 is not None else "fp16" if half is not None else None
     precisions = ("fp32", wanted) if wanted else device.precisions
@@ -385,10 +386,28 @@ def _capture(loaded, calib):
     from edgeship.export import capture as cap
     from edgeship.export.inputs import example_inputs
 
+    from edgeship.export.recurrent import unroll_recurrent
+
     args = example_inputs(calib)
     flat = cap.FlatOutputs(loaded.module).eval()
     cap.run_float(flat, args, loaded.source_file)
+    flat, _ = unroll_recurrent(flat, args)
     return args, flat, cap.capture(flat, args, loaded.source_file)
+
+
+def _capture_native(loaded, args, flat):
+    """The program of the model with its recurrent layers as written, when `_capture` unrolled them
+    (for the float ONNX); else None. A model torch.export cannot capture that way gets None too."""
+    from edgeship.export import capture as cap
+    from edgeship.export.recurrent import Unrolled
+
+    if not any(isinstance(m, Unrolled) for m in flat.modules()):
+        return None
+    try:
+        return cap.capture(cap.FlatOutputs(loaded.module).eval(), args, loaded.source_file)
+    except ExportError as exc:
+        log.info("the float ONNX gets the unrolled recurrent layers: %s", exc)
+        return None
 
 
 def _load_inputs(model, calibration, eval_data, input_shapes, input_dtypes, preprocess):

@@ -246,3 +246,56 @@ class HeavyTailMLP(nn.Module):
 def heavy_tail_mlp(seed: int = 0) -> HeavyTailMLP:
     torch.manual_seed(seed)
     return HeavyTailMLP().eval()
+
+
+class KeywordSpotter(nn.Module):
+    """A keyword-spotting network as small speech models are built: a 1-D convolution over 40 filterbank
+    features, a two-layer recurrent layer (LSTM or GRU) over the frames, a classifier on the last one."""
+
+    def __init__(self, cell: str = "lstm", hidden: int = 128) -> None:
+        super().__init__()
+        self.front = nn.Sequential(nn.Conv1d(40, 48, 3, padding=1), nn.BatchNorm1d(48), nn.ReLU())
+        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
+        self.rnn = rnn(48, hidden, num_layers=2, batch_first=True)
+        self.head = nn.Linear(hidden, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, 40, frames]
+        out, _ = self.rnn(self.front(x).transpose(1, 2))
+        return self.head(out[:, -1])
+
+
+def spoken_features(count: int, frames: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synthetic filterbank frames [count, 40, frames] of 8 'words': each a band of energy that sweeps
+    up or down the 40 bands at its own rate from its own start, in noise; and the word labels."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 8, (count,), generator=g)
+    t = torch.linspace(0, 1, frames)
+    bands = torch.arange(40.0)[:, None]
+    start = (labels.float() * 5 + 2)[:, None, None]
+    rate = torch.where(labels % 2 == 0, 1.0, -1.0)[:, None, None] * (10 + 3 * (labels // 2).float())[:, None, None]
+    centre = (start + rate * t[None, None, :]) % 40
+    x = torch.exp(-0.5 * ((bands[None] - centre) / 2.0) ** 2) * 3.0
+    return x + 0.4 * torch.randn(x.shape, generator=g), labels
+
+
+def trained_keyword_spotter(cell: str = "lstm", steps: int = 150, seed: int = 0) -> KeywordSpotter:
+    """KeywordSpotter trained on `spoken_features` (a few seconds on a CPU); deterministic."""
+    torch.manual_seed(seed)
+    model = KeywordSpotter(cell)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, y = spoken_features(512, seed=seed + 1)
+    for step in range(steps):
+        batch = torch.arange(step * 32, step * 32 + 32) % len(x)
+        loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def trained_lstm_spotter() -> KeywordSpotter:
+    return trained_keyword_spotter("lstm")
+
+
+def trained_gru_spotter() -> KeywordSpotter:
+    return trained_keyword_spotter("gru")

@@ -27,14 +27,16 @@ from torch.fx import GraphModule, Node
 from torchao.quantization.pt2e.observer import ObserverBase
 
 from edgeship.calibration.samples import Samples
-from edgeship.quantize.graphs import Watcher, attr, observed_weights, run_samples
+from edgeship.quantize.graphs import Watcher, attr, observed_weights, run_samples, shared_weights
 from edgeship.quantize.quantizer import CONV_OPS
 
 
 def _corrected_layers(prepared: GraphModule) -> list[tuple[Node, ObserverBase, str, str]]:
     """(layer, its weight observer, weight attribute, bias attribute) for each layer that qualifies."""
+    shared = shared_weights(prepared)  # one bias for several calls: each call's shift would be taken out
     return [(node, observer, weight, node.args[2].target) for node, observer, weight in observed_weights(prepared, CONV_OPS)
-            if len(node.args) > 2 and isinstance(node.args[2], Node) and node.args[2].op == "get_attr"]
+            if len(node.args) > 2 and isinstance(node.args[2], Node) and node.args[2].op == "get_attr"
+            and weight not in shared]
 
 
 class _InputMeans(Watcher):

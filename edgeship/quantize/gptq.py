@@ -133,34 +133,39 @@ def round_weights(prepared: GraphModule, samples: Samples, progress: Callable[[i
             progress(len(samples))
         return [], {}
     names = sorted(node.name for node, *_ in layers)
-    if memo and memo.get("layers") == names:
+    if memo and memo.get("layers") == names and memo.get("by") == "weight":
         values = memo["values"]
         if progress is not None:
             progress(len(samples))
     else:
         recorder = PatchGram(prepared, set(names))
         run_samples(recorder, samples, progress)
-        grams = recorder.gram
+        # a weight read by several calls (a recurrent layer's steps) is rounded once, for all its inputs
+        grams: dict[str, torch.Tensor] = {}
+        for node, _, weight_attr in layers:
+            if node.name in recorder.gram:
+                g = recorder.gram.pop(node.name)
+                grams[weight_attr] = grams[weight_attr] + g if weight_attr in grams else g
         values = {}
         for node, observer, weight_attr in layers:
-            if node.name not in grams:
+            if weight_attr not in grams or weight_attr in values:
                 continue
             weight = attr(prepared, weight_attr)
             scale, _ = observer.calculate_qparams()
-            gram = grams.pop(node.name)
+            gram = grams.pop(weight_attr)
             groups, rows = gram.shape[0], weight.shape[0] // gram.shape[0]
             q, _ = gptq_columns(weight.reshape(groups, rows, -1), gram, int(observer.quant_min),
                                 int(observer.quant_max), scale.reshape(-1, 1).expand(weight.shape[0], 1).reshape(groups, rows))
-            values[node.name] = q.reshape(weight.shape)
+            values[weight_attr] = q.reshape(weight.shape)
         if memo is not None:
-            memo.update(layers=names, values=values)
+            memo.update(layers=names, values=values, by="weight")
     originals = {}
-    for node, observer, weight_attr in layers:
-        if node.name not in values:
+    for _, observer, weight_attr in layers:
+        if weight_attr not in values or weight_attr in originals:
             continue
         weight = attr(prepared, weight_attr).detach()
         scale, _ = observer.calculate_qparams()
         shape = (-1,) + (1,) * (weight.dim() - 1)
         originals[weight_attr] = weight.clone()
-        replace_attr(prepared, weight_attr, (values[node.name].float() * scale.float().reshape(shape)).to(weight.dtype))
+        replace_attr(prepared, weight_attr, (values[weight_attr].float() * scale.float().reshape(shape)).to(weight.dtype))
     return [{"layers": len(originals), "samples": len(samples)}, *left], originals

@@ -3,6 +3,7 @@ removed, and recording interpreters run over the calibration samples."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Callable
 
 import torch
@@ -11,6 +12,7 @@ from torchao.quantization.pt2e.observer import ObserverBase
 
 from edgeship.calibration.samples import Samples
 from edgeship.export.inputs import to_torch
+from edgeship.quantize.quantizer import CONV_OPS, LINEAR_OPS
 
 
 class Watcher(Interpreter):
@@ -70,6 +72,20 @@ def observed_weights(prepared: GraphModule, ops: set) -> list[tuple[Node, Observ
         if isinstance(observer, ObserverBase) and isinstance(weight, Node) and weight.op == "get_attr":
             found.append((node, observer, weight.target))
     return found
+
+
+def shared_weights(module: GraphModule) -> set[str]:
+    """Weight attributes read by more than one layer call (a recurrent layer unrolled over time, weight
+    tying): passes that rewrite one layer's weight leave these alone, so the artifact keeps one copy."""
+    reads = Counter()
+    for node in module.graph.nodes:
+        if node.op == "call_function" and node.target in CONV_OPS | LINEAR_OPS and len(node.args) > 1:
+            weight = node.args[1]
+            while isinstance(weight, Node) and weight.op == "call_module":  # behind its observer
+                weight = weight.args[0]
+            if isinstance(weight, Node) and weight.op == "get_attr":
+                reads[weight.target] += 1
+    return {target for target, count in reads.items() if count > 1}
 
 
 def run_samples(recorder: Interpreter, samples: Samples, progress: Callable[[int], None] | None = None) -> None:

@@ -76,11 +76,15 @@ def int4_layers(module: GraphModule, group: int | None, samples=None, progress=N
     round-to-nearest), and a record of the layers left float (`skip`). `group` None: one scale per output
     channel. Layers in `static` are left out (they get static int8 instead)."""
     found, skipped = [], []
+    calls: dict[str, list[str]] = {}  # weight attribute -> the layer calls reading it (a recurrent layer's steps)
     for node in module.graph.nodes:
         if node.op != "call_function" or node.target not in LINEAR_OPS or node.name in static:
             continue
         weight_node = node.args[1]
         if node.meta.get(FLOAT_NODE) or not (isinstance(weight_node, Node) and weight_node.op == "get_attr"):
+            continue
+        if weight_node.target in calls:  # one Int4Weight per weight, however many calls share it
+            calls[weight_node.target].append(node.name)
             continue
         if node.name in skip:
             skipped.append({"layer": node.name, "reason": "kept in float by the recipe (keep_float)"})
@@ -91,13 +95,16 @@ def int4_layers(module: GraphModule, group: int | None, samples=None, progress=N
             skipped.append({"layer": node.name, "reason": f"{weight.shape[1]} input channels are not a multiple "
                                                           f"of the group size {size}"})
             continue
+        calls[weight_node.target] = [node.name]
         found.append(Int4Weight(node.name, weight_node.target, *quantize_weight(weight, size, bits), size, bits))
     if samples is not None and found:
-        recorder = PatchGram(module, {w.layer for w in found})
+        recorder = PatchGram(module, {name for w in found for name in calls[w.attr]})
         run_samples(recorder, samples, progress)
-        found = [Int4Weight(w.layer, w.attr, *gptq_weight(attr(module, w.attr), recorder.gram[w.layer][0], w.group,
-                                                           bits=bits), w.group, bits)
-                 if w.layer in recorder.gram else w for w in found]
+        grams = {w.attr: sum(recorder.gram[name][0] for name in calls[w.attr] if name in recorder.gram)
+                 for w in found}
+        found = [Int4Weight(w.layer, w.attr, *gptq_weight(attr(module, w.attr), grams[w.attr], w.group, bits=bits),
+                            w.group, bits)
+                 if isinstance(grams[w.attr], torch.Tensor) else w for w in found]
     elif samples is not None and progress is not None:  # the GPTQ pass is counted even with no layer for it
         progress(len(samples))
     return found, skipped
@@ -114,9 +121,10 @@ def with_int4_weights(module: GraphModule, weights: list[Int4Weight], packed: bo
 
     result = copy.deepcopy(module)
     if packed:  # torchao's int4 tensor implements F.linear (decomposing aten.linear bypasses it)
-        layers = {w.layer for w in weights}
+        targets = {w.attr for w in weights}
         for node in result.graph.nodes:
-            if node.name in layers:
+            if node.op == "call_function" and node.target in LINEAR_OPS and isinstance(node.args[1], Node) \
+                    and node.args[1].op == "get_attr" and node.args[1].target in targets:
                 node.target = torch.nn.functional.linear
         result.recompile()
     for w in weights:

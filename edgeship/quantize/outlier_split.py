@@ -28,7 +28,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from edgeship.calibration.samples import Samples
-from edgeship.quantize.graphs import ChannelMax, attr, register, run_samples
+from edgeship.quantize.graphs import ChannelMax, attr, register, run_samples, shared_weights
 from edgeship.quantize.quantizer import FLOAT_NODE, LINEAR_OPS, EdgeshipQuantizer
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,10 @@ def _int8_output_linears(module: GraphModule) -> list[Node]:
                  if n.meta.get("quantization_annotation") is not None
                  and n.meta["quantization_annotation"].output_qspec is not None}
     found = []
+    shared = shared_weights(module)
     for node in module.graph.nodes:
         if node.op == "call_function" and node.target in LINEAR_OPS and isinstance(node.args[1], Node) \
-                and node.args[1].op == "get_attr":
+                and node.args[1].op == "get_attr" and node.args[1].target not in shared:
             fused = [u for u in node.users if u.name in quantized]
             if node.name in quantized or fused:
                 found.append(node)

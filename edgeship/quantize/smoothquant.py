@@ -27,7 +27,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from edgeship.calibration.samples import Samples
-from edgeship.quantize.graphs import ChannelMax, attr, register, run_samples
+from edgeship.quantize.graphs import ChannelMax, attr, register, run_samples, shared_weights
 from edgeship.quantize.quantizer import FLOAT_NODE, LINEAR_OPS, EdgeshipQuantizer, _int8_output
 
 log = logging.getLogger(__name__)
@@ -75,13 +75,14 @@ def smoothing_groups(module: GraphModule) -> dict[Node, list[Node]]:
     annotated = EdgeshipQuantizer().annotate(copy.deepcopy(module))
     int8 = {n.name for n in annotated.graph.nodes if _int8_output(n)}
     groups = defaultdict(list)
+    shared = shared_weights(module)
     for node in module.graph.nodes:
         if node.op != "call_function" or node.target not in LINEAR_OPS or node.meta.get(FLOAT_NODE):
             continue
         act, weight = node.args[0], node.args[1]
         if not (isinstance(act, Node) and isinstance(weight, Node) and weight.op == "get_attr"):
             continue
-        if act.op == "get_attr" or act.name in int8:
+        if act.op == "get_attr" or act.name in int8 or weight.target in shared:
             continue
         groups[act].append(node)
     return dict(groups)

@@ -25,6 +25,9 @@ class LowerJob:
     float_onnx: Path  # where ONNX Runtime's adapter writes the float ONNX (its fp32 artifact)
     int4: Int4Job | None = None  # the int4 weights and graphs (w4a8 recipes)
     half: torch.export.ExportedProgram | None = None  # the float16 program (fp16 recipe)
+    # the float program with its recurrent layers as the model wrote them (float_program has them
+    # unrolled, export/recurrent.py): ONNX's own LSTM/GRU ops run faster in float than the unrolled steps
+    native: torch.export.ExportedProgram | None = None
 
 
 @dataclass

@@ -27,18 +27,22 @@ def _pack(w: Int4Weight) -> tuple[np.ndarray, np.ndarray]:
     return packed, w.scale.numpy().astype(np.float32).reshape(-1)
 
 
-def _dynamic_int8(graph, node, w: Int4Weight, bias: str | None):
+def _dynamic_int8(graph, node, w: Int4Weight, bias: str | None, store: bool = True):
     """DynamicQuantizeMatMul (com.microsoft): int8 weights (K x N) with one scale per output column;
-    ONNX Runtime quantizes the activations to uint8 per tensor at run time."""
+    ONNX Runtime quantizes the activations to uint8 per tensor at run time. `store`: add the weight's
+    initializers (False for a further MatMul reading the same weight)."""
     from onnx import helper, numpy_helper
 
     base = f"{w.layer}_int8"
     n = w.q.shape[0]
+    inputs = [node.input[0], f"{base}_B", f"{base}_scales", f"{base}_zero_points"] + ([bias] if bias else [])
+    if not store:
+        return helper.make_node("DynamicQuantizeMatMul", inputs, [node.output[0]], name=f"{base}_{node.name}_matmul",
+                                domain="com.microsoft")
     graph.initializer.extend([
         numpy_helper.from_array(np.ascontiguousarray(w.q.numpy().T), f"{base}_B"),
         numpy_helper.from_array(w.scale.numpy().reshape(n).astype(np.float32), f"{base}_scales"),
         numpy_helper.from_array(np.zeros(n, np.int8), f"{base}_zero_points")])
-    inputs = [node.input[0], f"{base}_B", f"{base}_scales", f"{base}_zero_points"] + ([bias] if bias else [])
     return helper.make_node("DynamicQuantizeMatMul", inputs, [node.output[0]], name=f"{base}_matmul",
                             domain="com.microsoft")
 
@@ -56,10 +60,18 @@ def to_matmul_nbits(path: Path, weights: list[Int4Weight]) -> list[str]:
         dense = w.dequantized().numpy().astype(np.float32)
         by_bytes[dense.tobytes()] = (w, False)  # Gemm(transB=1): W as is
         by_bytes[np.ascontiguousarray(dense.T).tobytes()] = (w, True)  # MatMul: W^T
+    # a weight several MatMuls read (a recurrent layer's steps) reaches them through one Transpose
+    transposed = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Transpose" and n.input[0] in inits
+                  and [list(a.ints) for a in n.attribute if a.name == "perm"] in ([], [[1, 0]])}
     found, nodes, used_inits = set(), [], set()
     for node in graph.node:
         match = None
-        if node.op_type in ("MatMul", "Gemm") and len(node.input) >= 2 and node.input[1] in inits:
+        weight = node.input[1] if node.op_type in ("MatMul", "Gemm") and len(node.input) >= 2 else None
+        if weight in transposed and node.op_type == "MatMul":
+            array = numpy_helper.to_array(inits[transposed[weight]])
+            hit = by_bytes.get(np.ascontiguousarray(array, dtype=np.float32).tobytes()) if array.dtype == np.float32 else None
+            match = hit[0] if hit is not None and not hit[1] else None
+        elif weight in inits:
             array = numpy_helper.to_array(inits[node.input[1]])
             hit = by_bytes.get(np.ascontiguousarray(array, dtype=np.float32).tobytes()) if array.dtype == np.float32 else None
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -71,23 +83,31 @@ def to_matmul_nbits(path: Path, weights: list[Int4Weight]) -> list[str]:
         if match is None:
             nodes.append(node)
             continue
-        found.add(match.layer)
         used_inits.add(node.input[1])
         bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else None
+        first = match.layer not in found  # a weight several MatMuls read (a recurrent layer's steps) is stored once
+        found.add(match.layer)
         if match.bits == 8:
-            nodes.append(_dynamic_int8(graph, node, match, bias))
+            nodes.append(_dynamic_int8(graph, node, match, bias, first))
             continue
-        packed, scales = _pack(match)
         base = f"{match.layer}_int4"
-        graph.initializer.extend([numpy_helper.from_array(packed, f"{base}_B"),
-                                  numpy_helper.from_array(scales, f"{base}_scales")])
-        out = node.output[0] if bias is None else f"{base}_y"
+        if first:
+            packed, scales = _pack(match)
+            graph.initializer.extend([numpy_helper.from_array(packed, f"{base}_B"),
+                                      numpy_helper.from_array(scales, f"{base}_scales")])
+        call = base if first else f"{base}_{node.name}"
+        out = node.output[0] if bias is None else f"{call}_y"
         n, k = match.q.shape
         nodes.append(helper.make_node("MatMulNBits", [node.input[0], f"{base}_B", f"{base}_scales"], [out],
-                                      name=f"{base}_matmul", domain="com.microsoft", K=k, N=n, bits=4,
+                                      name=f"{call}_matmul", domain="com.microsoft", K=k, N=n, bits=4,
                                       block_size=match.group, accuracy_level=4))
         if out != node.output[0]:  # Gemm's bias
-            nodes.append(helper.make_node("Add", [out, bias], [node.output[0]], name=f"{base}_bias"))
+            nodes.append(helper.make_node("Add", [out, bias], [node.output[0]], name=f"{call}_bias"))
+    still_read = {i for n in nodes for i in n.input}
+    for t in [n for n in nodes if n.op_type == "Transpose" and n.output[0] in transposed]:
+        if t.output[0] not in still_read:  # the Transpose of a weight now read in int4 / int8
+            nodes.remove(t)
+            used_inits.add(t.input[0])
     still_read = {i for n in nodes for i in n.input}
     kept = [i for i in graph.initializer if i.name not in used_inits or i.name in still_read]
     del graph.initializer[:]

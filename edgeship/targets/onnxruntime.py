@@ -34,7 +34,7 @@ class OnnxRuntimeAdapter:
     def lower(self, job: LowerJob, out: Path, precisions: tuple[str, ...]) -> list[Artifact]:
         artifacts = []
         if "fp32" in precisions or "fp16" in precisions:
-            export_float_onnx(job.float_program, job.float_onnx, list(job.input_names), list(job.output_names))
+            _float_onnx(job)
         if "fp32" in precisions:
             artifacts.append(Artifact(self.name, "fp32", job.float_onnx))
         if "int8" in precisions:
@@ -68,6 +68,16 @@ class OnnxRuntimeAdapter:
         return [Artifact(self.name, precision, p, count_ops(float_nodes, reason) + extra) for p in (onnx_path, ort_path)]
 
 
+def _float_onnx(job: LowerJob) -> None:
+    names = list(job.input_names), list(job.output_names)
+    if job.native is not None:  # the recurrent layers as ONNX LSTM/GRU ops, where the exporter writes them
+        try:
+            return export_float_onnx(job.native, job.float_onnx, *names)
+        except ExportError as exc:
+            log.info("float ONNX with the unrolled recurrent layers: %s", exc)
+    export_float_onnx(job.float_program, job.float_onnx, *names)
+
+
 def _to_float16(fp32_path: Path, fp16_path: Path) -> None:
     """The float ONNX with float16 weights and compute, float32 inputs and outputs (ONNX Runtime's own
     converter; ops it keeps in float32 get casts around them)."""
@@ -90,6 +100,53 @@ def _export_onnx(module, job: LowerJob, onnx_path: Path) -> None:
                           "run with --debug for the full trace") from exc
     onnx_program.save(str(onnx_path))
     strip_metadata(onnx_path)
+    _transpose_int8_weights(onnx_path)
+
+
+def _transpose_int8_weights(onnx_path: Path) -> None:
+    """DequantizeLinear(int8 weight) -> Transpose -> MatMul becomes DequantizeLinear(transposed int8
+    weight) -> MatMul, which ONNX Runtime fuses into an int8 matmul. The exporter writes a linear layer
+    whose weight several calls share (a recurrent layer's steps) that way; ONNX Runtime left those
+    matmuls in float (FusedMatMul)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers[i] = consumers.get(i, 0) + 1
+    changed = False
+    for node in list(graph.node):
+        dq = producers.get(node.input[0]) if node.op_type == "Transpose" else None
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+            continue
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        weight = numpy_helper.to_array(inits[dq.input[0]])
+        if weight.ndim != 2 or perm not in (None, [1, 0]):
+            continue
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        scale = numpy_helper.to_array(inits[dq.input[1]]) if dq.input[1] in inits else None
+        name = f"{dq.input[0]}_transposed"
+        if name not in inits:
+            inits[name] = numpy_helper.from_array(weight.T.copy(), name)
+            graph.initializer.append(inits[name])
+        attrs = {} if scale is None or scale.ndim == 0 else {"axis": 1 - (axis % 2)}
+        new = onnx.helper.make_node("DequantizeLinear", [name, *dq.input[1:]], list(node.output),
+                                    name=f"{dq.name}_transposed", **attrs)
+        graph.node.insert(list(graph.node).index(node), new)
+        graph.node.remove(node)
+        consumers[dq.output[0]] -= 1
+        if consumers[dq.output[0]] == 0 and dq.output[0] not in {o.name for o in graph.output}:
+            graph.node.remove(dq)
+            if sum(dq.input[0] in n.input for n in graph.node) == 0:
+                graph.initializer.remove(inits.pop(dq.input[0]))
+        changed = True
+    if changed:
+        onnx.save(model, str(onnx_path))
 
 
 def _session_options(optimized_path: Path | None = None, ort_format: bool = False):

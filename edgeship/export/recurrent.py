@@ -1,0 +1,173 @@
+"""Recurrent layers (nn.LSTM, nn.GRU, nn.RNN) rewritten as the linear layers and elementwise ops they
+compute, unrolled over the (static) sequence length, before torch.export captures the model.
+
+Captured as they are, the three runtimes get three different things: ONNX keeps one LSTM/GRU op that
+no int8 quantizer reaches, ExecuTorch keeps `aten.lstm` outside XNNPACK (or splits a GRU into hundreds
+of partitions that take minutes to lower), LiteRT unrolls it in float. Rewritten, the gates are one
+`nn.Linear` on the layer input (one call over the whole sequence) plus one on the hidden
+state (one call per step, its weight shared by the steps), so the int8 quantizer gives the gates int8
+weights and int8 matmuls in all three runtimes, while the gate nonlinearities and the cell state stay
+in float. Every op used (linear, add, mul, sub, sigmoid, tanh, slice, view, cat) is one XNNPACK
+delegates, so a recurrent model lowers as one partition.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+RECURRENT = (nn.LSTM, nn.GRU, nn.RNN)
+GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+class _Direction(nn.Module):
+    """One direction of one layer: `inp` maps the layer input to every gate (one call over the whole
+    sequence; both biases where PyTorch adds them together), `hid` maps the hidden state to every gate
+    (one call per step). An LSTM's gates are reordered i, f, o, g so one sigmoid covers three of them."""
+
+    def __init__(self, rnn: nn.Module, layer: int, suffix: str) -> None:
+        super().__init__()
+        self.mode = rnn.mode
+        gates, size = GATES[rnn.mode], rnn.hidden_size
+        w_ih = getattr(rnn, f"weight_ih_l{layer}{suffix}").detach()
+        w_hh = getattr(rnn, f"weight_hh_l{layer}{suffix}").detach()
+        zeros = torch.zeros(gates * size, dtype=w_ih.dtype)
+        b_ih = getattr(rnn, f"bias_ih_l{layer}{suffix}").detach() if rnn.bias else zeros
+        b_hh = getattr(rnn, f"bias_hh_l{layer}{suffix}").detach() if rnn.bias else zeros
+        if self.mode == "LSTM":  # PyTorch's i, f, g, o -> i, f, o, g
+            order = torch.cat([torch.arange(k * size, (k + 1) * size) for k in (0, 1, 3, 2)])
+            w_ih, w_hh, b_ih, b_hh = w_ih[order], w_hh[order], b_ih[order], b_hh[order]
+        if self.mode == "GRU":  # the new gate's hidden bias sits inside r * (W_hn h + b_hn)
+            self.inp = _linear(w_ih, torch.cat([b_ih[:2 * size] + b_hh[:2 * size], b_ih[2 * size:]]))
+            self.hid = _linear(w_hh, torch.cat([torch.zeros(2 * size, dtype=w_hh.dtype), b_hh[2 * size:]]))
+        else:
+            self.inp = _linear(w_ih, b_ih + b_hh)
+            self.hid = _linear(w_hh, None)
+        self.size = size
+        proj = getattr(rnn, "proj_size", 0)
+        self.proj = _linear(getattr(rnn, f"weight_hr_l{layer}{suffix}").detach(), None) if proj else None
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor | None, c: torch.Tensor | None, reverse: bool):
+        """x: [B, T, in]; h, c: [B, 1, H] or None (zeros). Returns the outputs [B, T, H] and the last h, c."""
+        steps = x.shape[1]
+        projected = self.inp(x)  # [B, T, gates * H]: one matmul over the whole sequence
+        outputs: list[torch.Tensor] = [None] * steps  # type: ignore[list-item]
+        for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
+            h, c = self._step(projected[:, t:t + 1], h, c)
+            outputs[t] = h
+        return torch.cat(outputs, dim=1) if steps > 1 else outputs[0], h, c
+
+    def _step(self, x, h, c):
+        size = self.size
+        if self.mode == "LSTM":
+            pre = x if h is None else x + self.hid(h)
+            ifo, g = torch.sigmoid(pre[..., :3 * size]), torch.tanh(pre[..., 3 * size:])
+            i, f, o = ifo[..., :size], ifo[..., size:2 * size], ifo[..., 2 * size:]
+            c = i * g if c is None else f * c + i * g
+            h = o * torch.tanh(c)
+            return (self.proj(h) if self.proj is not None else h), c
+        if self.mode == "GRU":
+            hidden = self.hid.bias if h is None else self.hid(h)  # h = 0: the hidden side is its bias
+            rz = torch.sigmoid(x[..., :2 * size] if h is None else x[..., :2 * size] + hidden[..., :2 * size])
+            r, z = rz[..., :size], rz[..., size:]
+            n = torch.tanh(x[..., 2 * size:] + r * hidden[..., 2 * size:])
+            return (n - z * n if h is None else n + z * (h - n)), None
+        pre = x if h is None else x + self.hid(h)
+        return (torch.tanh(pre) if self.mode == "RNN_TANH" else torch.relu(pre)), None
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype)
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+        if bias is not None:
+            lin.bias.copy_(bias)
+    return lin
+
+
+class Unrolled(nn.Module):
+    """Drop-in replacement for an nn.LSTM / nn.GRU / nn.RNN in eval mode: same arguments, same outputs
+    (`output, h_n` or `output, (h_n, c_n)`), computed step by step with linear layers."""
+
+    def __init__(self, rnn: nn.Module) -> None:
+        super().__init__()
+        self.mode = rnn.mode
+        self.layers = rnn.num_layers
+        self.directions = 2 if rnn.bidirectional else 1
+        self.batch_first = rnn.batch_first
+        self.hidden = rnn.proj_size if getattr(rnn, "proj_size", 0) else rnn.hidden_size
+        self.cell = rnn.hidden_size
+        self.original = rnn  # for inputs it was not unrolled for (a PackedSequence)
+        self.cells = nn.ModuleList(
+            _Direction(rnn, layer, "_reverse" if d else "") for layer in range(self.layers)
+            for d in range(self.directions))
+
+    def forward(self, x, hx=None):
+        if not isinstance(x, torch.Tensor):
+            return self.original(x, hx)
+        unbatched = x.dim() == 2
+        if unbatched:
+            x = x.unsqueeze(1 if not self.batch_first else 0)
+            hx = tuple(s.unsqueeze(1) for s in hx) if isinstance(hx, tuple) else (
+                hx.unsqueeze(1) if hx is not None else None)
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        batch = x.shape[0]
+        h0, c0 = (hx if isinstance(hx, tuple) else (hx, None)) if hx is not None else (None, None)
+        last_h, last_c = [], []
+        for layer in range(self.layers):
+            outs = []
+            for d in range(self.directions):
+                k = layer * self.directions + d
+                h = h0[k].reshape(batch, 1, self.hidden) if h0 is not None else None
+                c = c0[k].reshape(batch, 1, self.cell) if c0 is not None else None
+                out, h, c = self.cells[k](x, h, c, reverse=d == 1)
+                outs.append(out)
+                last_h.append(self._state(h, batch, self.hidden))
+                if self.mode == "LSTM":
+                    last_c.append(self._state(c, batch, self.cell))
+            x = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
+        output = x if self.batch_first else x.transpose(0, 1)
+        h_n = torch.cat(last_h, dim=0)
+        if unbatched:
+            output = output.squeeze(0 if self.batch_first else 1)
+            h_n = h_n.squeeze(1)
+        if self.mode != "LSTM":
+            return output, h_n
+        c_n = torch.cat(last_c, dim=0)
+        return output, (h_n, c_n.squeeze(1) if unbatched else c_n)
+
+    def _state(self, s: torch.Tensor | None, batch: int, size: int) -> torch.Tensor:
+        """[B, 1, H] -> [1, B, H] (the same memory order); zeros when the sequence left it unset."""
+        if s is None:
+            return torch.zeros(1, batch, size)
+        return s.reshape(1, batch, size)
+
+
+def unroll_recurrent(model: nn.Module, args: tuple) -> tuple[nn.Module, list[str]]:
+    """A copy of `model` with every nn.LSTM / nn.GRU / nn.RNN replaced by `Unrolled` (names returned),
+    or `model` itself when it has none. The copy's outputs are checked against the model's on `args`;
+    where they differ, the model is kept as it is and a warning says so."""
+    names = [name for name, m in model.named_modules() if type(m) in RECURRENT]
+    if not names:
+        return model, []
+    rewritten = copy.deepcopy(model)
+    for name in names:
+        rewritten.set_submodule(name, Unrolled(rewritten.get_submodule(name)).eval())
+    with torch.no_grad():
+        want, got = model(*args), rewritten(*args)
+    want = [t for t in torch.utils._pytree.tree_leaves(want) if isinstance(t, torch.Tensor)]
+    got = [t for t in torch.utils._pytree.tree_leaves(got) if isinstance(t, torch.Tensor)]
+    worst = max(((a.float() - b.float()).abs().max() / (1 + a.float().abs().max())).item()
+                for a, b in zip(want, got)) if len(want) == len(got) else float("inf")
+    if worst > 1e-4:
+        log.warning("recurrent layers %s left as they are: their unrolled form differs from them by %.2g on "
+                    "the example inputs; they will not be quantized", ", ".join(names), worst)
+        return model, []
+    log.info("recurrent layers unrolled into linear layers (int8 weights and matmuls): %s", ", ".join(names))
+    return rewritten, names

@@ -1,0 +1,136 @@
+"""Recurrent layers (edgeship/export/recurrent.py): the unrolled form computes what nn.LSTM / nn.GRU /
+nn.RNN compute, its step weights stay one shared copy through calibration and the PTQ passes, and a
+trained keyword spotter exports with int8 recurrent matmuls to all three runtimes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from edgeship.calibration.samples import Samples
+from edgeship.export.recurrent import Unrolled, unroll_recurrent
+from edgeship.quantize.calibrate import calibrate, convert
+from edgeship.quantize.graphs import attr
+from edgeship.quantize.recipe import recipe_by_name
+
+sys.path.insert(0, str(Path(__file__).parent))
+from models import spoken_features, tiny_conv_net, trained_keyword_spotter  # noqa: E402
+
+TESTS = Path(__file__).resolve().parent
+MATMULS = ("lstm", "gru", "matmul", "gemm", "fully_connected", "linear")  # op names that would be float matmuls
+
+
+@pytest.mark.parametrize("cell, kwargs, state, unbatched", [
+    (nn.LSTM, dict(num_layers=2, batch_first=True), False, False),
+    (nn.LSTM, dict(bidirectional=True), True, False),
+    (nn.LSTM, dict(proj_size=3, num_layers=2, batch_first=True), True, False),
+    (nn.LSTM, dict(bias=False), False, True),
+    (nn.GRU, dict(num_layers=2, batch_first=True, bidirectional=True), False, False),
+    (nn.GRU, dict(), True, False),
+    (nn.GRU, dict(bias=False), True, True),
+    (nn.RNN, dict(nonlinearity="relu", num_layers=2), True, False),
+    (nn.RNN, dict(batch_first=True, bidirectional=True), False, False),
+], ids=["lstm-2layer", "lstm-bidir-state", "lstm-proj", "lstm-nobias-unbatched", "gru-2layer-bidir",
+        "gru-state", "gru-nobias-unbatched", "rnn-relu-state", "rnn-tanh-bidir"])
+def test_unrolled_computes_what_the_layer_computes(cell, kwargs, state, unbatched) -> None:
+    torch.manual_seed(0)
+    layer = cell(5, 6, **kwargs).eval()
+    batch, steps = 2, 7
+    shape = (steps, 5) if unbatched else ((batch, steps, 5) if layer.batch_first else (steps, batch, 5))
+    x = torch.randn(shape)
+    hx = None
+    if state:
+        layers = layer.num_layers * (2 if layer.bidirectional else 1)
+        h_size = getattr(layer, "proj_size", 0) or 6
+        h0 = torch.randn((layers, h_size) if unbatched else (layers, batch, h_size))
+        hx = (h0, torch.randn((layers, 6) if unbatched else (layers, batch, 6))) if cell is nn.LSTM else h0
+    want, got = pytree.tree_leaves(layer(x, hx)), pytree.tree_leaves(Unrolled(layer).eval()(x, hx))
+    assert len(want) == len(got) == (3 if cell is nn.LSTM else 2)
+    for a, b in zip(want, got):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_models_without_recurrent_layers_are_left_as_they_are() -> None:
+    model = tiny_conv_net()
+    assert unroll_recurrent(model, (torch.randn(1, 3, 32, 32),)) == (model, [])
+
+
+def test_unrolling_works_on_a_copy() -> None:
+    model = trained_keyword_spotter("gru", steps=5)
+    x, _ = spoken_features(2)
+    rewritten, names = unroll_recurrent(model, (x,))
+    assert names == ["rnn"] and isinstance(rewritten.rnn, Unrolled)
+    assert type(model.rnn) is nn.GRU  # the user's model is not changed
+    torch.testing.assert_close(rewritten(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_step_weights_stay_one_copy_through_calibration() -> None:
+    """Every step of the unrolled layer reads the same hidden weight; SmoothQuant, GPTQ and outlier
+    splitting must not give each step its own (a copy per step made the int8 artifact ~30x its weights)."""
+    model = trained_keyword_spotter("lstm", steps=20)
+    x, _ = spoken_features(12, frames=10, seed=3)
+    unrolled, _ = unroll_recurrent(model, (x[:1],))
+    program = torch.export.export(unrolled, (x[:1],), strict=False)
+    calib = Samples(("x",), (x.numpy(),), "synthetic")
+    memo = {}
+    recipe = recipe_by_name("int8")
+    assert {"smoothquant", "gptq"} <= set(recipe.algorithms)
+    prepared = calibrate(program, recipe, calib, memo=memo)
+    linears = [n for n in prepared.graph.nodes if n.target == torch.ops.aten.linear.default]
+    assert len(linears) == 2 * (1 + 9) + 1  # per layer: input projection, a hidden call per step after the first; head
+    hidden = {n.args[1].args[0].target for n in linears}
+    assert len(hidden) == 2 * 2 + 1  # one weight per projection
+    assert len(memo["passes"]["gptq"]["values"]) == len(hidden) + 1  # each weight once, and the convolution
+    folded = convert(prepared).folded
+    constants = sum(attr(folded, n.target).numel() for n in folded.graph.nodes if n.op == "get_attr")
+    parameters = sum(p.numel() for p in model.parameters())
+    assert constants < 1.2 * parameters, (constants, parameters)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_keyword_spotter_exports_int8_recurrence_to_every_runtime(cell, tmp_path) -> None:
+    from edgeship import api
+
+    x, _ = spoken_features(48, seed=5)
+    np.savez(tmp_path / "frames.npz", x=x.numpy())
+    result = api.export(f"{TESTS / 'models.py'}:trained_{cell}_spotter", "linux-arm64", tmp_path / "frames.npz",
+                        out=tmp_path / "out")
+    manifest = json.loads((result.out_dir / "manifest.json").read_text())
+    artifacts = {a["path"]: a for a in manifest["artifacts"]}
+    assert {"model.int8.onnx", "model.int8.pte", "model.int8.tflite"} <= set(artifacts)
+    sizes = {}
+    for name in ("model.int8.onnx", "model.int8.pte", "model.int8.tflite"):
+        a = artifacts[name]
+        float_ops = {f["op"].lower() for f in a["not_quantized"]}
+        assert not [op for op in float_ops if any(k in op for k in MATMULS)], (name, float_ops)
+        assert a["accuracy"]["sqnr_db"] > 25, (name, a["accuracy"])
+        fp32 = artifacts[name.replace("int8", "fp32")]
+        sizes[name] = a["bytes"] / fp32["bytes"]
+    # int8 weights: the int8 .pte and .tflite are under 70% of their fp32 twins (both unrolled; the steps' ops
+    # are a fixed cost), the int8 .onnx under the fp32 .onnx that keeps ONNX's compact LSTM / GRU op
+    assert sizes["model.int8.pte"] < 0.7 and sizes["model.int8.tflite"] < 0.7 and sizes["model.int8.onnx"] < 0.8, sizes
+
+
+@pytest.mark.slow
+def test_recurrent_weights_are_int8_with_dynamic_activations_on_every_runtime(tmp_path) -> None:
+    """int8-dynamic: the ONNX and LiteRT rewrites find every step's matmul, though the steps share one weight."""
+    from edgeship import api
+
+    x, _ = spoken_features(24, seed=6)
+    np.savez(tmp_path / "frames.npz", x=x.numpy())
+    result = api.export(f"{TESTS / 'models.py'}:trained_lstm_spotter", "linux-arm64", tmp_path / "frames.npz",
+                        out=tmp_path / "out", recipe="int8-dynamic")
+    artifacts = [a for a in result.manifest["artifacts"] if a["precision"] == "int8-dynamic"]
+    assert {a["runtime"] for a in artifacts} == {"onnxruntime", "executorch", "litert"}
+    for a in artifacts:
+        float_ops = {f["op"].lower() for f in a["not_quantized"]}
+        assert not [op for op in float_ops if any(k in op for k in MATMULS)], (a["path"], float_ops)
+        assert a["accuracy"]["sqnr_db"] > 35, (a["path"], a["accuracy"])
