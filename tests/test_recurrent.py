@@ -134,3 +134,42 @@ def test_recurrent_weights_are_int8_with_dynamic_activations_on_every_runtime(tm
         float_ops = {f["op"].lower() for f in a["not_quantized"]}
         assert not [op for op in float_ops if any(k in op for k in MATMULS)], (a["path"], float_ops)
         assert a["accuracy"]["sqnr_db"] > 35, (a["path"], a["accuracy"])
+
+
+class _LearnedInitialState(nn.Module):
+    """A GRU whose initial state is a parameter: its first step's hidden projection is a constant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(6, 8, batch_first=True)
+        self.h0 = nn.Parameter(torch.randn(1, 1, 8))
+
+    def forward(self, x):
+        return self.rnn(x, self.h0)[0]
+
+
+def test_layers_on_constants_are_folded_before_quantization() -> None:
+    from edgeship.quantize.calibrate import transformed
+    from edgeship.quantize.recipe import Recipe
+
+    torch.manual_seed(0)
+    model = _LearnedInitialState().eval()
+    x = torch.randn(4, 5, 6)
+    unrolled, _ = unroll_recurrent(model, (x[:1],))
+    program = torch.export.export(unrolled, (x[:1],), strict=False)
+    before = sum(n.target == torch.ops.aten.linear.default for n in program.graph.nodes)
+    module, _, _ = transformed(program, Recipe(algorithms=()), Samples(("x",), (x.numpy(),), "random"))
+    linears = [n for n in module.graph.nodes if n.target == torch.ops.aten.linear.default]
+    assert len(linears) == before - 1  # the hidden projection of h0, now a buffer
+    assert all(any(a.op == "placeholder" for a in _ancestors(n)) for n in linears)
+    torch.testing.assert_close(module(x[:1]), model(x[:1]), rtol=1e-5, atol=1e-6)
+
+
+def _ancestors(node):
+    seen, todo = set(), [node]
+    while todo:
+        for a in todo.pop().all_input_nodes:
+            if a not in seen:
+                seen.add(a)
+                todo.append(a)
+    return seen

@@ -88,6 +88,42 @@ def shared_weights(module: GraphModule) -> set[str]:
     return {target for target, count in reads.items() if count > 1}
 
 
+def fold_constant_layers(module: GraphModule) -> int:
+    """Each conv / linear layer computed from constants only (a recurrent layer's first step from a learned
+    initial state) replaced by its value, a buffer: such a layer is a constant, and quantized it got wrong
+    outputs from ExecuTorch (a GRU with a learned h0: 13 dB against 38 dB in the other runtimes). Returns
+    how many were folded."""
+    varying: set[Node] = set()
+    for node in module.graph.nodes:
+        if node.op == "placeholder" or any(a in varying for a in node.all_input_nodes):
+            varying.add(node)
+    layers = [n for n in module.graph.nodes if n.op == "call_function" and n.target in CONV_OPS | LINEAR_OPS
+              and n not in varying]
+    if not layers:
+        return 0
+    values: dict[Node, object] = {}
+    with torch.no_grad():
+        for node in module.graph.nodes:
+            if node in varying or node.op not in ("get_attr", "call_function"):
+                continue
+            if node.op == "get_attr":
+                values[node] = attr(module, node.target)
+                continue
+            args = torch.fx.node.map_arg(node.args, lambda a: values[a])
+            kwargs = torch.fx.node.map_arg(node.kwargs, lambda a: values[a])
+            values[node] = node.target(*args, **kwargs)
+    for node in layers:
+        name = register(module, f"_folded_{node.name}", values[node].detach().clone())
+        with module.graph.inserting_before(node):
+            constant = module.graph.get_attr(name)
+        constant.meta = dict(node.meta)
+        node.replace_all_uses_with(constant)
+        module.graph.erase_node(node)
+    module.graph.eliminate_dead_code()
+    module.recompile()
+    return len(layers)
+
+
 def run_samples(recorder: Interpreter, samples: Samples, progress: Callable[[int], None] | None = None) -> None:
     """Runs a recording interpreter over every sample, without gradients."""
     with torch.no_grad():
