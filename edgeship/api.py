@@ -385,7 +385,6 @@ def _capture(loaded, calib):
     them, and its torch.export program."""
     from edgeship.export import capture as cap
     from edgeship.export.inputs import example_inputs
-
     from edgeship.export.recurrent import unroll_recurrent
 
     args = example_inputs(calib)

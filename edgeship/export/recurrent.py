@@ -8,7 +8,7 @@ of partitions that take minutes to lower), LiteRT unrolls it in float. Rewritten
 state (one call per step, its weight shared by the steps), so the int8 quantizer gives the gates int8
 weights and int8 matmuls in all three runtimes, while the gate nonlinearities and the cell state stay
 in float. Every op used (linear, add, mul, sub, sigmoid, tanh, slice, view, cat) is one XNNPACK
-delegates, so a recurrent model lowers as one partition.
+delegates, so the recurrent layer lowers into the delegate whole.
 """
 
 from __future__ import annotations

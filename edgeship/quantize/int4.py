@@ -83,9 +83,10 @@ def int4_layers(module: GraphModule, group: int | None, samples=None, progress=N
         weight_node = node.args[1]
         if node.meta.get(FLOAT_NODE) or not (isinstance(weight_node, Node) and weight_node.op == "get_attr"):
             continue
-        if weight_node.target in calls:  # one Int4Weight per weight, however many calls share it
+        if weight_node.target in calls:  # one Int4Weight (or none) per weight, however many calls share it
             calls[weight_node.target].append(node.name)
             continue
+        calls[weight_node.target] = [node.name]
         if node.name in skip:
             skipped.append({"layer": node.name, "reason": "kept in float by the recipe (keep_float)"})
             continue
@@ -95,7 +96,6 @@ def int4_layers(module: GraphModule, group: int | None, samples=None, progress=N
             skipped.append({"layer": node.name, "reason": f"{weight.shape[1]} input channels are not a multiple "
                                                           f"of the group size {size}"})
             continue
-        calls[weight_node.target] = [node.name]
         found.append(Int4Weight(node.name, weight_node.target, *quantize_weight(weight, size, bits), size, bits))
     if samples is not None and found:
         recorder = PatchGram(module, {name for w in found for name in calls[w.attr]})
