@@ -60,18 +60,10 @@ def to_matmul_nbits(path: Path, weights: list[Int4Weight]) -> list[str]:
         dense = w.dequantized().numpy().astype(np.float32)
         by_bytes[dense.tobytes()] = (w, False)  # Gemm(transB=1): W as is
         by_bytes[np.ascontiguousarray(dense.T).tobytes()] = (w, True)  # MatMul: W^T
-    # a weight several MatMuls read (a recurrent layer's steps) reaches them through one Transpose
-    transposed = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Transpose" and n.input[0] in inits
-                  and [list(a.ints) for a in n.attribute if a.name == "perm"] in ([], [[1, 0]])}
     found, nodes, used_inits = set(), [], set()
     for node in graph.node:
         match = None
-        weight = node.input[1] if node.op_type in ("MatMul", "Gemm") and len(node.input) >= 2 else None
-        if weight in transposed and node.op_type == "MatMul":
-            array = numpy_helper.to_array(inits[transposed[weight]])
-            hit = by_bytes.get(np.ascontiguousarray(array, dtype=np.float32).tobytes()) if array.dtype == np.float32 else None
-            match = hit[0] if hit is not None and not hit[1] else None
-        elif weight in inits:
+        if node.op_type in ("MatMul", "Gemm") and len(node.input) >= 2 and node.input[1] in inits:
             array = numpy_helper.to_array(inits[node.input[1]])
             hit = by_bytes.get(np.ascontiguousarray(array, dtype=np.float32).tobytes()) if array.dtype == np.float32 else None
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -103,11 +95,6 @@ def to_matmul_nbits(path: Path, weights: list[Int4Weight]) -> list[str]:
                                       block_size=match.group, accuracy_level=4))
         if out != node.output[0]:  # Gemm's bias
             nodes.append(helper.make_node("Add", [out, bias], [node.output[0]], name=f"{call}_bias"))
-    still_read = {i for n in nodes for i in n.input}
-    for t in [n for n in nodes if n.op_type == "Transpose" and n.output[0] in transposed]:
-        if t.output[0] not in still_read:  # the Transpose of a weight now read in int4 / int8
-            nodes.remove(t)
-            used_inits.add(t.input[0])
     still_read = {i for n in nodes for i in n.input}
     kept = [i for i in graph.initializer if i.name not in used_inits or i.name in still_read]
     del graph.initializer[:]

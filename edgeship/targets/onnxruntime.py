@@ -100,14 +100,15 @@ def _export_onnx(module, job: LowerJob, onnx_path: Path) -> None:
                           "run with --debug for the full trace") from exc
     onnx_program.save(str(onnx_path))
     strip_metadata(onnx_path)
-    _transpose_int8_weights(onnx_path)
+    _transpose_weights(onnx_path)
 
 
-def _transpose_int8_weights(onnx_path: Path) -> None:
-    """DequantizeLinear(int8 weight) -> Transpose -> MatMul becomes DequantizeLinear(transposed int8
-    weight) -> MatMul, which ONNX Runtime fuses into an int8 matmul. The exporter writes a linear layer
-    whose weight several calls share (a recurrent layer's steps) that way; ONNX Runtime left those
-    matmuls in float (FusedMatMul)."""
+def _transpose_weights(onnx_path: Path) -> None:
+    """A 2-D weight read through a Transpose is stored transposed instead: initializer -> Transpose
+    becomes the transposed initializer, DequantizeLinear(int8 weight) -> Transpose becomes
+    DequantizeLinear(transposed int8 weight, axis swapped). The exporter writes a linear layer whose weight
+    several calls share (a recurrent layer's steps) that way; ONNX Runtime then left its int8 matmuls in
+    float (FusedMatMul), and the int4 / int8-dynamic rewrites did not see the weight."""
     import onnx
     from onnx import numpy_helper
 
@@ -119,34 +120,47 @@ def _transpose_int8_weights(onnx_path: Path) -> None:
     for n in graph.node:
         for i in n.input:
             consumers[i] = consumers.get(i, 0) + 1
+    outputs = {o.name for o in graph.output}
     changed = False
     for node in list(graph.node):
-        dq = producers.get(node.input[0]) if node.op_type == "Transpose" else None
-        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+        if node.op_type != "Transpose" or next((list(a.ints) for a in node.attribute if a.name == "perm"),
+                                               None) not in (None, [1, 0]):
             continue
-        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-        weight = numpy_helper.to_array(inits[dq.input[0]])
-        if weight.ndim != 2 or perm not in (None, [1, 0]):
+        dq = producers.get(node.input[0])
+        source = node.input[0] if dq is None else dq.input[0]
+        if source not in inits or (dq is not None and dq.op_type != "DequantizeLinear"):
             continue
-        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
-        scale = numpy_helper.to_array(inits[dq.input[1]]) if dq.input[1] in inits else None
-        name = f"{dq.input[0]}_transposed"
+        weight = numpy_helper.to_array(inits[source])
+        if weight.ndim != 2:
+            continue
+        at = list(graph.node).index(node)
+        graph.node.remove(node)
+        changed = True
+        if dq is None:  # a constant: the Transpose's output becomes the transposed initializer
+            graph.initializer.append(numpy_helper.from_array(weight.T.copy(), node.output[0]))
+            _drop_if_unread(graph, inits, consumers, source, outputs)
+            continue
+        name = f"{source}_transposed"
         if name not in inits:
             inits[name] = numpy_helper.from_array(weight.T.copy(), name)
             graph.initializer.append(inits[name])
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        scale = numpy_helper.to_array(inits[dq.input[1]]) if dq.input[1] in inits else None
         attrs = {} if scale is None or scale.ndim == 0 else {"axis": 1 - (axis % 2)}
-        new = onnx.helper.make_node("DequantizeLinear", [name, *dq.input[1:]], list(node.output),
-                                    name=f"{dq.name}_transposed", **attrs)
-        graph.node.insert(list(graph.node).index(node), new)
-        graph.node.remove(node)
+        graph.node.insert(at, onnx.helper.make_node("DequantizeLinear", [name, *dq.input[1:]], list(node.output),
+                                                    name=f"{dq.name}_transposed", **attrs))
         consumers[dq.output[0]] -= 1
-        if consumers[dq.output[0]] == 0 and dq.output[0] not in {o.name for o in graph.output}:
+        if consumers[dq.output[0]] == 0 and dq.output[0] not in outputs:
             graph.node.remove(dq)
-            if sum(dq.input[0] in n.input for n in graph.node) == 0:
-                graph.initializer.remove(inits.pop(dq.input[0]))
-        changed = True
+            _drop_if_unread(graph, inits, consumers, source, outputs)
     if changed:
         onnx.save(model, str(onnx_path))
+
+
+def _drop_if_unread(graph, inits: dict, consumers: dict[str, int], name: str, outputs: set[str]) -> None:
+    consumers[name] -= 1
+    if consumers[name] == 0 and name not in outputs:
+        graph.initializer.remove(inits.pop(name))
 
 
 def _session_options(optimized_path: Path | None = None, ort_format: bool = False):
