@@ -119,8 +119,7 @@ def _is_user_frame(filename: str, source_file: str | None) -> bool:
 def export_float_onnx(program: torch.export.ExportedProgram, path: Path, input_names: list[str],
                       output_names: list[str]) -> None:
     try:
-        onnx_program = torch.onnx.export(program, input_names=input_names, output_names=output_names,
-                                         dynamo=True, optimize=True, verbose=False)
+        onnx_program = to_onnx(program, input_names, output_names)
     except Exception as exc:  # the ONNX exporter raises many types for ops it cannot translate
         cause = exc.__cause__  # the exporter wraps the failing step's error; that one names the op
         why = f" ({type(cause).__name__}: {_first_line(cause)})" if cause is not None else ""
@@ -128,6 +127,16 @@ def export_float_onnx(program: torch.export.ExportedProgram, path: Path, input_n
                           f"{_first_line(exc)}{why}; run with --debug for the full trace") from exc
     onnx_program.save(str(path))
     strip_metadata(path)
+
+
+def to_onnx(program: torch.export.ExportedProgram, input_names: list[str], output_names: list[str]):
+    """`program` translated by torch.onnx's exporter and optimized (export/passes/onnx_optimize.py)."""
+    from edgeship.export.passes.onnx_optimize import optimize
+
+    onnx_program = torch.onnx.export(program, input_names=input_names, output_names=output_names,
+                                     dynamo=True, optimize=False, verbose=False)
+    optimize(onnx_program.model)
+    return onnx_program
 
 
 def strip_metadata(path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from edgeship.errors import ExportError
-from edgeship.export.capture import export_float_onnx, strip_metadata
+from edgeship.export.capture import export_float_onnx, strip_metadata, to_onnx
 from edgeship.runtimes.onnxruntime import ARM_SESSION_CONFIG, session_options
 from edgeship.targets.base import Artifact, LowerJob, count_ops
 
@@ -91,9 +91,7 @@ def _to_float16(fp32_path: Path, fp16_path: Path) -> None:
 def _export_onnx(module, job: LowerJob, onnx_path: Path) -> None:
     program = torch.export.export(module, job.example_inputs, strict=False)
     try:
-        onnx_program = torch.onnx.export(program, input_names=list(job.input_names),
-                                         output_names=list(job.output_names), dynamo=True,
-                                         optimize=True, verbose=False)
+        onnx_program = to_onnx(program, list(job.input_names), list(job.output_names))
     except Exception as exc:  # the exporter raises many types for untranslatable ops
         raise ExportError(f"torch.onnx.export cannot translate the quantized graph: "
                           f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}; "
