@@ -219,7 +219,7 @@ def _quantize(recipe, program, flat, args, calib, evaluation, reference, memo, b
         if choice["keep_float"]:
             prepared = calibrate(program, recipe, calib,
                                  progress("recalibrate", len(calib) * recipe.calibration_passes),
-                                 frozenset(choice["keep_float"]))
+                                 frozenset(choice["float_nodes"]))
     quantized = convert(prepared)
     return choice, quantized, None, None, quantized.encodings
 
@@ -316,7 +316,8 @@ def analyze(model: str, calibration: str | Path, *, eval_data: str | Path | None
     rows, kept_float = [], set()
     for s in found:
         kept_float.add(s.layer.name)
-        rows.append({"layer": s.layer.name, "op": s.layer.op, "module": s.layer.module, "alone": s.alone,
+        rows.append({"layer": s.layer.name, "op": s.layer.op, "module": s.layer.module,
+                     "calls": len(s.layer.nodes), "alone": s.alone,
                      "kept_float": s.kept_float, "cumulative": sim.evaluate(kept_float)})
     return AnalyzeResult(loaded.source, metric, sim.evaluate(), rows,
                          "int4" if resolved.scheme == "w4a8" else "int8")
@@ -370,7 +371,8 @@ def debug(out_dir: str | Path, *, samples: int = 8, progress: Progress = _no_pro
             raise ConfigError(f"the {name} data at {rep['calibration'] if name == 'calibration' else rep['eval_data']} "
                               "changed since the export; re-export, then debug")
     _, _, program = _capture(loaded, calib)
-    keep = frozenset((manifest.get("precision_choice") or {}).get("keep_float", []))
+    choice = manifest.get("precision_choice") or {}
+    keep = frozenset(choice.get("float_nodes", choice.get("keep_float", [])))
     folded = convert(calibrate(program, recipe, calib, progress("calibrate", len(calib) * recipe.calibration_passes),
                                keep)).folded
     float_module = transformed(program, recipe, calib)[0]  # same node names as the quantized graph
@@ -448,7 +450,9 @@ def _choose_float_layers(prepared, evaluation, reference, budget: dict, progress
                           f"with all {len(layers)} quantizable layers in float the simulated model reaches "
                           f"{reached}; loosen the budget or check the eval data")
     log.info("keeping %d layer(s) in float for %s: %s", len(layers), wanted, layers)
-    return {"budget": budget, "keep_float": layers, "simulated": acc,
+    chosen = set(layers)  # a layer whose calls share one weight (recurrent steps) is every one of its calls
+    nodes = [node for layer in sim.layers if layer.name in chosen for node in layer.nodes]
+    return {"budget": budget, "keep_float": layers, "float_nodes": nodes, "simulated": acc,
             "candidates": len(sim.layers), "ranking_metric": metric}
 
 

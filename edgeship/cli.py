@@ -189,7 +189,8 @@ def analyze(
         return "exact" if acc[m] is None and acc["max_abs_error"] == 0 else str(acc[m])
 
     for i, row in enumerate(result.rows[:top], 1):
-        table.add_row(str(i), row["layer"], row["op"], row["module"], cell(row["alone"]),
+        module = row["module"] + (f" ({row['calls']} calls, one weight)" if row.get("calls", 1) > 1 else "")
+        table.add_row(str(i), row["layer"], row["op"], module, cell(row["alone"]),
                       cell(row["kept_float"]), cell(row["cumulative"]))
     Console(width=180).print(table)
 

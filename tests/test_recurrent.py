@@ -173,3 +173,37 @@ def _ancestors(node):
                 seen.add(a)
                 todo.append(a)
     return seen
+
+
+def test_sensitivity_switches_a_shared_step_weight_in_every_step() -> None:
+    """analyze and budgets rank a weight the steps share as one layer (one row, not one per step), and
+    what they simulate for it is what the export gives when that layer's calls are its only int8 ones."""
+    import copy
+
+    from edgeship.quantize.sensitivity import Simulator
+    from edgeship.report.compare import accuracy
+    from edgeship.verify import torch_outputs
+
+    model = trained_keyword_spotter("lstm", steps=20)
+    x, _ = spoken_features(16, frames=10, seed=3)
+    unrolled, _ = unroll_recurrent(model, (x[:1],))
+    program = torch.export.export(unrolled, (x[:1],), strict=False)
+    calib = Samples(tuple(f"c{i}" for i in range(12)), (x[:12].numpy(),), "synthetic")
+    evaluation = Samples(tuple(f"e{i}" for i in range(4)), (x[12:].numpy(),), "synthetic")
+    reference = torch_outputs(unrolled, evaluation)
+    recipe = recipe_by_name("int8")
+    prepared = calibrate(program, recipe, calib)
+    sim = Simulator(copy.deepcopy(prepared), evaluation, reference)
+    by_module = {layer.module: layer for layer in sim.layers}
+    assert sorted(by_module) == ["front.0", "head", "rnn.cells.0.hid", "rnn.cells.0.inp", "rnn.cells.1.hid",
+                                 "rnn.cells.1.inp"]
+    hid = by_module["rnn.cells.1.hid"]
+    assert len(hid.nodes) == 9  # a call per step after the first
+    others = frozenset(node for layer in sim.layers if layer is not hid for node in layer.nodes)
+    folded = convert(calibrate(program, recipe, calib, keep_float=others)).folded
+    outputs = []
+    for i in range(len(evaluation)):
+        out = folded(*(torch.from_numpy(a) for a in evaluation.sample(i)))
+        outputs.append([t.detach().numpy() for t in (out if isinstance(out, (tuple, list)) else (out,))])
+    exported = accuracy(reference, outputs)["sqnr_db"]
+    assert sim.evaluate(only=hid.name)["sqnr_db"] == pytest.approx(exported, abs=0.01)

@@ -74,16 +74,23 @@ def observed_weights(prepared: GraphModule, ops: set) -> list[tuple[Node, Observ
     return found
 
 
+def weight_source(node: Node) -> Node | None:
+    """The `get_attr` node of a conv / linear call's weight (behind its observer, if any), or None
+    when the weight is computed."""
+    weight = node.args[1] if len(node.args) > 1 else None
+    while isinstance(weight, Node) and weight.op == "call_module":  # behind its observer
+        weight = weight.args[0]
+    return weight if isinstance(weight, Node) and weight.op == "get_attr" else None
+
+
 def shared_weights(module: GraphModule) -> set[str]:
     """Weight attributes read by more than one layer call (a recurrent layer unrolled over time, weight
     tying): passes that rewrite one layer's weight leave these alone, so the artifact keeps one copy."""
     reads = Counter()
     for node in module.graph.nodes:
-        if node.op == "call_function" and node.target in CONV_OPS | LINEAR_OPS and len(node.args) > 1:
-            weight = node.args[1]
-            while isinstance(weight, Node) and weight.op == "call_module":  # behind its observer
-                weight = weight.args[0]
-            if isinstance(weight, Node) and weight.op == "get_attr":
+        if node.op == "call_function" and node.target in CONV_OPS | LINEAR_OPS:
+            weight = weight_source(node)
+            if weight is not None:
                 reads[weight.target] += 1
     return {target for target, count in reads.items() if count > 1}
 

@@ -51,10 +51,17 @@ class _FakeQuant(torch.nn.Module):
 
 @dataclass(frozen=True)
 class Layer:
-    name: str  # node name in the exported graph (what the quantizer's skip set holds)
+    name: str  # node name in the exported graph (what the quantizer's skip set holds); its first call's
     op: str
     module: str  # the nn.Module path it came from
     observers: tuple[str, ...]
+    # every call of the layer where several read one weight (an unrolled recurrent layer's steps): they
+    # are switched together, as the artifact holds one copy of that weight; empty: the one call `name`
+    calls: tuple[str, ...] = ()
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return self.calls or (self.name,)
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,7 @@ class Simulator(_Evaluated):
                 setattr(prepared, node.target, fq)
                 self.fq[node.target] = fq
         self.layers = _layers(prepared)
-        self.restored = _replaced_values(prepared)
+        self.restored = _replaced_values(prepared, self.layers)
 
     def evaluate(self, float_layers: set[str] | frozenset[str] = frozenset(), only: str | None = None) -> dict:
         from edgeship.quantize.graphs import replace_attr
@@ -113,7 +120,7 @@ class Simulator(_Evaluated):
             fq.enabled = (name in on_only) if on_only is not None else (name not in off)
         for layer, values in self.restored.items():
             kept_float = layer != only if only is not None else layer in float_layers
-            for target, float_value, changed in values:
+            for target, (float_value, changed) in values.items():
                 replace_attr(self.gm, target, float_value if kept_float else changed)
         return self._run()
 
@@ -142,22 +149,23 @@ class Int4Simulator(_Evaluated):
         return self._run()
 
 
-def _replaced_values(prepared: GraphModule) -> dict[str, list[tuple[str, torch.Tensor, torch.Tensor]]]:
-    """Per layer, the weight and bias attributes a PTQ pass changed (GPTQ's values, bias correction's
-    bias), with their float and changed values: a layer switched to float gets its float values back, as
-    the export that keeps it float computes with them."""
+def _replaced_values(prepared: GraphModule, layers: list[Layer]) -> dict[str, dict[str, tuple]]:
+    """Per layer (by name), the weight and bias attributes a PTQ pass changed (GPTQ's values, bias
+    correction's bias), each with its float and changed values: a layer switched to float gets its float
+    values back, as the export that keeps it float computes with them."""
     from edgeship.quantize.graphs import attr
 
     floats = prepared.meta.get(FLOAT_VALUES, {})
-    found = {}
+    layer_of = {node: layer.name for layer in layers for node in layer.nodes}
+    found: dict[str, dict[str, tuple]] = {}
     for node in prepared.graph.nodes:
-        if node.op != "call_function" or node.target not in LAYER_OPS:
+        if node.name not in layer_of:
             continue
         for arg in node.args[1:3]:
             source = arg.args[0] if isinstance(arg, Node) and arg.op == "call_module" else arg
             if isinstance(source, Node) and source.op == "get_attr" and source.target in floats:
-                found.setdefault(node.name, []).append(
-                    (source.target, floats[source.target], attr(prepared, source.target).detach().clone()))
+                found.setdefault(layer_of[node.name], {})[source.target] = (
+                    floats[source.target], attr(prepared, source.target).detach().clone())
     return found
 
 
@@ -191,8 +199,11 @@ def _downstream_observers(node: Node) -> list[str] | None:
 
 def _layers(prepared: GraphModule) -> list[Layer]:
     """Each conv/linear/matmul with the observers of its weight and activation inputs, and the
-    ones after its output (through reshapes and fused activations) that no other layer reads."""
-    layers = []
+    ones after its output (through reshapes and fused activations) that no other layer reads. Calls
+    that read one weight attribute (an unrolled recurrent layer's steps) are one layer."""
+    from edgeship.quantize.graphs import weight_source
+
+    groups: dict[str, list[tuple[Node, tuple[str, ...]]]] = {}
     for node in prepared.graph.nodes:
         if node.op != "call_function" or node.target not in LAYER_OPS:
             continue
@@ -200,8 +211,15 @@ def _layers(prepared: GraphModule) -> list[Layer]:
         if not inputs:
             continue
         outputs = _downstream_observers(node) or []
-        observers = tuple(dict.fromkeys(inputs + outputs))
-        layers.append(Layer(node.name, str(node.target).split(".")[-2], module_path(node), observers))
+        weight = weight_source(node)
+        key = weight.target if weight is not None else node.name
+        groups.setdefault(key, []).append((node, tuple(dict.fromkeys(inputs + outputs))))
+    layers = []
+    for calls in groups.values():
+        first = calls[0][0]
+        observers = tuple(dict.fromkeys(o for _, obs in calls for o in obs))
+        layers.append(Layer(first.name, str(first.target).split(".")[-2], module_path(first), observers,
+                            tuple(n.name for n, _ in calls) if len(calls) > 1 else ()))
     return layers
 
 
