@@ -51,7 +51,7 @@ class _FakeQuant(torch.nn.Module):
 
 @dataclass(frozen=True)
 class Layer:
-    name: str  # node name in the exported graph (what the quantizer's skip set holds); its first call's
+    name: str  # node name in the exported graph (what the quantizer's skip set holds): its first call's
     op: str
     module: str  # the nn.Module path it came from
     observers: tuple[str, ...]
