@@ -101,6 +101,11 @@ SHAPE_FACTORIES = {torch.ops.aten.new_zeros.default: 0.0, torch.ops.aten.zeros_l
                    torch.ops.aten.new_ones.default: 1.0, torch.ops.aten.ones_like.default: 1.0}
 
 
+def _made_from_shape(node: Node) -> bool:
+    """A SHAPE_FACTORIES call whose shape and dtype the export recorded (its value needs nothing else)."""
+    return node.target in SHAPE_FACTORIES and "val" in node.meta
+
+
 def fold_constant_layers(module: GraphModule) -> int:
     """Each conv / linear layer computed from constants only (a recurrent layer's first step from a learned
     or zero initial state) replaced by its value, a buffer: such a layer is a constant, and quantized it got
@@ -108,8 +113,8 @@ def fold_constant_layers(module: GraphModule) -> int:
     from `x.new_zeros(...)`: 5.3 dB against 22.2 simulated). Returns how many were folded."""
     varying: set[Node] = set()
     for node in module.graph.nodes:
-        made_from_shape = node.target in SHAPE_FACTORIES and "val" in node.meta
-        if node.op == "placeholder" or (not made_from_shape and any(a in varying for a in node.all_input_nodes)):
+        if node.op == "placeholder" or (not _made_from_shape(node) and
+                                        any(a in varying for a in node.all_input_nodes)):
             varying.add(node)
     layers = [n for n in module.graph.nodes if n.op == "call_function" and n.target in CONV_OPS | LINEAR_OPS
               and n not in varying]
@@ -123,7 +128,7 @@ def fold_constant_layers(module: GraphModule) -> int:
             if node.op == "get_attr":
                 values[node] = attr(module, node.target)
                 continue
-            if node.target in SHAPE_FACTORIES:
+            if _made_from_shape(node):
                 val = node.meta["val"]
                 values[node] = torch.full(tuple(val.shape), SHAPE_FACTORIES[node.target], dtype=val.dtype)
                 continue
