@@ -23,6 +23,7 @@ from edgeship.quantize.recipe import ALGORITHMS, READS_SAMPLES, Recipe
 from edgeship.quantize.sensitivity import FLOAT_VALUES
 
 log = logging.getLogger(__name__)
+WIDE_LAYERS = "edgeship_int16_layers"  # GraphModule.meta key: the layers the recipe gives int16 activations
 
 
 @dataclass
@@ -61,7 +62,8 @@ def observed(module: GraphModule, reference: GraphModule, recipe: Recipe, sample
     from edgeship.quantize.stats_cache import FAMILIES, load_observer_states, observer_states
 
     quantizer = EdgeshipQuantizer(activation_method=recipe.activation_method, skip=skip,
-                                  weight_granularity=recipe.weight_granularity)
+                                  weight_granularity=recipe.weight_granularity,
+                                  wide=module.meta.get(WIDE_LAYERS, frozenset()) - skip)
     prepared = prepare_pt2e(module, quantizer)
     prepared.meta["edgeship_algorithms"] = records
     family = FAMILIES[recipe.activation_method]
@@ -123,6 +125,7 @@ def transformed(program: torch.export.ExportedProgram, recipe: Recipe, samples: 
     remove_eval_dropout(module)
     fold_constant_layers(module)
     keep = layers_matching(module, recipe.keep_float)
+    module.meta[WIDE_LAYERS] = layers_matching(module, recipe.int16_activations, "int16_activations")
     return module, keep, apply_algorithms(module, recipe, samples, progress, memo)
 
 

@@ -67,13 +67,18 @@ class Recipe:
     # w4a8 only: linear layers to give static int8 (int8 weights per output channel, int8 activations)
     # instead of int4 weights, for layers int4 hurts most; the same kind of patterns as keep_float
     keep_int8: tuple[str, ...] = ()
+    # w8a8 only: layers whose input and output activations are int16 (symmetric, min/max range) instead of
+    # int8, weights still int8; the adds, pools and concats between such layers follow them. The same kind
+    # of patterns as keep_float ("*": every layer). ONNX Runtime computes them in float between int16
+    # Q/DQ, LiteRT with its 16x8 kernels; ExecuTorch's XNNPACK has no int16 kernels and computes them in float
+    int16_activations: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
             raise unknown_name("scheme", self.scheme, SCHEMES)
         if self.activation_method not in ACTIVATION_METHODS:
             raise unknown_name("activation method", self.activation_method, ACTIVATION_METHODS)
-        for key in ("keep_float", "keep_int8"):
+        for key in ("keep_float", "keep_int8", "int16_activations"):
             value = getattr(self, key)
             if isinstance(value, (list, tuple)) and all(isinstance(p, str) for p in value):
                 object.__setattr__(self, key, tuple(value))
@@ -83,6 +88,9 @@ class Recipe:
         if self.keep_int8 and self.scheme != "w4a8":
             raise ConfigError(f"keep_int8 is for w4a8 (int4) recipes, where it gives linear layers int8 instead of "
                               f"int4; {self.scheme} already quantizes them to int8 or leaves them float (keep_float)")
+        if self.int16_activations and self.scheme != "w8a8":
+            raise ConfigError(f"int16_activations is for w8a8 (static int8) recipes; {self.scheme} quantizes "
+                              "activations another way: remove int16_activations or use scheme w8a8")
         if self.algorithms is None:
             object.__setattr__(self, "algorithms", DEFAULT_ALGORITHMS.get(self.scheme, ()))
         if isinstance(self.algorithms, (list, tuple)):
@@ -134,6 +142,7 @@ RECIPES = {
     "int8-percentile": Recipe(name="int8-percentile", activation_method="percentile"),
     "int8-entropy": Recipe(name="int8-entropy", activation_method="entropy"),
     "int8-minmax": Recipe(name="int8-minmax", activation_method="minmax"),
+    "int8-a16": Recipe(name="int8-a16", int16_activations=("*",)),
     "int8-per-tensor": Recipe(name="int8-per-tensor", weight_granularity="per_tensor",
                               algorithms=DEFAULT_ALGORITHMS["w8a8"] + ("cross_layer_equalization",)),
 }

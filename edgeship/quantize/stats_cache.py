@@ -64,7 +64,7 @@ class StatsCache:
                   "samples": samples.content_hash(), "scheme": recipe.scheme, "algorithms": list(recipe.algorithms),
                   "group_size": recipe.group_size, "weight_granularity": recipe.weight_granularity,
                   "keep_float": sorted(recipe.keep_float), "keep_int8": sorted(recipe.keep_int8),
-                  "float_layers": sorted(keep_float)}
+                  "int16_activations": sorted(recipe.int16_activations), "float_layers": sorted(keep_float)}
         return cls(folder, hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32])
 
     def _load(self) -> dict:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
 import torch
 
 from edgeship.errors import ExportError
+from edgeship.quantize.quantizer import STRUCTURAL_OPS
 from edgeship.targets.base import Artifact, LowerJob, count_ops
 
 log = logging.getLogger(__name__)
@@ -29,10 +31,14 @@ class ExecuTorchAdapter:
                                       count_ops(outside, "outside the XNNPACK delegate (portable kernel)")))
         if "int8" in precisions:
             path = out / "model.int8.pte"
-            program = torch.export.export(job.quantized.folded, job.example_inputs, strict=False)
+            module, wide = _int16_in_float(job.quantized.folded)
+            program = torch.export.export(module, job.example_inputs, strict=False)
             outside = _lower(program, path)
             not_quantized = count_ops(outside, "outside the XNNPACK delegate (portable kernel)")
             not_quantized += count_ops(job.quantized.float_ops, "float op in the quantized graph")
+            not_quantized += count_ops(wide, "int16 activations (recipe int16_activations): XNNPACK has no int16 "
+                                       "kernels, so this op reads the value unquantized (a float op, or the "
+                                       "int8 op before it writes the next op's int8 input)")
             artifacts.append(Artifact(self.name, "int8", path, not_quantized))
         if "fp16" in precisions:
             path = out / "model.fp16.pte"
@@ -48,6 +54,62 @@ class ExecuTorchAdapter:
             not_quantized += [{"op": f["layer"], "count": 1, "reason": f["reason"]} for f in job.int4.skipped]
             artifacts.append(Artifact(self.name, precision, path, not_quantized))
         return artifacts
+
+
+def _int16_in_float(folded: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, list[str]]:
+    """The graph with its int16 quantize -> dequantize pairs taken out (the values they carried stay
+    float), and the op names of the ops that read those values; `folded` itself when it has none. A layer
+    left with a float input gets its int8 weight as the float values it stands for, so that XNNPACK runs it
+    as a float layer (given a float input and a dequantized weight it leaves the layer to portable kernels)."""
+    pairs = [n.name for n in folded.graph.nodes if _op(n) == "dequantize_per_tensor" and n.args[-1] is torch.int16
+             and _op(n.args[0]) == "quantize_per_tensor"]
+    if not pairs:
+        return folded, []
+    module = copy.deepcopy(folded)
+    nodes = {n.name: n for n in module.graph.nodes}
+    readers = set()
+    for name in pairs:
+        dq = nodes[name]
+        q = dq.args[0]
+        readers |= {u for u in dq.users if u.op == "call_function" and _op(u) not in _QDQ}
+        dq.replace_all_uses_with(q.args[0])
+        module.graph.erase_node(dq)
+        if not q.users:
+            module.graph.erase_node(q)
+    for reader in readers:
+        if reader.args and _op(reader.args[0]) not in _QDQ:  # its input is float now
+            _float_weights(module, reader)
+    module.graph.eliminate_dead_code()
+    module.recompile()
+    return module, sorted(_op(u) for u in readers if _op(u) not in STRUCTURAL_OPS)
+
+
+_QDQ = ("quantize_per_tensor", "dequantize_per_tensor")
+
+
+def _float_weights(module: torch.fx.GraphModule, layer: torch.fx.Node) -> None:
+    """Each constant weight `layer` reads through a dequantize becomes the dequantized float constant."""
+    for arg in layer.args[1:]:
+        if not (isinstance(arg, torch.fx.Node) and _op(arg).startswith("dequantize_per")):
+            continue
+        if not all(a.op == "get_attr" for a in arg.args if isinstance(a, torch.fx.Node)):
+            continue
+        values = [_attr(module, a.target) if isinstance(a, torch.fx.Node) else a for a in arg.args]
+        name = f"{arg.name}_float"
+        module.register_buffer(name, arg.target(*values, **arg.kwargs))
+        with module.graph.inserting_before(arg):
+            layer.replace_input_with(arg, module.graph.get_attr(name))
+
+
+def _attr(module: torch.nn.Module, target: str) -> torch.Tensor:
+    owner, _, name = target.rpartition(".")
+    return getattr(module.get_submodule(owner) if owner else module, name)
+
+
+def _op(node) -> str:
+    if not isinstance(node, torch.fx.Node) or node.op != "call_function":
+        return ""
+    return getattr(node.target, "__name__", str(node.target)).split(".")[0]
 
 
 def _lower(program: torch.export.ExportedProgram, path: Path) -> list[str]:

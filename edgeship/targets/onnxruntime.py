@@ -99,6 +99,39 @@ def _export_onnx(module, job: LowerJob, onnx_path: Path) -> None:
     onnx_program.save(str(onnx_path))
     strip_metadata(onnx_path)
     _transpose_weights(onnx_path)
+    _opset_for_int16(onnx_path)
+
+
+def _opset_for_int16(onnx_path: Path) -> None:
+    """A model with int16 QuantizeLinear / DequantizeLinear (recipe `int16_activations`) is declared
+    opset 21, the first that allows int16 there (ONNX Runtime refuses it as the exporter's opset 20:
+    "Type 'tensor(int16)' ... is invalid"). Every op opset 21 changed only gained types (int4, int16)
+    or attributes with defaults, so the graph means the same. Other models are left alone."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    wide = any(n.op_type == "QuantizeLinear" and len(n.input) > 2 and _initializer_type(model, n.input[2])
+               == onnx.TensorProto.INT16 for n in model.graph.node)
+    if not wide:
+        return
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            if opset.version < 20:
+                raise ExportError(f"the exporter wrote opset {opset.version}; int16 activations need opset 21 "
+                                  "and edgeship moves only opset 20 models there: remove int16_activations")
+            opset.version = max(opset.version, 21)
+    onnx.save(model, str(onnx_path))
+
+
+def _initializer_type(model, name: str) -> int | None:
+    """The element type of an initializer or Constant node output named `name`."""
+    for init in model.graph.initializer:
+        if init.name == name:
+            return init.data_type
+    for node in model.graph.node:
+        if node.op_type == "Constant" and name in node.output:
+            return node.attribute[0].t.data_type
+    return None
 
 
 def _transpose_weights(onnx_path: Path) -> None:
