@@ -76,10 +76,15 @@ def _int16_in_float(folded: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule,
         module.graph.erase_node(dq)
         if not q.users:
             module.graph.erase_node(q)
+    replaced = set()
     for reader in readers:
         if reader.args and _op(reader.args[0]) not in _QDQ:  # its input is float now
-            _float_weights(module, reader)
+            replaced |= _float_weights(module, reader)
     module.graph.eliminate_dead_code()
+    read = {n.target for n in module.graph.nodes if n.op == "get_attr"}
+    for target in replaced - read:  # the int8 weights and scales no layer reads now: not stored
+        owner, _, name = target.rpartition(".")
+        delattr(module.get_submodule(owner) if owner else module, name)
     module.recompile()
     return module, sorted(_op(u) for u in readers if _op(u) not in STRUCTURAL_OPS)
 
@@ -87,8 +92,10 @@ def _int16_in_float(folded: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule,
 _QDQ = ("quantize_per_tensor", "dequantize_per_tensor")
 
 
-def _float_weights(module: torch.fx.GraphModule, layer: torch.fx.Node) -> None:
-    """Each constant weight `layer` reads through a dequantize becomes the dequantized float constant."""
+def _float_weights(module: torch.fx.GraphModule, layer: torch.fx.Node) -> set[str]:
+    """Each constant weight `layer` reads through a dequantize becomes the dequantized float constant;
+    returns the attributes those dequantizes read."""
+    read = set()
     for arg in layer.args[1:]:
         if not (isinstance(arg, torch.fx.Node) and _op(arg).startswith("dequantize_per")):
             continue
@@ -99,6 +106,8 @@ def _float_weights(module: torch.fx.GraphModule, layer: torch.fx.Node) -> None:
         module.register_buffer(name, arg.target(*values, **arg.kwargs))
         with module.graph.inserting_before(arg):
             layer.replace_input_with(arg, module.graph.get_attr(name))
+        read |= {a.target for a in arg.args if isinstance(a, torch.fx.Node)}
+    return read
 
 
 def _attr(module: torch.nn.Module, target: str) -> torch.Tensor:
