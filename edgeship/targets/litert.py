@@ -32,8 +32,10 @@ class LiteRTAdapter:
         if "int8" in precisions:
             path = out / "model.int8.tflite"
             _convert_int8(job.quantized.unfolded, job.example_inputs, path)
-            artifacts.append(Artifact(self.name, "int8", path,
-                                      count_ops(float_ops(path), "float LiteRT kernel")))
+            float_kernels, wide_kernels = kernel_types(path)
+            artifacts.append(Artifact(self.name, "int8", path, count_ops(float_kernels, "float LiteRT kernel") +
+                                      count_ops(wide_kernels, "int16 activations (recipe int16_activations): "
+                                                "LiteRT's 16x8 kernel, not XNNPACK's int8 one")))
         if "fp16" in precisions:
             artifacts.append(self._fp16(job, out / "model.fp16.tflite"))
         if job.int4 is not None and job.int4.precision in precisions:  # int4, or int8 with dynamic activations
@@ -153,17 +155,24 @@ def _convert(module: torch.nn.Module, args: tuple, path: Path, quantized: bool) 
 
 def float_ops(path: Path) -> list[str]:
     """Builtin ops of a .tflite model that compute in float32 (before any delegate is applied)."""
+    return kernel_types(path)[0]
+
+
+def kernel_types(path: Path) -> tuple[list[str], list[str]]:
+    """Builtin ops of a .tflite model that compute in float32, and those with int16 activations."""
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     interp = Interpreter(model_path=str(path),
                          experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
-    names = []
+    floats, wide = [], []
     for op in interp._get_ops_details():
         if op["op_name"] in _DATA_MOVEMENT:
             continue
         ids = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0 and i in tensors]
         if any(tensors[i]["dtype"] == np.float32 for i in ids):
-            names.append(op["op_name"])
-    return names
+            floats.append(op["op_name"])
+        elif any(tensors[i]["dtype"] == np.int16 for i in ids):
+            wide.append(op["op_name"])
+    return floats, wide
