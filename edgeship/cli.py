@@ -363,7 +363,11 @@ def recipes(format: FormatOpt = Format.table) -> None:
             "w4a8": (f"int4 linear, 1 scale / {r.group_size}; int8 conv per channel",
                      "int8 per token, at run time; conv int8 per tensor", r.activation_method),
             "w8a8-dynamic": ("int8 linear, per channel", "int8, at run time", "-"),
+            "fp16": ("float16", "float16 (float32 inputs and outputs)", "-"),
         }.get(r.scheme, (f"int8 {r.weight_granularity}", f"int8 {r.activation_granularity}", r.activation_method))
+        if r.int16_activations:
+            layers = "every layer" if r.int16_activations == ("*",) else ", ".join(r.int16_activations)
+            activations = f"int16 per_tensor (symmetric, min/max) in {layers}; else {activations}"
         table.add_row(name, r.scheme, weights, activations, ranges, ", ".join(r.algorithms) or "none")
     Console(width=160).print(table)
 
