@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeship.errors import ExportError
+
 _QUANTIZE = {"quantize_per_tensor"}
 _DEQUANTIZE = {"dequantize_per_tensor"}
 
@@ -71,6 +73,10 @@ def widen_biases(path: Path) -> int:
             if activation.type != schema.TensorType.INT16 or bias.type != schema.TensorType.INT32:
                 continue
             values = np.frombuffer(np.asarray(model.buffers[bias.buffer].data, np.uint8).tobytes(), np.int32)
+            if np.any(np.abs(values.astype(np.int64)) >= np.iinfo(np.int32).max):
+                raise ExportError(f"LiteRT: the int32 bias of {(bias.name or b'a layer').decode()} saturates at "
+                                  "input scale x weight scale, so its int16 layer would be wrong; leave that "
+                                  "layer out of int16_activations")
             buffer = schema.BufferT()
             buffer.data = np.frombuffer(values.astype(np.int64).tobytes(), np.uint8)
             model.buffers.append(buffer)
