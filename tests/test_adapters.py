@@ -273,3 +273,35 @@ def test_accuracy_of_an_all_zero_output_is_not_a_perfect_cosine() -> None:
     assert accuracy(tiny, zero)["cosine"] == 0.0
     assert accuracy(zero, zero)["cosine"] == 1.0
     assert accuracy(tiny, [[np.array([2e-25, -6e-25, 4e-25], np.float32)]])["cosine"] == 1.0
+
+
+class _OneLayerTwoCalls(torch.nn.Module):
+    """One linear layer (weight and bias) called on two inputs of different ranges, as a recurrent layer's
+    steps or a tied weight call it: each call gets its own input scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.shared = torch.nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first = torch.relu(self.shared(x))
+        return self.shared(3.0 * first)
+
+
+def test_executorch_each_call_of_a_shared_layer_gets_its_own_int32_bias(tmp_path) -> None:
+    """XNNPACK's lowering quantizes a bias at its call's input scale but defined it once per graph node:
+    the second call computed with the first call's int32 bias (3 output steps off before)."""
+    from edgeship.targets.executorch import _bias_per_call
+
+    job, flat, held = _job(_OneLayerTwoCalls().eval(), (16,), tmp_path)
+    scales = [n.args[1] for n in job.quantized.folded.graph.nodes
+              if n.op == "call_function" and "dequantize_per_tensor" in str(n.target)
+              and n.users and all("linear" in str(u.target) for u in n.users)]
+    assert len(set(scales)) == 2, scales  # the two calls read two different input scales
+    split = _bias_per_call(job.quantized.folded)
+    biases = [n.args[2].target for n in split.graph.nodes if n.op == "call_function" and "linear" in str(n.target)]
+    assert len(set(biases)) == 2
+    (artifact,) = get_adapter("executorch").lower(job, tmp_path, ("int8",))
+    simulated = torch_outputs(job.quantized.folded, held)
+    assert max_steps(simulated, _run(artifact, held), output_scales(job.quantized.folded)) <= 1.0
