@@ -299,3 +299,37 @@ def trained_lstm_spotter() -> KeywordSpotter:
 
 def trained_gru_spotter() -> KeywordSpotter:
     return trained_keyword_spotter("gru")
+
+
+class CellLoop(nn.Module):
+    """A recurrent model written with cells in its own loop over the frames, as streaming speech models and
+    decoders are: an LSTMCell and a GRUCell stacked, a classifier on the last state."""
+
+    def __init__(self, hidden: int = 64) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.lstm = nn.LSTMCell(40, hidden)
+        self.gru = nn.GRUCell(hidden, hidden)
+        self.head = nn.Linear(hidden, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, 40, frames]
+        h = c = g = x.new_zeros(x.shape[0], self.hidden)
+        for t in range(x.shape[2]):
+            h, c = self.lstm(x[:, :, t], (h, c))
+            g = self.gru(h, g)
+        return self.head(g)
+
+
+def trained_cell_loop(steps: int = 120, seed: int = 0) -> CellLoop:
+    """CellLoop trained on `spoken_features` (seconds on a CPU); deterministic."""
+    torch.manual_seed(seed)
+    model = CellLoop()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, y = spoken_features(512, seed=seed + 1)
+    for step in range(steps):
+        batch = torch.arange(step * 32, step * 32 + 32) % len(x)
+        loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()

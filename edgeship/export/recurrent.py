@@ -9,6 +9,10 @@ state (one call per step, its weight shared by the steps), so the int8 quantizer
 weights and int8 matmuls in all three runtimes, while the gate nonlinearities and the cell state stay
 in float. Every op used (linear, add, mul, sub, sigmoid, tanh, slice, view, cat) is one XNNPACK
 delegates, so the recurrent layer lowers into the delegate whole.
+
+The cells (nn.LSTMCell, nn.GRUCell, nn.RNNCell), which a model calls in its own loop over the steps, are
+captured as `aten.lstm_cell` / `gru_cell` / `rnn_tanh_cell` and stayed float in every runtime for the
+same reasons; each becomes the same two linear layers, called once per call of the cell.
 """
 
 from __future__ import annotations
@@ -22,23 +26,23 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 RECURRENT = (nn.LSTM, nn.GRU, nn.RNN)
+CELLS = (nn.LSTMCell, nn.GRUCell, nn.RNNCell)  # one step, called by the model's own loop
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 
 
-class _Direction(nn.Module):
-    """One direction of one layer: `inp` maps the layer input to every gate (one call over the whole
-    sequence; both biases where PyTorch adds them together), `hid` maps the hidden state to every gate
-    (one call per step). An LSTM's gates are reordered i, f, o, g so one sigmoid covers three of them."""
+class _Gates(nn.Module):
+    """One recurrent cell's weights as two linear layers: `inp` maps the input to every gate (both biases
+    where PyTorch adds them together), `hid` maps the hidden state to every gate. An LSTM's gates are
+    reordered i, f, o, g so one sigmoid covers three of them."""
 
-    def __init__(self, rnn: nn.Module, layer: int, suffix: str) -> None:
+    def __init__(self, mode: str, size: int, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor | None,
+                 b_hh: torch.Tensor | None, w_hr: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.mode = rnn.mode
-        gates, size = GATES[rnn.mode], rnn.hidden_size
-        w_ih = getattr(rnn, f"weight_ih_l{layer}{suffix}").detach()
-        w_hh = getattr(rnn, f"weight_hh_l{layer}{suffix}").detach()
+        self.mode = mode
+        gates = GATES[mode]
         zeros = torch.zeros(gates * size, dtype=w_ih.dtype)
-        b_ih = getattr(rnn, f"bias_ih_l{layer}{suffix}").detach() if rnn.bias else zeros
-        b_hh = getattr(rnn, f"bias_hh_l{layer}{suffix}").detach() if rnn.bias else zeros
+        b_ih = b_ih if b_ih is not None else zeros
+        b_hh = b_hh if b_hh is not None else zeros
         if self.mode == "LSTM":  # PyTorch's i, f, g, o -> i, f, o, g
             order = torch.cat([torch.arange(k * size, (k + 1) * size) for k in (0, 1, 3, 2)])
             w_ih, w_hh, b_ih, b_hh = w_ih[order], w_hh[order], b_ih[order], b_hh[order]
@@ -49,20 +53,10 @@ class _Direction(nn.Module):
             self.inp = _linear(w_ih, b_ih + b_hh)
             self.hid = _linear(w_hh, None)
         self.size = size
-        proj = getattr(rnn, "proj_size", 0)
-        self.proj = _linear(getattr(rnn, f"weight_hr_l{layer}{suffix}").detach(), None) if proj else None
-
-    def forward(self, x: torch.Tensor, h: torch.Tensor | None, c: torch.Tensor | None, reverse: bool):
-        """x: [B, T, in]; h, c: [B, 1, H] or None (zeros). Returns the outputs [B, T, H] and the last h, c."""
-        steps = x.shape[1]
-        projected = self.inp(x)  # [B, T, gates * H]: one matmul over the whole sequence
-        outputs: list[torch.Tensor] = [None] * steps  # type: ignore[list-item]
-        for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
-            h, c = self._step(projected[:, t:t + 1], h, c)
-            outputs[t] = h
-        return torch.cat(outputs, dim=1) if steps > 1 else outputs[0], h, c
+        self.proj = _linear(w_hr, None) if w_hr is not None else None
 
     def _step(self, x, h, c):
+        """x: the input's gates (`inp`'s output); h, c: the state, or None for zeros."""
         size = self.size
         if self.mode == "LSTM":
             pre = x if h is None else x + self.hid(h)
@@ -79,6 +73,54 @@ class _Direction(nn.Module):
             return (n - z * n if h is None else n + z * (h - n)), None
         pre = x if h is None else x + self.hid(h)
         return (torch.tanh(pre) if self.mode == "RNN_TANH" else torch.relu(pre)), None
+
+
+class _Direction(_Gates):
+    """One direction of one layer of an nn.LSTM / GRU / RNN: `inp` is called once over the whole
+    sequence, `hid` once per step (one weight, shared by the steps)."""
+
+    @classmethod
+    def of(cls, rnn: nn.Module, layer: int, suffix: str) -> _Direction:
+        def weight(name: str) -> torch.Tensor:
+            return getattr(rnn, f"{name}_l{layer}{suffix}").detach()
+
+        return cls(rnn.mode, rnn.hidden_size, weight("weight_ih"), weight("weight_hh"),
+                   weight("bias_ih") if rnn.bias else None, weight("bias_hh") if rnn.bias else None,
+                   weight("weight_hr") if getattr(rnn, "proj_size", 0) else None)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor | None, c: torch.Tensor | None, reverse: bool):
+        """x: [B, T, in]; h, c: [B, 1, H] or None (zeros). Returns the outputs [B, T, H] and the last h, c."""
+        steps = x.shape[1]
+        projected = self.inp(x)  # [B, T, gates * H]: one matmul over the whole sequence
+        outputs: list[torch.Tensor] = [None] * steps  # type: ignore[list-item]
+        for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
+            h, c = self._step(projected[:, t:t + 1], h, c)
+            outputs[t] = h
+        return torch.cat(outputs, dim=1) if steps > 1 else outputs[0], h, c
+
+
+class UnrolledCell(_Gates):
+    """Drop-in replacement for an nn.LSTMCell / nn.GRUCell / nn.RNNCell in eval mode: same arguments, same
+    outputs (`h'` or `(h', c')`), computed with `inp` on the input and `hid` on the state. A model that
+    calls the cell in a loop calls these two linear layers once per step, each with one weight."""
+
+    def __init__(self, cell: nn.Module) -> None:
+        mode = {nn.LSTMCell: "LSTM", nn.GRUCell: "GRU"}.get(type(cell)) or \
+            ("RNN_TANH" if cell.nonlinearity == "tanh" else "RNN_RELU")
+        bias = (cell.bias_ih.detach(), cell.bias_hh.detach()) if cell.bias else (None, None)
+        super().__init__(mode, cell.hidden_size, cell.weight_ih.detach(), cell.weight_hh.detach(), *bias)
+
+    def forward(self, x: torch.Tensor, hx=None):
+        unbatched = x.dim() == 1
+        if unbatched:
+            x = x.unsqueeze(0)
+            hx = tuple(s.unsqueeze(0) for s in hx) if isinstance(hx, tuple) else (
+                hx.unsqueeze(0) if hx is not None else None)
+        h, c = (hx if isinstance(hx, tuple) else (hx, None)) if hx is not None else (None, None)
+        h, c = self._step(self.inp(x), h, c)
+        if unbatched:
+            h, c = h.squeeze(0), (c.squeeze(0) if c is not None else None)
+        return (h, c) if self.mode == "LSTM" else h
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
@@ -104,7 +146,7 @@ class Unrolled(nn.Module):
         self.cell = rnn.hidden_size
         self.original = rnn  # for inputs it was not unrolled for (a PackedSequence)
         self.cells = nn.ModuleList(
-            _Direction(rnn, layer, "_reverse" if d else "") for layer in range(self.layers)
+            _Direction.of(rnn, layer, "_reverse" if d else "") for layer in range(self.layers)
             for d in range(self.directions))
 
     def forward(self, x, hx=None):
@@ -150,15 +192,17 @@ class Unrolled(nn.Module):
 
 
 def unroll_recurrent(model: nn.Module, args: tuple) -> tuple[nn.Module, list[str]]:
-    """A copy of `model` with every nn.LSTM / nn.GRU / nn.RNN replaced by `Unrolled` (names returned),
-    or `model` itself when it has none. The copy's outputs are checked against the model's on `args`;
+    """A copy of `model` with every nn.LSTM / nn.GRU / nn.RNN replaced by `Unrolled` and every
+    nn.LSTMCell / nn.GRUCell / nn.RNNCell by `UnrolledCell` (names returned), or `model` itself when it
+    has none. The copy's outputs are checked against the model's on `args`;
     where they differ, the model is kept as it is and a warning says so."""
-    names = [name for name, m in model.named_modules() if type(m) in RECURRENT]
+    names = [name for name, m in model.named_modules() if type(m) in RECURRENT + CELLS]
     if not names:
         return model, []
     rewritten = copy.deepcopy(model)
     for name in names:
-        rewritten.set_submodule(name, Unrolled(rewritten.get_submodule(name)).eval())
+        layer = rewritten.get_submodule(name)
+        rewritten.set_submodule(name, (Unrolled(layer) if type(layer) in RECURRENT else UnrolledCell(layer)).eval())
     with torch.no_grad():
         want, got = model(*args), rewritten(*args)
     want = [t for t in torch.utils._pytree.tree_leaves(want) if isinstance(t, torch.Tensor)]
