@@ -152,6 +152,7 @@ class EdgeshipQuantizer(Quantizer):
 
     def annotate(self, model: GraphModule) -> GraphModule:
         # One sweep in topological order, so a producer is annotated before its users.
+        self._wide_outputs = set()
         for node in model.graph.nodes:
             if node.op != "call_function" or node.name in self.skip or _annotated(node) or node.meta.get(FLOAT_NODE):
                 continue
