@@ -278,10 +278,10 @@ def spoken_features(count: int, frames: int = 32, seed: int = 0) -> tuple[torch.
     return x + 0.4 * torch.randn(x.shape, generator=g), labels
 
 
-def trained_keyword_spotter(cell: str = "lstm", steps: int = 150, seed: int = 0) -> KeywordSpotter:
-    """KeywordSpotter trained on `spoken_features` (a few seconds on a CPU); deterministic."""
+def _trained(make, steps: int, seed: int) -> nn.Module:
+    """The model `make()` builds, trained on `spoken_features` (seconds on a CPU); deterministic."""
     torch.manual_seed(seed)
-    model = KeywordSpotter(cell)
+    model = make()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     x, y = spoken_features(512, seed=seed + 1)
     for step in range(steps):
@@ -291,6 +291,10 @@ def trained_keyword_spotter(cell: str = "lstm", steps: int = 150, seed: int = 0)
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+def trained_keyword_spotter(cell: str = "lstm", steps: int = 150, seed: int = 0) -> KeywordSpotter:
+    return _trained(lambda: KeywordSpotter(cell), steps, seed)
 
 
 def trained_lstm_spotter() -> KeywordSpotter:
@@ -321,15 +325,4 @@ class CellLoop(nn.Module):
 
 
 def trained_cell_loop(steps: int = 120, seed: int = 0) -> CellLoop:
-    """CellLoop trained on `spoken_features` (seconds on a CPU); deterministic."""
-    torch.manual_seed(seed)
-    model = CellLoop()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    x, y = spoken_features(512, seed=seed + 1)
-    for step in range(steps):
-        batch = torch.arange(step * 32, step * 32 + 32) % len(x)
-        loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
+    return _trained(CellLoop, steps, seed)
