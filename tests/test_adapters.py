@@ -292,14 +292,14 @@ class _OneLayerTwoCalls(torch.nn.Module):
 def test_executorch_each_call_of_a_shared_layer_gets_its_own_int32_bias(tmp_path) -> None:
     """XNNPACK's lowering quantizes a bias at its call's input scale but defined it once per graph node:
     the second call computed with the first call's int32 bias (3 output steps off before)."""
-    from edgeship.targets.executorch import _bias_per_call
+    from edgeship.targets.xnnpack_passes import bias_per_call
 
     job, flat, held = _job(_OneLayerTwoCalls().eval(), (16,), tmp_path)
     scales = [n.args[1] for n in job.quantized.folded.graph.nodes
               if n.op == "call_function" and "dequantize_per_tensor" in str(n.target)
               and n.users and all("linear" in str(u.target) for u in n.users)]
     assert len(set(scales)) == 2, scales  # the two calls read two different input scales
-    split = _bias_per_call(job.quantized.folded)
+    split = bias_per_call(job.quantized.folded)
     biases = [n.args[2].target for n in split.graph.nodes if n.op == "call_function" and "linear" in str(n.target)]
     assert len(set(biases)) == 2
     (artifact,) = get_adapter("executorch").lower(job, tmp_path, ("int8",))

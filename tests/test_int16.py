@@ -136,12 +136,13 @@ def test_onnx_and_tflite_passes_leave_int8_models_alone(tmp_path) -> None:
     assert next(o.version for o in model.opset_import if o.domain == "") == 20
 
 
-def test_executorch_pass_leaves_int8_graph_alone() -> None:
-    from edgeship.targets.executorch import _int16_in_float
+def test_executorch_passes_leave_int8_graph_alone() -> None:
+    from edgeship.targets.xnnpack_passes import bias_per_call, int16_in_float
 
     _, q, *_ = _quantized(Recipe())
-    module, wide = _int16_in_float(q.folded)
+    module, wide = int16_in_float(q.folded)
     assert module is q.folded and wide == []
+    assert bias_per_call(q.folded) is q.folded  # every layer reads its own bias
 
 
 @pytest.mark.parametrize("data, expected", [

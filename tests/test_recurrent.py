@@ -183,7 +183,7 @@ def test_cell_loop_exports_int8_recurrence_to_every_runtime(tmp_path) -> None:
     """nn.LSTMCell and nn.GRUCell in the model's own loop from a zero state: every step's matmuls int8 in all
     three runtimes (the cells stayed float before), and ExecuTorch as close to float as the others (its int8
     .pte gave 23.6 dB against 42.4 in ONNX Runtime before each call of the GRU's input layer got its own
-    bias: edgeship/targets/executorch.py `_bias_per_call`)."""
+    bias: edgeship/targets/xnnpack_passes.py `bias_per_call`)."""
     from edgeship import api
 
     x, _ = spoken_features(24, frames=16, seed=5)
