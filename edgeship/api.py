@@ -319,8 +319,8 @@ def analyze(model: str, calibration: str | Path, *, eval_data: str | Path | None
         rows.append({"layer": s.layer.name, "op": s.layer.op, "module": s.layer.module,
                      "calls": len(s.layer.nodes), "alone": s.alone,
                      "kept_float": s.kept_float, "cumulative": sim.evaluate(kept_float)})
-    return AnalyzeResult(loaded.source, metric, sim.evaluate(), rows,
-                         "int4" if resolved.scheme == "w4a8" else "int8")
+    precision = "int4" if resolved.scheme == "w4a8" else "int8/int16" if resolved.int16_activations else "int8"
+    return AnalyzeResult(loaded.source, metric, sim.evaluate(), rows, precision)
 
 
 def _int4_simulator(program, recipe, calib, evaluation, reference, progress: Progress):
