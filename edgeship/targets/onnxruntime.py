@@ -99,7 +99,8 @@ def _export_onnx(module, job: LowerJob, onnx_path: Path) -> None:
     onnx_program.save(str(onnx_path))
     strip_metadata(onnx_path)
     _transpose_weights(onnx_path)
-    _opset_for_int16(onnx_path)
+    if any(n.op == "call_function" and n.args and n.args[-1] is torch.int16 for n in module.graph.nodes):
+        _opset_for_int16(onnx_path)
 
 
 def _opset_for_int16(onnx_path: Path) -> None:
@@ -110,9 +111,11 @@ def _opset_for_int16(onnx_path: Path) -> None:
     import onnx
 
     model = onnx.load(str(onnx_path))
-    wide = any(n.op_type == "QuantizeLinear" and len(n.input) > 2 and _initializer_type(model, n.input[2])
-               == onnx.TensorProto.INT16 for n in model.graph.node)
-    if not wide:
+    types = {i.name: i.data_type for i in model.graph.initializer}
+    types |= {n.output[0]: n.attribute[0].t.data_type for n in model.graph.node
+              if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+    if not any(n.op_type == "QuantizeLinear" and len(n.input) > 2 and types.get(n.input[2]) == onnx.TensorProto.INT16
+               for n in model.graph.node):
         return
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx"):
@@ -121,17 +124,6 @@ def _opset_for_int16(onnx_path: Path) -> None:
                                   "and edgeship moves only opset 20 models there: remove int16_activations")
             opset.version = max(opset.version, 21)
     onnx.save(model, str(onnx_path))
-
-
-def _initializer_type(model, name: str) -> int | None:
-    """The element type of an initializer or Constant node output named `name`."""
-    for init in model.graph.initializer:
-        if init.name == name:
-            return init.data_type
-    for node in model.graph.node:
-        if node.op_type == "Constant" and name in node.output:
-            return node.attribute[0].t.data_type
-    return None
 
 
 def _transpose_weights(onnx_path: Path) -> None:
