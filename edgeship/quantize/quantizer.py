@@ -234,7 +234,7 @@ def float_ops(prepared: GraphModule) -> list[str]:
     for node in prepared.graph.nodes:
         if node.op != "call_function" or node.target is operator.getitem:
             continue
-        name = _op_name(node)
+        name = op_name(node)
         if name in STRUCTURAL_OPS or _annotated(node):
             continue
         if not any(isinstance(a, Node) for a in node.args):
@@ -249,5 +249,11 @@ def _target_name(target) -> str:
     return name.split(".")[0]
 
 
-def _op_name(node: Node) -> str:
+def op_name(node: Node) -> str:
+    """`aten.conv2d.default` -> `conv2d`; a node that calls no function: its kind (`placeholder`, ...)."""
     return _target_name(node.target) if node.op == "call_function" else node.op
+
+
+def has_int16(module: GraphModule) -> bool:
+    """True when a quantize / dequantize of the graph is int16 (recipe `int16_activations`)."""
+    return any(n.op == "call_function" and n.args and n.args[-1] is torch.int16 for n in module.graph.nodes)

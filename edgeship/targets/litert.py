@@ -93,20 +93,17 @@ def _static_quant_config():
 def _convert_int8(unfolded: torch.fx.GraphModule, args: tuple, path: Path) -> None:
     """A calibrated Q/DQ graph (weights float behind their Q/DQ pairs) converted into int8 kernels (and
     16x8 kernels for the layers with int16 activations: edgeship/targets/tflite_int16.py)."""
+    from edgeship.quantize.quantizer import has_int16
     from edgeship.targets.tflite_int16 import fence_requantize, widen_biases
 
     program = torch.export.export(unfolded, args, strict=False)
     module = _fence_float_concats(program.module())
-    wide = _has_int16(unfolded)
+    wide = has_int16(unfolded)
     if wide:
         fence_requantize(module)
     _convert(module, args, path, quantized=True)
     if wide:
         widen_biases(path)
-
-
-def _has_int16(module: torch.fx.GraphModule) -> bool:
-    return any(n.op == "call_function" and n.args and n.args[-1] is torch.int16 for n in module.graph.nodes)
 
 
 def _fence_float_concats(module: torch.fx.GraphModule) -> torch.fx.GraphModule:

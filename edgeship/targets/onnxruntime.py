@@ -14,6 +14,7 @@ import torch
 
 from edgeship.errors import ExportError
 from edgeship.export.capture import export_float_onnx, strip_metadata, to_onnx
+from edgeship.quantize.quantizer import has_int16
 from edgeship.runtimes.onnxruntime import ARM_SESSION_CONFIG, session_options
 from edgeship.targets.base import Artifact, LowerJob, count_ops
 
@@ -99,7 +100,7 @@ def _export_onnx(module, job: LowerJob, onnx_path: Path) -> None:
     onnx_program.save(str(onnx_path))
     strip_metadata(onnx_path)
     _transpose_weights(onnx_path)
-    if any(n.op == "call_function" and n.args and n.args[-1] is torch.int16 for n in module.graph.nodes):
+    if has_int16(module):
         _opset_for_int16(onnx_path)
 
 

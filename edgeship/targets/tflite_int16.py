@@ -21,13 +21,10 @@ import numpy as np
 import torch
 
 from edgeship.errors import ExportError
+from edgeship.quantize.quantizer import op_name
 
 _QUANTIZE = {"quantize_per_tensor"}
 _DEQUANTIZE = {"dequantize_per_tensor"}
-
-
-def _name(node: torch.fx.Node) -> str:
-    return getattr(node.target, "__name__", str(node.target)).split(".")[0] if node.op == "call_function" else ""
 
 
 def fence_requantize(module: torch.fx.GraphModule) -> int:
@@ -37,8 +34,8 @@ def fence_requantize(module: torch.fx.GraphModule) -> int:
     graph = module.graph
     count = 0
     for node in list(graph.nodes):
-        source = node.args[0] if _name(node) in _QUANTIZE else None
-        if not isinstance(source, torch.fx.Node) or _name(source) not in _DEQUANTIZE:
+        source = node.args[0] if op_name(node) in _QUANTIZE else None
+        if not isinstance(source, torch.fx.Node) or op_name(source) not in _DEQUANTIZE:
             continue
         if source.args[-1] == node.args[-1]:  # same dtype
             continue

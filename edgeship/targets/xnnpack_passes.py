@@ -14,7 +14,7 @@ import copy
 import torch
 
 from edgeship.quantize.graphs import attr, register
-from edgeship.quantize.quantizer import CONV_OPS, LINEAR_OPS, STRUCTURAL_OPS
+from edgeship.quantize.quantizer import CONV_OPS, LINEAR_OPS, STRUCTURAL_OPS, op_name
 
 
 def bias_per_call(folded: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -104,7 +104,6 @@ def _float_weights(module: torch.fx.GraphModule, layer: torch.fx.Node) -> set[st
     return read
 
 
-def _op(node) -> str:
-    if not isinstance(node, torch.fx.Node) or node.op != "call_function":
-        return ""
-    return getattr(node.target, "__name__", str(node.target)).split(".")[0]
+
+def _op(value) -> str:
+    return op_name(value) if isinstance(value, torch.fx.Node) else ""
