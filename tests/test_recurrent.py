@@ -311,3 +311,41 @@ def test_a_zero_state_made_from_the_input_is_a_constant_for_executorch(tmp_path)
     simulated_db = accuracy(reference, simulated)["sqnr_db"]
     assert simulated_db > 15
     assert accuracy(reference, runtime)["sqnr_db"] > simulated_db - 1
+
+
+class _ProjectedLSTM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(6, 12, num_layers=2, batch_first=True, proj_size=4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(x)[0][:, -1])
+
+
+@pytest.mark.parametrize("model_cls", [_ProjectedLSTM, _ZeroStateGRU], ids=["lstm-proj", "gru"])
+def test_float_onnx_of_recurrent_layers_runs_and_matches(model_cls, tmp_path) -> None:
+    """The float ONNX keeps ONNX's own LSTM/GRU ops where the exporter translates them right, and takes the
+    unrolled steps where it does not: an nn.LSTM with proj_size came out as a graph ONNX Runtime refused
+    to load ("All inputs to Concat must have same rank"), and the export failed."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgeship.targets.base import LowerJob
+    from edgeship.targets.onnxruntime import _float_onnx
+
+    torch.manual_seed(0)
+    model = model_cls().eval()
+    x = torch.randn(1, 16, 6) if model_cls is _ProjectedLSTM else torch.randn(1, 40, 10)
+    unrolled, _ = unroll_recurrent(model, (x,))
+    job = LowerJob(torch.export.export(unrolled, (x,), strict=False), None, (x,), ("x",), ("y",),
+                   tmp_path / "model.fp32.onnx", native=torch.export.export(model, (x,), strict=False))
+    _float_onnx(job)
+    session = ort.InferenceSession(str(job.float_onnx), providers=["CPUExecutionProvider"])
+    y = torch.randn_like(x)
+    np.testing.assert_allclose(session.run(None, {"x": y.numpy()})[0], model(y).detach().numpy(), rtol=1e-4, atol=1e-5)
+    ops = {n.op_type for n in onnx.load(str(job.float_onnx)).graph.node}
+    if model_cls is _ProjectedLSTM:
+        assert "LSTM" not in ops and "MatMul" in ops or "Gemm" in ops  # the unrolled steps
+    else:
+        assert "GRU" in ops

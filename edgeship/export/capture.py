@@ -61,7 +61,7 @@ def run_float(model: torch.nn.Module, args: tuple, source_file: str | None) -> N
         where = _user_line(exc, source_file)
         raise ExportError(
             f"the model failed on its example inputs ({shapes}): {type(exc).__name__}: "
-            f"{_first_line(exc)}{where}; check that the data or --input-shape/--input-dtype match "
+            f"{first_line(exc)}{where}; check that the data or --input-shape/--input-dtype match "
             "the model's inputs") from exc
 
 
@@ -75,13 +75,13 @@ def capture(model: torch.nn.Module, args: tuple, source_file: str | None) -> tor
         op = _failing_op(f"{exc}\n{getattr(exc, 'partial_fx_graph', '')}")
         where = _user_line(exc, source_file)
         raise ExportError(
-            f"torch.export cannot capture the model: {type(exc).__name__}: {_first_line(exc)}"
+            f"torch.export cannot capture the model: {type(exc).__name__}: {first_line(exc)}"
             f"{f' (op {op})' if op else ''}{where}; rewrite that code without data-dependent "
             "Python control flow or unsupported ops, or run with --debug for the full trace",
             op=op, source_line=where.strip(" ;at") or None) from exc
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()  # no terminal colours
     line = next((t.strip() for t in text if t.strip()), "")
     return line[:300]
@@ -122,9 +122,9 @@ def export_float_onnx(program: torch.export.ExportedProgram, path: Path, input_n
         onnx_program = to_onnx(program, input_names, output_names)
     except Exception as exc:  # the ONNX exporter raises many types for ops it cannot translate
         cause = exc.__cause__  # the exporter wraps the failing step's error; that one names the op
-        why = f" ({type(cause).__name__}: {_first_line(cause)})" if cause is not None else ""
+        why = f" ({type(cause).__name__}: {first_line(cause)})" if cause is not None else ""
         raise ExportError(f"torch.onnx.export cannot translate the model: {type(exc).__name__}: "
-                          f"{_first_line(exc)}{why}; run with --debug for the full trace") from exc
+                          f"{first_line(exc)}{why}; run with --debug for the full trace") from exc
     onnx_program.save(str(path))
     strip_metadata(path)
 

@@ -11,9 +11,10 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch.utils import _pytree as pytree
 
 from edgeship.errors import ExportError
-from edgeship.export.capture import export_float_onnx, strip_metadata, to_onnx
+from edgeship.export.capture import first_line, export_float_onnx, strip_metadata, to_onnx
 from edgeship.quantize.quantizer import has_int16
 from edgeship.runtimes.onnxruntime import ARM_SESSION_CONFIG, session_options
 from edgeship.targets.base import Artifact, LowerJob, count_ops
@@ -73,10 +74,34 @@ def _float_onnx(job: LowerJob) -> None:
     names = list(job.input_names), list(job.output_names)
     if job.native is not None:  # the recurrent layers as ONNX LSTM/GRU ops, where the exporter writes them
         try:
-            return export_float_onnx(job.native, job.float_onnx, *names)
+            export_float_onnx(job.native, job.float_onnx, *names)
+            return _check_native(job)
         except ExportError as exc:
             log.info("float ONNX with the unrolled recurrent layers: %s", exc)
     export_float_onnx(job.float_program, job.float_onnx, *names)
+
+
+def _check_native(job: LowerJob) -> None:
+    """Raises ExportError when ONNX Runtime cannot load the float ONNX of the recurrent layers as written,
+    or computes something else than the model on the example inputs: the exporter's translation of
+    some forms is wrong (an nn.LSTM with `proj_size` gave a Concat of tensors of different ranks)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(job.float_onnx), session_options(1, device_numerics=False),
+                                       providers=["CPUExecutionProvider"])
+        feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), job.example_inputs)}
+        got = session.run(None, feeds)
+    except Exception as exc:  # onnxruntime raises its own types for graphs it rejects
+        raise ExportError(f"ONNX Runtime cannot run the exporter's recurrent ops ({first_line(exc)})") from exc
+    with torch.no_grad():
+        expected = pytree.tree_leaves(job.native.module()(*job.example_inputs))
+    same = len(got) == len(expected) and all(
+        g.shape == tuple(e.shape) and np.allclose(g, e.numpy(), rtol=1e-3, atol=1e-4 * (float(e.abs().max()) + 1))
+        for g, e in zip(got, expected))
+    if not same:
+        raise ExportError("the exporter's recurrent ops compute other values than the model")
 
 
 def _to_float16(fp32_path: Path, fp16_path: Path) -> None:
