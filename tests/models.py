@@ -326,3 +326,41 @@ class CellLoop(nn.Module):
 
 def trained_cell_loop(steps: int = 120, seed: int = 0) -> CellLoop:
     return _trained(CellLoop, steps, seed)
+
+
+class TokenEncoder(nn.Module):
+    """A Hugging Face encoder (randomly initialised from a small config) called with token ids and an
+    attention mask, returning its last hidden states."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def tiny_t5_encoder() -> TokenEncoder:
+    """T5's encoder: relative position biases added to the attention scores, RMS norms, no biases."""
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=200, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)
+    return TokenEncoder(T5EncoderModel(config)).eval()
+
+
+def tiny_gpt2() -> TokenEncoder:
+    """GPT-2: its layers are Hugging Face `Conv1D`, an addmm with the weight stored (in, out)."""
+    from transformers import GPT2Config, GPT2Model
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=200, n_positions=32, n_embd=64, n_layer=2, n_head=4)
+    return TokenEncoder(GPT2Model(config)).eval()
+
+
+def token_batches(count: int, length: int = 16, vocab: int = 200, seed: int = 0) -> dict:
+    """Random token ids with attention masks whose padding starts at a random position."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (count, length), generator=g)
+    mask = (torch.arange(length)[None] < torch.randint(length // 2, length + 1, (count, 1), generator=g)).long()
+    return {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}

@@ -133,10 +133,37 @@ def to_onnx(program: torch.export.ExportedProgram, input_names: list[str], outpu
     """`program` translated by torch.onnx's exporter and optimized (export/passes/onnx_optimize.py)."""
     from edgeship.export.passes.onnx_optimize import optimize
 
-    onnx_program = torch.onnx.export(program, input_names=input_names, output_names=output_names,
-                                     dynamo=True, optimize=False, verbose=False)
+    with _contiguous_as_clone(program):
+        onnx_program = torch.onnx.export(program, input_names=input_names, output_names=output_names,
+                                         dynamo=True, optimize=False, verbose=False)
     optimize(onnx_program.model)
     return onnx_program
+
+
+@contextlib.contextmanager
+def _contiguous_as_clone(program: torch.export.ExportedProgram):
+    """`x.contiguous()` as a copy while the ONNX exporter decomposes the program. Its decomposition keeps
+    `contiguous` only where the input is not contiguous by the strides it traces with, and a decomposed
+    scaled_dot_product_attention has other strides than the eager kernel's: a T5 encoder's
+    `attention.transpose(1, 2).contiguous().view(...)` lost the copy and the view failed ("Cannot view a
+    tensor with shape ... and strides ..."). A copy is always kept; ONNX writes it as an Identity, which
+    the optimizer removes. The program is restored afterwards (the other runtimes lower it too)."""
+    contiguous = torch.ops.aten.contiguous.default
+    changed = []
+    for node in program.graph.nodes:
+        if node.op == "call_function" and node.target is contiguous:
+            layout = node.kwargs.get("memory_format", node.args[1] if len(node.args) > 1 else torch.contiguous_format)
+            changed.append((node, node.args, node.kwargs))
+            node.target, node.args, node.kwargs = torch.ops.aten.clone.default, node.args[:1], {"memory_format": layout}
+    if changed:
+        program.graph_module.recompile()
+    try:
+        yield
+    finally:
+        for node, args, kwargs in changed:
+            node.target, node.args, node.kwargs = contiguous, args, kwargs
+        if changed:
+            program.graph_module.recompile()
 
 
 def strip_metadata(path: Path) -> None:

@@ -16,7 +16,7 @@ from edgeship.calibration.samples import Samples
 from edgeship.errors import CalibrationError
 from edgeship.export.inputs import to_torch
 from edgeship.export.passes.integer_constants import restore_integer_constants
-from edgeship.quantize.graphs import fold_constant_layers, remove_eval_dropout
+from edgeship.quantize.graphs import constant_matmuls_as_linear, fold_constant_layers, remove_eval_dropout
 from edgeship.quantize.encodings import collect_encodings
 from edgeship.quantize.quantizer import EdgeshipQuantizer, float_ops
 from edgeship.quantize.recipe import ALGORITHMS, READS_SAMPLES, Recipe
@@ -124,6 +124,7 @@ def transformed(program: torch.export.ExportedProgram, recipe: Recipe, samples: 
     restore_integer_constants(module)
     remove_eval_dropout(module)
     fold_constant_layers(module)
+    constant_matmuls_as_linear(module)
     keep = layers_matching(module, recipe.keep_float)
     module.meta[WIDE_LAYERS] = layers_matching(module, recipe.int16_activations, "int16_activations")
     return module, keep, apply_algorithms(module, recipe, samples, progress, memo)
