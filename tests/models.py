@@ -364,3 +364,32 @@ def token_batches(count: int, length: int = 16, vocab: int = 200, seed: int = 0)
     ids = torch.randint(1, vocab, (count, length), generator=g)
     mask = (torch.arange(length)[None] < torch.randint(length // 2, length + 1, (count, 1), generator=g)).long()
     return {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+
+
+class MaskingSeparator(nn.Module):
+    """A Conv-TasNet-like source separator on raw audio: a strided conv1d encoder, blocks of 1x1 conv, PReLU,
+    GroupNorm and a dilated depthwise conv1d, a sigmoid mask per source, a ConvTranspose1d decoder."""
+
+    def __init__(self, width: int = 32, sources: int = 2) -> None:
+        super().__init__()
+        self.width, self.sources = width, sources
+        self.encoder = nn.Conv1d(1, width, 16, stride=8, bias=False)
+        self.blocks = nn.ModuleList(nn.Sequential(
+            nn.Conv1d(width, 2 * width, 1), nn.PReLU(), nn.GroupNorm(1, 2 * width),
+            nn.Conv1d(2 * width, 2 * width, 3, padding=d, dilation=d, groups=2 * width), nn.PReLU(2 * width),
+            nn.Conv1d(2 * width, width, 1)) for d in (1, 2))
+        self.mask = nn.Conv1d(width, sources * width, 1)
+        self.decoder = nn.ConvTranspose1d(width, 1, 16, stride=8, bias=False)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:  # audio: [B, samples]
+        w = torch.relu(self.encoder(audio.unsqueeze(1)))
+        y = w
+        for block in self.blocks:
+            y = y + block(y)
+        masks = torch.sigmoid(self.mask(y)).view(audio.shape[0], self.sources, self.width, -1)
+        return self.decoder((w.unsqueeze(1) * masks).flatten(0, 1)).view(audio.shape[0], self.sources, -1)
+
+
+def masking_separator() -> MaskingSeparator:
+    torch.manual_seed(0)
+    return MaskingSeparator().eval()

@@ -9,7 +9,7 @@ import torch
 
 from edgeship.errors import ExportError
 from edgeship.targets.base import Artifact, LowerJob, count_ops
-from edgeship.targets.xnnpack_passes import bias_per_call, int16_in_float
+from edgeship.targets.xnnpack_passes import bias_per_call, int16_in_float, prelu_in_4d
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +25,13 @@ class ExecuTorchAdapter:
         artifacts = []
         if "fp32" in precisions:
             path = out / "model.fp32.pte"
-            outside = _lower(job.float_program, path)
+            outside = _lower(_for_xnnpack(job.float_program, job.example_inputs), path)
             artifacts.append(Artifact(self.name, "fp32", path,
                                       count_ops(outside, "outside the XNNPACK delegate (portable kernel)")))
         if "int8" in precisions:
             path = out / "model.int8.pte"
             module, wide = int16_in_float(job.quantized.folded)
-            module = bias_per_call(module)
+            module = prelu_in_4d(bias_per_call(module))
             program = torch.export.export(module, job.example_inputs, strict=False)
             outside = _lower(program, path)
             not_quantized = count_ops(outside, "outside the XNNPACK delegate (portable kernel)")
@@ -42,7 +42,7 @@ class ExecuTorchAdapter:
             artifacts.append(Artifact(self.name, "int8", path, not_quantized))
         if "fp16" in precisions:
             path = out / "model.fp16.pte"
-            outside = _lower(job.half, path)
+            outside = _lower(_for_xnnpack(job.half, job.example_inputs), path)
             artifacts.append(Artifact(self.name, "fp16", path,
                                       count_ops(outside, "outside the XNNPACK delegate (portable kernel)")))
         if job.int4 is not None and job.int4.precision in precisions:  # int4, or int8 with dynamic activations
@@ -54,6 +54,14 @@ class ExecuTorchAdapter:
             not_quantized += [{"op": f["layer"], "count": 1, "reason": f["reason"]} for f in job.int4.skipped]
             artifacts.append(Artifact(self.name, precision, path, not_quantized))
         return artifacts
+
+
+def _for_xnnpack(program: torch.export.ExportedProgram, example_inputs: tuple) -> torch.export.ExportedProgram:
+    """`program` with PReLU made 4-D (xnnpack_passes.prelu_in_4d), exported again; `program` itself when
+    it has no such PReLU."""
+    module = program.module()
+    changed = prelu_in_4d(module)
+    return program if changed is module else torch.export.export(changed, example_inputs, strict=False)
 
 
 def _lower(program: torch.export.ExportedProgram, path: Path) -> list[str]:

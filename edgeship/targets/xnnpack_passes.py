@@ -5,6 +5,8 @@ get the graph as it is).
 a cell in the model's own loop, tied weights); leaves every graph whose layers each read their own bias.
 `int16_in_float`: applies where the recipe gave layers int16 activations (`int16_activations`); leaves
 every graph without int16 quantize/dequantize pairs.
+`prelu_in_4d`: applies to PReLU on 2-D and 3-D tensors (after linear and conv1d layers), float or int8
+graph; leaves 4-D PReLU and every other op.
 """
 
 from __future__ import annotations
@@ -107,3 +109,36 @@ def _float_weights(module: torch.fx.GraphModule, layer: torch.fx.Node) -> set[st
 
 def _op(value) -> str:
     return op_name(value) if isinstance(value, torch.fx.Node) else ""
+
+
+def prelu_in_4d(module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """The graph with each PReLU on a 2-D or 3-D tensor computed on the tensor with trailing axes of size 1
+    added (and removed after); `module` itself when it has none. XNNPACK's lowering tags PReLU as a
+    channels-last op and its layout pass raised ("Attempting to convert non-NHWC compatible node to NHWC")
+    on a PReLU after a conv1d (Conv-TasNet's blocks): no .pte at all, fp32 or int8. Same values: PReLU's
+    weight is per axis 1."""
+    aten = torch.ops.aten
+
+    def low_rank(node: torch.fx.Node) -> int:
+        if node.op != "call_function" or node.target is not aten.prelu.default:
+            return 0
+        val = node.meta.get("val")  # the output's shape is the input's (a dequantize before it may have none)
+        return 4 - val.dim() if val is not None and val.dim() in (2, 3) else 0
+
+    if not any(low_rank(n) for n in module.graph.nodes):
+        return module
+    module = copy.deepcopy(module)
+    for node in list(module.graph.nodes):
+        added = low_rank(node)
+        if not added:
+            continue
+        with module.graph.inserting_before(node):
+            x = node.args[0]
+            for _ in range(added):
+                x = module.graph.call_function(aten.unsqueeze.default, (x, -1))
+        node.update_arg(0, x)
+        with module.graph.inserting_after(node):
+            squeezed = module.graph.call_function(aten.squeeze.dims, (node, list(range(-added, 0))))
+        node.replace_all_uses_with(squeezed, delete_user_cb=lambda user: user is not squeezed)
+    module.recompile()
+    return module

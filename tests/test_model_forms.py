@@ -1,6 +1,7 @@
-"""Transformer forms the MiniLM tests do not hold, exported end to end to every runtime: T5's encoder (its
-float ONNX failed: the exporter's decomposition dropped a `.contiguous()` copy before a view) and GPT-2
-(its Hugging Face `Conv1D` layers are addmm calls with (in, out) weights: none was quantized)."""
+"""Model forms the other tests do not hold, exported end to end to every runtime: T5's encoder (its
+float ONNX failed: the exporter's decomposition dropped a `.contiguous()` copy before a view), GPT-2
+(its Hugging Face `Conv1D` layers are addmm calls with (in, out) weights: none was quantized), and a
+Conv-TasNet-like separator (PReLU after conv1d: ExecuTorch's XNNPACK lowering raised, no .pte)."""
 
 from __future__ import annotations
 
@@ -63,3 +64,19 @@ def test_constant_matmuls_become_linear_layers_with_one_weight_copy() -> None:
     assert attrs == {"w_transposed", "v_transposed", "b"}
     assert not hasattr(module, "w") and not hasattr(module, "v")
     torch.testing.assert_close(module(x), expected)
+
+
+def test_separator_with_prelu_after_conv1d_exports_to_every_runtime(tmp_path) -> None:
+    audio = np.sin(np.linspace(0, 600, 2000))[None] * np.random.default_rng(0).uniform(0.2, 1, (24, 1))
+    np.savez(tmp_path / "audio.npz", audio=audio.astype(np.float32))
+    result = api.export(f"{TESTS / 'models.py'}:masking_separator", "linux-arm64", tmp_path / "audio.npz",
+                        out=tmp_path / "out", require_all=True)
+    artifacts = {a["path"]: a for a in result.manifest["artifacts"]}
+    assert {"model.fp32.pte", "model.int8.pte"} <= set(artifacts)
+    int8 = {p: a["accuracy"]["sqnr_db"] for p, a in artifacts.items() if a["precision"] == "int8"}
+    assert all(25 < db < 70 for db in int8.values()), int8
+    assert max(int8.values()) - min(int8.values()) < 1.0
+    # the PReLUs run in the delegate, fp32 and int8 alike
+    for path in ("model.fp32.pte", "model.int8.pte"):
+        assert not any("prelu" in op["op"] for op in artifacts[path]["not_quantized"]
+                       if "XNNPACK" in op["reason"]), artifacts[path]["not_quantized"]
