@@ -177,6 +177,8 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
         "reproduce": reproduce,
     }
     _flag_slower_than_fp32(manifest["artifacts"])
+    if quantized is not None:
+        _flag_off_simulation(manifest["artifacts"], manifest["simulated_int8"])
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     (stage / "report.md").write_text(report(manifest))
     if stats is not None:  # last: a failed export leaves no statistics behind
@@ -240,6 +242,28 @@ def _drop_non_finite(checked: list, not_produced: list[dict]) -> list:
                              "path": c.artifact.path.name, "reason": reason})
         log.warning("%s: %s", c.artifact.path.name, reason)
     return kept
+
+
+OFF_SIMULATION_DB = 3.0  # an int8 artifact this far below the simulated graph's SQNR computes something else
+
+
+def _flag_off_simulation(artifacts: list[dict], simulated: dict) -> None:
+    """Marks each int8 artifact whose SQNR to float is OFF_SIMULATION_DB or more below the simulated int8
+    graph's, and warns: every runtime gets the same scales and integer weights, so such a gap is the
+    runtime computing an op otherwise (Hugging Face EfficientNet's pool gave all-zero outputs in ONNX
+    Runtime and LiteRT, 0 dB against 40.5 simulated, before it was rewritten)."""
+    target = simulated.get("sqnr_db")
+    for a in artifacts:
+        got = a["accuracy"].get("sqnr_db")
+        if a["precision"] != "int8" or target is None or got is None:
+            continue
+        a["off_simulation"] = got < target - OFF_SIMULATION_DB
+        if a["off_simulation"]:
+            log.warning("%s computes other values than the simulated int8 graph: SQNR %.1f dB to float against "
+                        "%.1f dB simulated (%s output steps apart); an op is lowered differently in %s. "
+                        "`edgeship debug` names the layer where the error jumps; ship another runtime's "
+                        "artifact or keep that layer float (recipe keep_float)", a["path"], got, target,
+                        a.get("vs_simulated_steps"), a["runtime"])
 
 
 def _flag_slower_than_fp32(artifacts: list[dict]) -> None:

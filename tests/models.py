@@ -393,3 +393,28 @@ class MaskingSeparator(nn.Module):
 def masking_separator() -> MaskingSeparator:
     torch.manual_seed(0)
     return MaskingSeparator().eval()
+
+
+class WholeWindowPool(nn.Module):
+    """A CNN that pools with one window larger than its feature map, as Hugging Face EfficientNet's
+    `AvgPool2d(hidden_dim, ceil_mode=True)` does, then classifies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.SiLU(),
+                                  nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.SiLU())
+        self.pool = nn.AvgPool2d(64, ceil_mode=True)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.body(x)).flatten(1))
+
+
+def whole_window_pool() -> WholeWindowPool:
+    torch.manual_seed(0)
+    model = WholeWindowPool()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # statistics that are not the identity
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval()

@@ -1,7 +1,9 @@
 """Model forms the other tests do not hold, exported end to end to every runtime: T5's encoder (its
 float ONNX failed: the exporter's decomposition dropped a `.contiguous()` copy before a view), GPT-2
 (its Hugging Face `Conv1D` layers are addmm calls with (in, out) weights: none was quantized), and a
-Conv-TasNet-like separator (PReLU after conv1d: ExecuTorch's XNNPACK lowering raised, no .pte)."""
+Conv-TasNet-like separator (PReLU after conv1d: ExecuTorch's XNNPACK lowering raised, no .pte), and a
+CNN pooling with one window larger than its feature map (Hugging Face EfficientNet: ONNX Runtime's and
+LiteRT's int8 outputs were all zeros)."""
 
 from __future__ import annotations
 
@@ -80,3 +82,33 @@ def test_separator_with_prelu_after_conv1d_exports_to_every_runtime(tmp_path) ->
     for path in ("model.fp32.pte", "model.int8.pte"):
         assert not any("prelu" in op["op"] for op in artifacts[path]["not_quantized"]
                        if "XNNPACK" in op["reason"]), artifacts[path]["not_quantized"]
+
+
+def test_pool_with_a_window_larger_than_the_input_is_int8_right_everywhere(tmp_path) -> None:
+    np.savez(tmp_path / "images.npz", x=np.random.default_rng(0).normal(size=(24, 3, 16, 16)).astype(np.float32))
+    result = api.export(f"{TESTS / 'models.py'}:whole_window_pool", "linux-arm64", tmp_path / "images.npz",
+                        out=tmp_path / "out", require_all=True)
+    int8 = {a["path"]: a["accuracy"]["sqnr_db"] for a in result.manifest["artifacts"] if a["precision"] == "int8"}
+    simulated = result.manifest["simulated_int8"]["sqnr_db"]
+    assert simulated > 25
+    assert all(abs(db - simulated) < 1.0 for db in int8.values()), (simulated, int8)
+    assert not any(a.get("off_simulation") for a in result.manifest["artifacts"])
+
+
+def test_an_int8_artifact_far_from_the_simulation_is_flagged_and_reported(caplog) -> None:
+    """What the pool above gave before its rewrite (ONNX Runtime and LiteRT 0 dB, 40.5 simulated): the
+    artifact is flagged in the manifest and the report, with a warning; one within 3 dB is not."""
+    from edgeship.api import _flag_off_simulation
+    from edgeship.report.markdown import _off_simulation_lines
+
+    artifacts = [{"path": p, "runtime": r, "precision": q, "vs_simulated_steps": steps, "accuracy": {"sqnr_db": db}}
+                 for p, r, q, db, steps in [("model.fp32.onnx", "onnxruntime", "fp32", 120.0, None),
+                                            ("model.int8.onnx", "onnxruntime", "int8", 0.0, 188.0),
+                                            ("model.int8.pte", "executorch", "int8", 38.0, 1.0)]]
+    _flag_off_simulation(artifacts, {"sqnr_db": 40.5})
+    assert [a.get("off_simulation") for a in artifacts] == [None, True, False]
+    assert "model.int8.onnx computes other values" in caplog.text and "model.int8.pte" not in caplog.text
+    lines = _off_simulation_lines({"artifacts": artifacts, "simulated_int8": {"sqnr_db": 40.5}})
+    assert any("model.int8.onnx: SQNR 0.0 dB against 40.5 dB simulated" in line for line in lines)
+    assert not any("model.int8.pte" in line for line in lines)
+

@@ -16,7 +16,8 @@ from edgeship.calibration.samples import Samples
 from edgeship.errors import CalibrationError
 from edgeship.export.inputs import to_torch
 from edgeship.export.passes.integer_constants import restore_integer_constants
-from edgeship.quantize.graphs import constant_matmuls_as_linear, fold_constant_layers, remove_eval_dropout
+from edgeship.quantize.graphs import (constant_matmuls_as_linear, fold_constant_layers, remove_eval_dropout,
+                                      whole_window_pools_as_global)
 from edgeship.quantize.encodings import collect_encodings
 from edgeship.quantize.quantizer import EdgeshipQuantizer, float_ops
 from edgeship.quantize.recipe import ALGORITHMS, READS_SAMPLES, Recipe
@@ -125,6 +126,7 @@ def transformed(program: torch.export.ExportedProgram, recipe: Recipe, samples: 
     remove_eval_dropout(module)
     fold_constant_layers(module)
     constant_matmuls_as_linear(module)
+    whole_window_pools_as_global(module)
     keep = layers_matching(module, recipe.keep_float)
     module.meta[WIDE_LAYERS] = layers_matching(module, recipe.int16_activations, "int16_activations")
     return module, keep, apply_algorithms(module, recipe, samples, progress, memo)

@@ -66,6 +66,7 @@ def report(manifest: dict) -> str:
     if manifest.get("not_produced"):
         lines += ["", "## Not produced", ""]
         lines += [f"- {n['runtime']} {n['precision']}: {n['reason']}" for n in manifest["not_produced"]]
+    lines += _off_simulation_lines(manifest)
     slower = [a for a in manifest["artifacts"] if a.get("slower_than_fp32")]
     if slower:
         lines += ["", "## Slower than fp32 on this machine", ""]
@@ -132,3 +133,14 @@ def bench_section(bench: dict) -> list[str]:
                          f"{_fmt(op['share'] and op['share'] * 100, '.1f')}{'%' if op['share'] else ''} | "
                          f"{'-' if flag is None else 'yes' if flag else '**no**'} |")
     return lines
+
+
+def _off_simulation_lines(manifest: dict) -> list[str]:
+    """The int8 artifacts flagged `off_simulation` (api._flag_off_simulation), as a report section."""
+    off = [a for a in manifest["artifacts"] if a.get("off_simulation")]
+    if not off:
+        return []
+    simulated = manifest.get("simulated_int8", {}).get("sqnr_db")
+    return ["", "## Not what the simulated int8 graph computes", ""] + [
+        f"- {a['path']}: SQNR {_fmt(a['accuracy']['sqnr_db'], '.1f')} dB against {_fmt(simulated, '.1f')} dB "
+        f"simulated; {a['runtime']} lowers an op differently (`edgeship debug` names the layer)" for a in off]
