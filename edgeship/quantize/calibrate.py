@@ -124,8 +124,8 @@ def transformed(program: torch.export.ExportedProgram, recipe: Recipe, samples: 
     module = program.module()
     restore_integer_constants(module)
     remove_eval_dropout(module)
+    constant_matmuls_as_linear(module)  # first: a matmul on constants only is then folded as a layer
     fold_constant_layers(module)
-    constant_matmuls_as_linear(module)
     whole_window_pools_as_global(module)
     keep = layers_matching(module, recipe.keep_float)
     module.meta[WIDE_LAYERS] = layers_matching(module, recipe.int16_activations, "int16_activations")
