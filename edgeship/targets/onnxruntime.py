@@ -14,9 +14,9 @@ import torch
 from torch.utils import _pytree as pytree
 
 from edgeship.errors import ExportError
-from edgeship.export.capture import first_line, export_float_onnx, strip_metadata, to_onnx
+from edgeship.export.capture import export_float_onnx, first_line, strip_metadata, to_onnx
 from edgeship.quantize.quantizer import has_int16
-from edgeship.runtimes.onnxruntime import ARM_SESSION_CONFIG, session_options
+from edgeship.runtimes.onnxruntime import ARM_SESSION_CONFIG, OnnxRuntimeSession, session_options
 from edgeship.targets.base import Artifact, LowerJob, count_ops
 
 log = logging.getLogger(__name__)
@@ -86,13 +86,9 @@ def _check_native(job: LowerJob) -> None:
     or computes something else than the model on the example inputs: the exporter's translation of
     some forms is wrong (an nn.LSTM with `proj_size` gave a Concat of tensors of different ranks)."""
     import numpy as np
-    import onnxruntime as ort
 
     try:
-        session = ort.InferenceSession(str(job.float_onnx), session_options(1, device_numerics=False),
-                                       providers=["CPUExecutionProvider"])
-        feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), job.example_inputs)}
-        got = session.run(None, feeds)
+        got = OnnxRuntimeSession(job.float_onnx, 1, device_numerics=False).run([x.numpy() for x in job.example_inputs])
     except Exception as exc:  # onnxruntime raises its own types for graphs it rejects
         raise ExportError(f"ONNX Runtime cannot run the exporter's recurrent ops ({first_line(exc)})") from exc
     with torch.no_grad():

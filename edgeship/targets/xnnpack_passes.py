@@ -106,7 +106,6 @@ def _float_weights(module: torch.fx.GraphModule, layer: torch.fx.Node) -> set[st
     return read
 
 
-
 def _op(value) -> str:
     return op_name(value) if isinstance(value, torch.fx.Node) else ""
 
