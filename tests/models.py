@@ -418,3 +418,26 @@ def whole_window_pool() -> WholeWindowPool:
             m.running_mean.uniform_(-0.3, 0.3)
             m.running_var.uniform_(0.5, 2.0)
     return model.eval()
+
+
+class LogMelGRU(nn.Module):
+    """An audio classifier that computes its own features, as torchaudio-style front-ends do: waveform ->
+    `torch.stft` power spectrum -> mel filterbank -> log -> GRU -> mean over time -> linear."""
+
+    def __init__(self, n_fft: int = 256, mels: int = 24, hidden: int = 32, classes: int = 8) -> None:
+        super().__init__()
+        self.n_fft = n_fft
+        self.register_buffer("window", torch.hann_window(n_fft))
+        self.register_buffer("mel", torch.rand(n_fft // 2 + 1, mels) / n_fft)
+        self.gru = nn.GRU(mels, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:  # audio: [B, samples]
+        power = torch.stft(audio, self.n_fft, self.n_fft // 2, window=self.window, return_complex=True).abs() ** 2
+        features = torch.log(power.transpose(1, 2) @ self.mel + 1e-3)
+        return self.head(self.gru(features)[0].mean(1))
+
+
+def log_mel_gru() -> LogMelGRU:
+    torch.manual_seed(0)
+    return LogMelGRU().eval()

@@ -3,7 +3,8 @@ float ONNX failed: the exporter's decomposition dropped a `.contiguous()` copy b
 (its Hugging Face `Conv1D` layers are addmm calls with (in, out) weights: none was quantized), and a
 Conv-TasNet-like separator (PReLU after conv1d: ExecuTorch's XNNPACK lowering raised, no .pte), and a
 CNN pooling with one window larger than its feature map (Hugging Face EfficientNet: ONNX Runtime's and
-LiteRT's int8 outputs were all zeros)."""
+LiteRT's int8 outputs were all zeros), and an audio model that computes its own spectrogram with
+`torch.stft` (complex tensors: ExecuTorch and LiteRT made nothing)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from models import token_batches
 
 from edgeship import api
@@ -39,7 +41,6 @@ def test_transformer_exports_int8_to_every_runtime(builder, tmp_path) -> None:
 def test_constant_matmuls_become_linear_layers_with_one_weight_copy() -> None:
     """addmm / mm / matmul with a constant weight become linear calls (what gets per-channel int8
     weights); a weight two calls read gets one transposed copy, and the graph computes the same."""
-    import torch
 
     from edgeship.quantize.graphs import constant_matmuls_as_linear
 
@@ -112,3 +113,95 @@ def test_an_int8_artifact_far_from_the_simulation_is_flagged_and_reported(caplog
     assert any("model.int8.onnx: SQNR 0.0 dB against 40.5 dB simulated" in line for line in lines)
     assert not any("model.int8.pte" in line for line in lines)
 
+
+
+class _Spectra(torch.nn.Module):
+    """Every reader of a complex spectrum the DFT convolution replaces."""
+
+    def __init__(self, normalized: bool = False, center: bool = True) -> None:
+        super().__init__()
+        self.normalized, self.center = normalized, center
+        self.register_buffer("window", torch.hann_window(200))  # shorter than n_fft: padded on both sides
+
+    def forward(self, x: torch.Tensor):
+        spec = torch.stft(x, 256, 64, 200, window=self.window, normalized=self.normalized, center=self.center,
+                          return_complex=True)
+        return spec.abs(), spec.abs() ** 2, spec.angle(), torch.view_as_real(spec), spec.real, spec.imag
+
+
+@pytest.mark.parametrize("shape", [(2, 3000), (3000,)])
+@pytest.mark.parametrize("options", [{}, {"normalized": True}, {"center": False}])
+def test_stft_becomes_a_real_convolution_with_the_same_values(shape, options) -> None:
+    from edgeship.export.capture import capture
+
+    torch.manual_seed(0)
+    model, x = _Spectra(**options).eval(), torch.randn(*shape)
+    program = capture(model, (x,), None)
+    ops = {n.target for n in program.graph.nodes if n.op == "call_function"}
+    assert torch.ops.aten.stft.default not in ops and torch.ops.aten.conv1d.default in ops
+    assert not any(n.meta["val"].is_complex() for n in program.graph.nodes
+                   if isinstance(n.meta.get("val"), torch.Tensor))
+    got, expected = program.module()(x), model(x)
+    for k in (0, 1, 3, 4, 5):
+        torch.testing.assert_close(got[k], expected[k], atol=2e-3 * expected[k].abs().max().item(), rtol=1e-3)
+    loud = expected[0] > 1e-2 * expected[0].max()  # the phase of a bin with almost no energy is noise
+    torch.testing.assert_close(torch.polar(torch.ones_like(got[2]), got[2])[loud],
+                               torch.polar(torch.ones_like(expected[2]), expected[2])[loud], atol=1e-3, rtol=0)
+
+
+def test_stft_whose_output_is_used_as_complex_is_left_alone() -> None:
+    from edgeship.export.capture import capture
+
+    class Filtered(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            spec = torch.stft(x, 64, 16, window=torch.hann_window(64), return_complex=True)
+            return torch.view_as_real(spec * spec.conj())  # complex arithmetic: no real form here
+
+    x = torch.randn(1, 800)
+    program = capture(Filtered().eval(), (x,), None)
+    assert torch.ops.aten.stft.default in {n.target for n in program.graph.nodes}
+    torch.testing.assert_close(program.module()(x), Filtered()(x))
+
+
+def test_audio_model_with_its_own_spectrogram_exports_to_every_runtime(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    t = np.arange(2048) / 8000
+    audio = np.sin(2 * np.pi * rng.uniform(100, 2000, (32, 1)) * t) * rng.uniform(0.1, 1, (32, 1))
+    np.savez(tmp_path / "audio.npz", audio=(audio + rng.normal(0, 0.02, audio.shape)).astype(np.float32))
+    result = api.export(f"{TESTS / 'models.py'}:log_mel_gru", "linux-arm64", tmp_path / "audio.npz",
+                        out=tmp_path / "out", require_all=True)
+    manifest = result.manifest
+    assert not manifest["not_produced"]
+    assert "stft" not in manifest["float_ops_in_quantized_graph"]
+    # the mel matmul that the log reads stays float: int8 energies gave 9.8 dB on every runtime
+    kept = next(a["changes"] for a in manifest["algorithms"] if a["algorithm"] == "float_before_log")
+    assert [c["log"] for c in kept] == ["log"]
+    artifacts = {a["path"]: a["accuracy"]["sqnr_db"] for a in manifest["artifacts"]}
+    assert {"model.fp32.pte", "model.int8.pte", "model.fp32.tflite", "model.int8.tflite"} <= set(artifacts)
+    assert all(db > 80 for p, db in artifacts.items() if ".fp32." in p), artifacts
+    int8 = [db for p, db in artifacts.items() if ".int8." in p]
+    assert all(20 < db < 60 for db in int8), artifacts
+    assert max(int8) - min(int8) < 1.0
+
+
+def test_ops_read_by_a_log_are_found_through_reshapes_and_constant_arithmetic() -> None:
+    from edgeship.quantize.graphs import outputs_read_by_log
+
+    class Logs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv1d(4, 8, 3)
+            self.mel = torch.nn.Linear(8, 6)
+
+        def forward(self, x: torch.Tensor):
+            y = self.conv(x)
+            power = y * y + y.abs()  # two activations: the add is what the log reads
+            mel = torch.log(self.mel(y.transpose(1, 2)).clamp(min=1e-5) * 2.0 + 1e-3)
+            return mel, torch.log1p(power), torch.log(x.abs().view(-1) + 1)  # the input: no producer op
+
+    module = torch.export.export(Logs().eval(), (torch.randn(1, 4, 16),), strict=False).module()
+    found = {c["layer"]: c["log"] for c in outputs_read_by_log(module)}
+    targets = {n.name: n.target for n in module.graph.nodes}
+    assert targets[next(k for k, v in found.items() if v == "log")] is torch.ops.aten.linear.default
+    assert targets[next(k for k, v in found.items() if v == "log1p")] is torch.ops.aten.add.Tensor
+    assert len(found) == 2

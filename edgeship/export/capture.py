@@ -15,6 +15,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from edgeship.errors import ExportError
+from edgeship.export.passes.spectra import real_spectra
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def capture(model: torch.nn.Module, args: tuple, source_file: str | None) -> tor
     printed = io.StringIO()  # torch.export prints the partial graph to stderr on failure
     try:
         with contextlib.redirect_stderr(printed):
-            return torch.export.export(model, args, strict=False)
+            program = torch.export.export(model, args, strict=False)
     except Exception as exc:  # torch.export raises many types; all mean "cannot capture"
         log.debug("torch.export printed:\n%s", printed.getvalue())
         op = _failing_op(f"{exc}\n{getattr(exc, 'partial_fx_graph', '')}")
@@ -79,6 +80,7 @@ def capture(model: torch.nn.Module, args: tuple, source_file: str | None) -> tor
             f"{f' (op {op})' if op else ''}{where}; rewrite that code without data-dependent "
             "Python control flow or unsupported ops, or run with --debug for the full trace",
             op=op, source_line=where.strip(" ;at") or None) from exc
+    return real_spectra(program, args)
 
 
 def first_line(exc: BaseException) -> str:

@@ -16,8 +16,8 @@ from edgeship.calibration.samples import Samples
 from edgeship.errors import CalibrationError
 from edgeship.export.inputs import to_torch
 from edgeship.export.passes.integer_constants import restore_integer_constants
-from edgeship.quantize.graphs import (constant_matmuls_as_linear, fold_constant_layers, remove_eval_dropout,
-                                      whole_window_pools_as_global)
+from edgeship.quantize.graphs import (constant_matmuls_as_linear, fold_constant_layers, outputs_read_by_log,
+                                      remove_eval_dropout, whole_window_pools_as_global)
 from edgeship.quantize.encodings import collect_encodings
 from edgeship.quantize.quantizer import EdgeshipQuantizer, float_ops
 from edgeship.quantize.recipe import ALGORITHMS, READS_SAMPLES, Recipe
@@ -119,8 +119,8 @@ def transformed(program: torch.export.ExportedProgram, recipe: Recipe, samples: 
                 progress: Callable[[int], None] | None = None, memo: dict | None = None
                 ) -> tuple[GraphModule, frozenset[str], list[dict]]:
     """The float graph every scheme quantizes: the program's module with its integer constants restored
-    and the recipe's graph passes applied; also the layers the recipe keeps float (matched before the
-    passes add nodes) and what each pass changed. The same inputs give the same graph and node names."""
+    and the recipe's graph passes applied; also the layers kept float (the recipe's, matched before the
+    passes add nodes, and those whose output a logarithm reads) and what each pass changed. The same inputs give the same graph and node names."""
     module = program.module()
     restore_integer_constants(module)
     remove_eval_dropout(module)
@@ -128,8 +128,14 @@ def transformed(program: torch.export.ExportedProgram, recipe: Recipe, samples: 
     fold_constant_layers(module)
     whole_window_pools_as_global(module)
     keep = layers_matching(module, recipe.keep_float)
+    before_log = outputs_read_by_log(module)
+    keep |= {change["layer"] for change in before_log}
     module.meta[WIDE_LAYERS] = layers_matching(module, recipe.int16_activations, "int16_activations")
-    return module, keep, apply_algorithms(module, recipe, samples, progress, memo)
+    records = apply_algorithms(module, recipe, samples, progress, memo)
+    if before_log:
+        log.info("kept float, their outputs are read by a logarithm: %s", ", ".join(c["layer"] for c in before_log))
+        records.insert(0, {"algorithm": "float_before_log", "changes": before_log})
+    return module, keep, records
 
 
 def layers_matching(module: GraphModule, patterns: tuple[str, ...], key: str = "keep_float") -> frozenset[str]:
