@@ -45,6 +45,24 @@ def test_bias_correction_changes_only_int8_convolution_biases() -> None:
     assert changed and all(k.endswith("bias") for k in changed) and not any("head" in k for k in changed)
 
 
+
+def test_bias_correction_leaves_the_exported_program_and_the_model_unchanged() -> None:
+    """Convolutions with their own biases (no batch norm folded into new tensors): the corrected biases
+    are new tensors. Written in place, they reached the program the fp32 artifacts are lowered from, and
+    the user's model (Hugging Face ConvNeXt V2: fp32 artifacts 17.4 dB from the model on every runtime)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, groups=8),
+                                torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1)).eval()
+    calib = Samples(("x",), (np.random.default_rng(0).random((8, 3, 16, 16)).astype(np.float32),), "random")
+    model_before = {k: v.clone() for k, v in model.state_dict().items()}
+    program = torch.export.export(model, (torch.from_numpy(calib.arrays[0][:1]),), strict=False)
+    program_before = {k: v.clone() for k, v in program.state_dict.items()}
+    prepared = calibrate(program, Recipe(algorithms=("bias_correction",)), calib)
+    shifts = next(r["changes"] for r in prepared.meta["edgeship_algorithms"] if r["algorithm"] == "bias_correction")
+    assert len(shifts) == 3 and all(c["max_shift"] > 0 for c in shifts)
+    assert all(torch.equal(v, program_before[k]) for k, v in program.state_dict.items())
+    assert all(torch.equal(v, model_before[k]) for k, v in model.state_dict().items())
+
 def test_bias_correction_leaves_linear_layers_alone() -> None:
     calib = Samples(("x",), (np.random.default_rng(0).standard_normal((8, 8, 32)).astype(np.float32),), "random")
     program = torch.export.export(outlier_ffn(), (torch.from_numpy(calib.arrays[0][:1]),), strict=False)
