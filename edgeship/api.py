@@ -119,18 +119,20 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     precisions = ("fp32", wanted) if wanted else device.precisions
     artifacts, not_produced, failures = [], [], []
     for runtime in device.runtimes:
-        advance = progress(f"lower for {runtime}", 1)
-        try:
-            artifacts += _lower(get_adapter(runtime), job, stage, precisions)
-        except ExportError as exc:  # the other runtimes' artifacts are still made and verified
-            failures.append(f"{runtime}: {exc}")
-            not_produced += [{"runtime": runtime, "precision": p, "reason": str(exc)} for p in precisions]
-        else:
-            if wanted and not any(a.precision == wanted for a in artifacts if a.runtime == runtime):
-                reason = "the adapter wrote no artifact for it"
-                not_produced.append({"runtime": runtime, "precision": wanted, "reason": reason})
-                log.warning("%s: %s", runtime, reason)
-        advance(1)
+        advance = progress(f"lower for {runtime}", len(precisions))
+        for precision in precisions:  # one precision at a time: a failed int8 conversion keeps the fp32 file
+            try:
+                made = _lower(get_adapter(runtime), job, stage, (precision,))
+            except ExportError as exc:  # the other artifacts are still made and verified
+                failures.append(f"{runtime} {precision}: {exc}")
+                not_produced.append({"runtime": runtime, "precision": precision, "reason": str(exc)})
+            else:
+                artifacts += made
+                if precision == wanted and not any(a.precision == wanted for a in made):
+                    reason = "the adapter wrote no artifact for it"
+                    not_produced.append({"runtime": runtime, "precision": wanted, "reason": reason})
+                    log.warning("%s: %s", runtime, reason)
+            advance(1)
     if not artifacts:
         raise ExportError("no runtime could take the model: " + "; ".join(failures))
     for failure in failures:

@@ -441,3 +441,15 @@ class LogMelGRU(nn.Module):
 def log_mel_gru() -> LogMelGRU:
     torch.manual_seed(0)
     return LogMelGRU().eval()
+
+
+
+def tiny_mamba() -> TokenEncoder:
+    """A Hugging Face Mamba (selective state space) language model body: its `x_proj` output is split
+    into the time step (read by the int8 `dt_proj`) and the state matrices (float scan)."""
+    from transformers import MambaConfig, MambaModel
+
+    torch.manual_seed(0)
+    config = MambaConfig(vocab_size=200, hidden_size=32, state_size=8, num_hidden_layers=1, expand=2,
+                         conv_kernel=4, use_cache=False)
+    return TokenEncoder(MambaModel(config)).eval()

@@ -140,21 +140,30 @@ def _fail(message: str):
 
 
 def test_failure_late_in_export_leaves_no_folder(tmp_path, npz, monkeypatch, capsys) -> None:
-    """A failure after artifacts were written (here: every runtime's lowering, after their fp32
-    files) leaves nothing behind."""
+    """A failure after artifacts were written (here: every runtime's lowering; ONNX Runtime's after its
+    fp32 .onnx was written) leaves nothing behind."""
     from edgeship.targets import executorch, litert, onnxruntime
+
+    write_float_onnx = onnxruntime._float_onnx
+
+    def written_then_failed(job):
+        write_float_onnx(job)
+        _fail("ONNX Runtime cannot load the float model")()
 
     monkeypatch.setattr(litert, "_convert", _fail("litert-torch cannot convert the int8 model"))
     monkeypatch.setattr(executorch, "_lower", _fail("ExecuTorch cannot lower the model"))
+    monkeypatch.setattr(onnxruntime, "_float_onnx", written_then_failed)
     monkeypatch.setattr(onnxruntime, "_save_ort_format", _fail("ONNX Runtime cannot convert"))
     code, _, err = _export(monkeypatch, capsys, f"{MODELS}:tiny_conv_net", npz, tmp_path / "out")
     _assert_clean_failure(code, err, tmp_path / "out", "no runtime could take the model")
-    assert "litert: litert-torch cannot convert" in err and "executorch: ExecuTorch cannot lower" in err
+    assert "litert fp32: litert-torch cannot convert" in err and "executorch int8: ExecuTorch cannot lower" in err
+    assert "onnxruntime fp32: ONNX Runtime cannot load the float model" in err
 
 
 def test_one_runtime_failing_leaves_the_others(tmp_path, npz, monkeypatch, capsys) -> None:
-    """A converter that cannot take the model costs its own runtime only: the others' artifacts are
-    made and verified, the failed one's files are removed, and the manifest and stderr say why."""
+    """A converter that cannot take the int8 model costs that artifact only: the other runtimes' artifacts
+    and the same runtime's fp32 file are made and verified, the failed file is removed, and the manifest
+    and stderr say why."""
     import json
 
     from edgeship.targets import litert
@@ -165,10 +174,13 @@ def test_one_runtime_failing_leaves_the_others(tmp_path, npz, monkeypatch, capsy
     out = tmp_path / "out/models-tiny_conv_net/host"
     manifest = json.loads((out / "manifest.json").read_text())
     made = {(a["runtime"], a["precision"]) for a in manifest["artifacts"]}
-    assert {("onnxruntime", "int8"), ("executorch", "int8")} <= made and not any(r == "litert" for r, _ in made)
-    assert not list(out.glob("*.tflite"))  # its fp32 .tflite was written before the int8 failed
-    missing = {(n["runtime"], n["precision"]) for n in manifest["not_produced"] if "injected" in n["reason"]}
-    assert missing == {("litert", "fp32"), ("litert", "int8")}
+    assert {("onnxruntime", "int8"), ("executorch", "int8"), ("litert", "fp32")} <= made
+    assert ("litert", "int8") not in made
+    assert [p.name for p in out.glob("*.tflite")] == ["model.fp32.tflite"]
+    fp32 = next(a for a in manifest["artifacts"] if a["path"] == "model.fp32.tflite")
+    assert fp32["accuracy"]["sqnr_db"] > 80  # verified in its runtime like the others
+    missing = {(n["runtime"], n["precision"]) for n in manifest["not_produced"]}
+    assert missing == {("litert", "int8")}
     assert "not produced: litert int8: litert-torch cannot convert the int8 model: injected" in err
 
 

@@ -97,7 +97,7 @@ def _convert_int8(unfolded: torch.fx.GraphModule, args: tuple, path: Path) -> No
     from edgeship.targets.tflite_int16 import fence_requantize, widen_biases
 
     program = torch.export.export(unfolded, args, strict=False)
-    module = _fence_float_concats(program.module())
+    module = _fence_float_slices(_fence_float_concats(program.module()))
     wide = has_int16(unfolded)
     if wide:
         fence_requantize(module)
@@ -133,6 +133,60 @@ def _fence_float_concats(module: torch.fx.GraphModule) -> torch.fx.GraphModule:
     module.recompile()
     return module
 
+
+
+_SLICING = {torch.ops.aten.slice.Tensor, torch.ops.aten.split_with_sizes.default, torch.ops.aten.split.Tensor,
+            torch.ops.aten.select.int, torch.ops.aten.narrow.default, torch.ops.aten.unbind.int}
+_MOVING = {torch.ops.aten.transpose.int, torch.ops.aten.permute.default, torch.ops.aten.view.default,
+           torch.ops.aten.reshape.default, torch.ops.aten.unsqueeze.default, torch.ops.aten.squeeze.dim,
+           torch.ops.aten.flatten.using_ints, torch.ops.aten.clone.default}
+
+
+def _fence_float_slices(module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A slice or split that the quantizer left float between an int8 value and a quantize to another scale
+    gets its input through the optimization barrier, so the converter does not fold the three into one
+    int8 slice: it requires one scale on both sides and refused the whole model ("'tfl.slice' op
+    quantization parameters violate the same scale constraint": Hugging Face Mamba, whose `x_proj` output
+    is split into the time step, read by its own int8 layer, and the state matrices). The slice runs in
+    float, as the quantizer left it."""
+    import operator
+
+    from litert_torch.backend.optimization_barrier import optimization_barrier_op
+
+    graph = module.graph
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in _SLICING:
+            continue
+        source = node.args[0]
+        if not (isinstance(source, torch.fx.Node) and _name(source) == "dequantize_per_tensor"):
+            continue
+        params = tuple(source.args[1:3])
+        if not any(tuple(q.args[1:3]) != params for q in _quantizes_after(node)):
+            continue
+        with graph.inserting_before(node):
+            # two operands: with one, the lowering returns a bare value that getitem cannot index
+            barrier = graph.call_function(optimization_barrier_op, ((source, source),))
+            node.replace_input_with(source, graph.call_function(operator.getitem, (barrier, 0)))
+    module.recompile()
+    return module
+
+
+def _quantizes_after(node: torch.fx.Node) -> list[torch.fx.Node]:
+    """The quantize ops that read `node`'s value through getitems and data movement only."""
+    import operator
+
+    found, todo = [], list(node.users)
+    while todo:
+        user = todo.pop()
+        if _name(user) == "quantize_per_tensor":
+            found.append(user)
+        elif user.target is operator.getitem or user.target in _MOVING:
+            todo += list(user.users)
+    return found
+
+
+def _name(node: torch.fx.Node) -> str:
+    return getattr(node.target, "__name__", "").split(".")[0]
 
 def _convert(module: torch.nn.Module, args: tuple, path: Path, quantized: bool) -> None:
     import litert_torch
