@@ -59,6 +59,24 @@ def test_export_failure_names_the_user_line(tmp_path, npz, monkeypatch, capsys) 
     assert code == 1 and "models.py:" in err and "if x.sum() > 0" in err, err
 
 
+
+def test_export_failure_names_the_library_line_that_raised(tmp_path, npz, monkeypatch, capsys) -> None:
+    """The data-dependent branch sits in an installed library (a Hugging Face model's padding code): the
+    error names the user's call and the library line that raised."""
+    lib = tmp_path / "site-packages"
+    lib.mkdir()
+    (lib / "gatelib_for_test.py").write_text(
+        "import torch\n\n\nclass Gate(torch.nn.Module):\n    def forward(self, x):\n"
+        "        if x.sum() > 0:\n            return x * 2\n        return x\n")
+    monkeypatch.syspath_prepend(str(lib))
+    (tmp_path / "net.py").write_text(
+        "import torch\nfrom gatelib_for_test import Gate\n\n\nclass Net(torch.nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.gate = Gate()\n\n"
+        "    def forward(self, x):\n        return self.gate(x)\n\n\ndef build():\n    return Net()\n")
+    code, _, err = _export(monkeypatch, capsys, f"{tmp_path / 'net.py'}:build", npz, tmp_path / "out")
+    assert code == 1 and "net.py:11: return self.gate(x)" in err, err
+    assert "the call that raised: gatelib_for_test.py:6: if x.sum() > 0:" in err, err
+
 def test_empty_calibration_folder(tmp_path, monkeypatch, capsys) -> None:
     (tmp_path / "empty").mkdir()
     code, _, err = _export(monkeypatch, capsys, f"{MODELS}:tiny_conv_net", tmp_path / "empty", tmp_path / "out")

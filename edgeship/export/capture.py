@@ -75,6 +75,9 @@ def capture(model: torch.nn.Module, args: tuple, source_file: str | None) -> tor
         log.debug("torch.export printed:\n%s", printed.getvalue())
         op = _failing_op(f"{exc}\n{getattr(exc, 'partial_fx_graph', '')}")
         where = _user_line(exc, source_file)
+        raised = _raising_call(str(exc))
+        if raised and raised.split(":")[0] not in where:
+            where += f" (the call that raised: {raised})"
         raise ExportError(
             f"torch.export cannot capture the model: {type(exc).__name__}: {first_line(exc)}"
             f"{f' (op {op})' if op else ''}{where}; rewrite that code without data-dependent "
@@ -93,6 +96,18 @@ def _failing_op(text: str) -> str | None:
     """The last ATen op a trace names: torch.export stops at the op it could not handle."""
     found = re.findall(r"aten\.(\w+(?:\.\w+)?)", text)
     return f"aten.{found[-1]}" if found else None
+
+
+def _raising_call(text: str) -> str | None:
+    """`file:line: code` of the call torch.export names as the one that raised (a library's line, such as
+    a data-dependent `if` in a Hugging Face model, which the user's own frames do not show)."""
+    found = re.search(r'The following call raised this error:\s*File "([^"]+)", line (\d+), in \S+\s*\n\s*(.+)',
+                      text)
+    if not found:
+        return None
+    path, line, code = found.groups()
+    short = path.split("site-packages/")[-1]
+    return f"{short}:{line}: {code.strip()}"
 
 
 def _user_line(exc: BaseException, source_file: str | None) -> str:
