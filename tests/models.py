@@ -453,3 +453,21 @@ def tiny_mamba() -> TokenEncoder:
     config = MambaConfig(vocab_size=200, hidden_size=32, state_size=8, num_hidden_layers=1, expand=2,
                          conv_kernel=4, use_cache=False)
     return TokenEncoder(MambaModel(config)).eval()
+
+
+
+def tiny_fnet() -> nn.Module:
+    """Hugging Face FNet: token mixing by the real part of a 2-D Fourier transform (`fftn(x, dim=(1, 2))`)."""
+    from transformers import FNetConfig, FNetModel
+
+    class Ids(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.fnet = FNetModel(FNetConfig(vocab_size=200, hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+                                             max_position_embeddings=32, use_tpu_fourier_optimizations=False))
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return self.fnet(input_ids=input_ids).last_hidden_state
+
+    return Ids().eval()

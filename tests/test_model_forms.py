@@ -5,7 +5,7 @@ Conv-TasNet-like separator (PReLU after conv1d: ExecuTorch's XNNPACK lowering ra
 CNN pooling with one window larger than its feature map (Hugging Face EfficientNet: ONNX Runtime's and
 LiteRT's int8 outputs were all zeros), and an audio model that computes its own spectrogram with
 `torch.stft` (complex tensors: ExecuTorch and LiteRT made nothing), and Mamba (its split projection: LiteRT's
-converter refused the int8 model)."""
+converter refused the int8 model), and FNet (`torch.fft.fftn` token mixing: ExecuTorch and LiteRT made nothing)."""
 
 from __future__ import annotations
 
@@ -177,6 +177,8 @@ def test_audio_model_with_its_own_spectrogram_exports_to_every_runtime(tmp_path)
     # the mel matmul that the log reads stays float: int8 energies gave 9.8 dB on every runtime
     kept = next(a["changes"] for a in manifest["algorithms"] if a["algorithm"] == "float_before_log")
     assert [c["log"] for c in kept] == ["log"]
+    fourier = next(a["changes"] for a in manifest["algorithms"] if a["algorithm"] == "float_fourier")
+    assert len(fourier) == 1  # the DFT convolution
     artifacts = {a["path"]: a["accuracy"]["sqnr_db"] for a in manifest["artifacts"]}
     assert {"model.fp32.pte", "model.int8.pte", "model.fp32.tflite", "model.int8.tflite"} <= set(artifacts)
     assert all(db > 80 for p, db in artifacts.items() if ".fp32." in p), artifacts
@@ -206,3 +208,43 @@ def test_ops_read_by_a_log_are_found_through_reshapes_and_constant_arithmetic() 
     assert targets[next(k for k, v in found.items() if v == "log")] is torch.ops.aten.linear.default
     assert targets[next(k for k, v in found.items() if v == "log1p")] is torch.ops.aten.add.Tensor
     assert len(found) == 2
+
+
+
+class _Transforms(torch.nn.Module):
+    def __init__(self, norm: str | None) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor):
+        half = torch.fft.rfft(x, dim=-1, norm=self.norm)
+        both = torch.fft.fftn(x, dim=(0, 2), norm=self.norm)
+        return (half.abs(), half.abs() ** 2, both.real, both.imag,
+                torch.view_as_real(torch.fft.fft(x, dim=1, norm=self.norm)), torch.fft.fftn(x).real)
+
+
+@pytest.mark.parametrize("norm", [None, "ortho", "forward"])
+def test_fft_of_real_input_becomes_real_matmuls_with_the_same_values(norm) -> None:
+    from edgeship.export.capture import capture
+
+    torch.manual_seed(0)
+    model, x = _Transforms(norm).eval(), torch.randn(3, 10, 16)
+    program = capture(model, (x,), None)
+    assert not {n.target for n in program.graph.nodes if n.op == "call_function"} & {
+        torch.ops.aten.fft_fft.default, torch.ops.aten.fft_rfft.default, torch.ops.aten.fft_fftn.default}
+    for got, expected in zip(program.module()(x), model(x)):
+        torch.testing.assert_close(got, expected, atol=1e-5 * expected.abs().max().item(), rtol=1e-4)
+
+
+def test_fnet_exports_to_every_runtime_with_its_fourier_mixing_in_float(tmp_path) -> None:
+    np.savez(tmp_path / "tokens.npz", input_ids=token_batches(32)["input_ids"])
+    result = api.export(f"{TESTS / 'models.py'}:tiny_fnet", "linux-arm64", tmp_path / "tokens.npz",
+                        out=tmp_path / "out", require_all=True)
+    manifest = result.manifest
+    assert not manifest["not_produced"]
+    fourier = next(a["changes"] for a in manifest["algorithms"] if a["algorithm"] == "float_fourier")
+    assert len(fourier) == 8  # 2 layers x 2 axes x (cosine, sine)
+    int8 = {a["path"]: a["accuracy"]["sqnr_db"] for a in manifest["artifacts"] if a["precision"] == "int8"}
+    assert set(int8) == {"model.int8.onnx", "model.int8.ort", "model.int8.pte", "model.int8.tflite"}
+    assert all(25 < db < 60 for db in int8.values()), int8
+    assert max(int8.values()) - min(int8.values()) < 1.0

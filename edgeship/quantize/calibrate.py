@@ -16,6 +16,7 @@ from edgeship.calibration.samples import Samples
 from edgeship.errors import CalibrationError
 from edgeship.export.inputs import to_torch
 from edgeship.export.passes.integer_constants import restore_integer_constants
+from edgeship.export.passes.spectra import fourier_layers
 from edgeship.quantize.graphs import (constant_matmuls_as_linear, fold_constant_layers, outputs_read_by_log,
                                       remove_eval_dropout, whole_window_pools_as_global)
 from edgeship.quantize.encodings import collect_encodings
@@ -120,7 +121,8 @@ def transformed(program: torch.export.ExportedProgram, recipe: Recipe, samples: 
                 ) -> tuple[GraphModule, frozenset[str], list[dict]]:
     """The float graph every scheme quantizes: the program's module with its integer constants restored
     and the recipe's graph passes applied; also the layers kept float (the recipe's, matched before the
-    passes add nodes, and those whose output a logarithm reads) and what each pass changed. The same inputs give the same graph and node names."""
+    passes add nodes, those whose output a logarithm reads, and the Fourier transforms made real) and what
+    each pass changed. The same inputs give the same graph and node names."""
     module = program.module()
     restore_integer_constants(module)
     remove_eval_dropout(module)
@@ -129,12 +131,15 @@ def transformed(program: torch.export.ExportedProgram, recipe: Recipe, samples: 
     whole_window_pools_as_global(module)
     keep = layers_matching(module, recipe.keep_float)
     before_log = outputs_read_by_log(module)
-    keep |= {change["layer"] for change in before_log}
+    fourier = [{"layer": name} for name in fourier_layers(module)]
+    keep |= {change["layer"] for change in before_log + fourier}
     module.meta[WIDE_LAYERS] = layers_matching(module, recipe.int16_activations, "int16_activations")
     records = apply_algorithms(module, recipe, samples, progress, memo)
     if before_log:
         log.info("kept float, their outputs are read by a logarithm: %s", ", ".join(c["layer"] for c in before_log))
         records.insert(0, {"algorithm": "float_before_log", "changes": before_log})
+    if fourier:  # the Fourier transforms export/passes/spectra.py made real: float, as the complex ops were
+        records.insert(0, {"algorithm": "float_fourier", "changes": fourier})
     return module, keep, records
 
 

@@ -8,11 +8,18 @@ complex<f32>"; ExecuTorch: "operators are taking Tensor inputs with mismatched d
 had an ONNX file only. The transform becomes one `conv1d` whose kernels are the windowed cosines and
 sines of the DFT (stride = hop length), and each reader reads the real and imaginary halves
 (`abs` -> sqrt(re^2 + im^2), `abs ** 2` -> re^2 + im^2, `angle` -> atan2(im, re)). Same values to float
-rounding; the int8 recipes then quantize the convolution like any other (per-channel weights).
+rounding.
 
-When it leaves the graph alone: models without `stft`, a window computed in the graph, and a transform
-whose output reaches any other op (complex multiplication, `istft`): those keep the complex op, and the
-runtimes that cannot lower it say so as before.
+The same for `torch.fft.fft`, `rfft` and `fftn` of a real tensor (FNet's token mixing reads
+`fftn(x, dim=(1, 2)).real`): each transformed axis becomes a matmul with the constant cosine and sine
+matrices (two more and an add and a subtract per axis after the first: the complex product), which the
+convolutions and matmuls stay float in the int8 recipes, as the complex op was (quantize/calibrate.py:
+FNet, simulated, 29.2 dB with them int8 and 34.9 dB float).
+
+When it leaves the graph alone: models without these ops, a window computed in the graph, an explicit
+output length (`n=` / `s=`), complex input, and a transform whose output reaches any other op (complex
+multiplication, `istft`): those keep the complex op, and the runtimes that cannot lower it say so as
+before.
 """
 
 from __future__ import annotations
@@ -29,18 +36,21 @@ log = logging.getLogger(__name__)
 
 aten = torch.ops.aten
 _READERS = {aten.abs.default, aten.real.default, aten.imag.default, aten.angle.default, aten.view_as_real.default}
+_FFTS = {aten.fft_fft.default, aten.fft_rfft.default, aten.fft_fftn.default}
+MARK = "_edgeship_dft_"  # in the name of every cosine / sine constant this pass adds
 
 
 def real_spectra(program: torch.export.ExportedProgram, example_inputs: tuple) -> torch.export.ExportedProgram:
     """`program` with every rewritable `stft` as a convolution, exported again; `program` itself when it has
     none."""
-    if not any(n.op == "call_function" and n.target is aten.stft.default for n in program.graph.nodes):
+    if not any(n.op == "call_function" and (n.target is aten.stft.default or n.target in _FFTS)
+               for n in program.graph.nodes):
         return program
     module = program.module()
     count = stft_as_conv(module)
     if not count:
         return program
-    log.info("short-time Fourier transform as a DFT convolution: %d", count)
+    log.info("Fourier transforms as real convolutions and matmuls: %d", count)
     return torch.export.export(module, example_inputs, strict=False)
 
 
@@ -48,10 +58,17 @@ def stft_as_conv(module: GraphModule) -> int:
     """Rewrites `module` in place; returns how many transforms were rewritten."""
     done = 0
     for node in list(module.graph.nodes):
-        if node.op == "call_function" and node.target is aten.stft.default:
+        if node.op != "call_function" or not all(u.target in _READERS for u in node.users):
+            continue
+        if node.target is aten.stft.default:
             kernel = _dft_kernel(module, node)
-            if kernel is not None and all(u.target in _READERS for u in node.users):
+            if kernel is not None:
                 _rewrite(module, node, kernel)
+                done += 1
+        elif node.target in _FFTS:
+            plan = _fft_plan(node)
+            if plan is not None:
+                _rewrite_fft(module, node, *plan)
                 done += 1
     if done:
         module.graph.eliminate_dead_code()
@@ -96,7 +113,7 @@ def _rewrite(module: GraphModule, node: Node, kernel: torch.Tensor) -> None:
     hop = (node.args[2] if len(node.args) > 2 else node.kwargs.get("hop_length")) or node.args[1] // 4
     rank = x.meta["val"].dim()
     bins = kernel.shape[0] // 2
-    name = register(module, f"{node.name}_dft_kernel", kernel)
+    name = register(module, f"{node.name}{MARK}kernel", kernel)
     with graph.inserting_before(node):
         frames = graph.call_function(aten.unsqueeze.default, (x, 0 if rank == 1 else 1))  # (B, 1, L)
         if rank == 1:
@@ -107,6 +124,65 @@ def _rewrite(module: GraphModule, node: Node, kernel: torch.Tensor) -> None:
         axis = -2  # (B?, 2F, T): the frequency axis
         re = graph.call_function(aten.slice.Tensor, (both, axis, 0, bins))
         im = graph.call_function(aten.slice.Tensor, (both, axis, bins, 2 * bins))
+    for user in list(node.users):
+        with graph.inserting_before(user):
+            value = _reader(graph, user, re, im)
+        user.replace_all_uses_with(value)
+        graph.erase_node(user)
+    graph.erase_node(node)
+
+
+def _fft_plan(node: Node) -> tuple[list[int], bool, float] | None:
+    """(axes, one-sided, scale) of a real-input fft / rfft / fftn call; None when it has another form."""
+    x = node.args[0].meta.get("val") if isinstance(node.args[0], Node) else None
+    if x is None or x.is_complex():
+        return None
+    if node.target is aten.fft_fftn.default:
+        names = ("input", "s", "dim", "norm")
+    else:
+        names = ("input", "n", "dim", "norm")
+    args = dict(zip(names, node.args))
+    args.update(node.kwargs)
+    if args.get("s") is not None or args.get("n") is not None:
+        return None
+    dim = args.get("dim", -1 if node.target is not aten.fft_fftn.default else None)
+    axes = list(range(x.dim())) if dim is None else [dim] if isinstance(dim, int) else list(dim)
+    axes = [a % x.dim() for a in axes]
+    size = math.prod(int(x.shape[a]) for a in axes)
+    scales = {None: 1.0, "backward": 1.0, "ortho": 1 / math.sqrt(size), "forward": 1 / size}
+    if args.get("norm") not in scales:
+        return None
+    return axes, node.target is aten.fft_rfft.default, scales[args.get("norm")]
+
+
+def _rewrite_fft(module: GraphModule, node: Node, axes: list[int], onesided: bool, scale: float) -> None:
+    """Each axis in turn: moved last, multiplied by the (N, K) cosine and sine matrices, moved back; the
+    first axis's scale carries the norm. The complex product after the first axis: (a + ib)(C + iS)."""
+    graph = module.graph
+    call = graph.call_function
+    x = node.args[0]
+    rank = x.meta["val"].dim()
+    re = im = None
+    with graph.inserting_before(node):
+        for k, axis in enumerate(axes):
+            size = int(x.meta["val"].shape[axis])
+            bins = size // 2 + 1 if onesided and k == len(axes) - 1 else size
+            angle = 2 * math.pi * torch.outer(torch.arange(size, dtype=torch.float64),
+                                              torch.arange(bins, dtype=torch.float64)) / size
+            factor = scale if k == 0 else 1.0
+            cos = register(module, f"{node.name}{MARK}cos_{axis}", (torch.cos(angle) * factor).float())
+            sin = register(module, f"{node.name}{MARK}sin_{axis}", (-torch.sin(angle) * factor).float())
+
+            def along(value: Node, matrix: str) -> Node:
+                moved = value if axis == rank - 1 else call(aten.transpose.int, (value, axis, -1))
+                out = call(aten.matmul.default, (moved, graph.get_attr(matrix)))
+                return out if axis == rank - 1 else call(aten.transpose.int, (out, axis, -1))
+
+            if re is None:
+                re, im = along(x, cos), along(x, sin)
+            else:
+                re, im = (call(aten.sub.Tensor, (along(re, cos), along(im, sin))),
+                          call(aten.add.Tensor, (along(re, sin), along(im, cos))))
     for user in list(node.users):
         with graph.inserting_before(user):
             value = _reader(graph, user, re, im)
@@ -132,3 +208,13 @@ def _reader(graph: torch.fx.Graph, user: Node, re: Node, im: Node) -> Node:
         square.replace_all_uses_with(power)
         graph.erase_node(square)
     return call(aten.sqrt.default, (power,)) if user.users else power
+
+
+def fourier_layers(module: GraphModule) -> list[str]:
+    """Names of the conv / linear / matmul nodes that read a DFT constant of this pass (directly, or
+    through the transposed copy that constant_matmuls_as_linear makes)."""
+    from edgeship.quantize.quantizer import CONV_OPS, LINEAR_OPS, MATMUL_OPS
+
+    return [n.name for n in module.graph.nodes
+            if n.op == "call_function" and n.target in CONV_OPS | LINEAR_OPS | MATMUL_OPS
+            and any(isinstance(a, Node) and a.op == "get_attr" and MARK in a.target for a in n.args[:2])]
