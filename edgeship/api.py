@@ -142,8 +142,10 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     simulated = torch_outputs(quantized_graph, evaluation)
     scales = output_scales(quantized_graph)
     threads = device.host_threads()
-    checked = [check_artifact(a, evaluation, reference, simulated if a.precision != "fp32" else None,
-                              scales, threads, progress) for a in artifacts]
+    checked = _check_each(artifacts, not_produced, lambda a: check_artifact(
+        a, evaluation, reference, simulated if a.precision != "fp32" else None, scales, threads, progress))
+    if not checked:
+        raise ExportError("no artifact runs in its runtime: " + "; ".join(n["reason"] for n in not_produced))
     checked = _drop_non_finite(checked, not_produced)
     if require_all and not_produced:
         missing = "; ".join(f"{n['runtime']} {n['precision']}: {n['reason']}" for n in not_produced)
@@ -226,6 +228,26 @@ def _quantize(recipe, program, flat, args, calib, evaluation, reference, memo, b
                                  frozenset(choice["float_nodes"]))
     quantized = convert(prepared)
     return choice, quantized, None, None, quantized.encodings
+
+
+def _check_each(artifacts: list, not_produced: list[dict], check: Callable) -> list:
+    """Each artifact run in its runtime. One that its runtime cannot load or run is not shipped: its file
+    is removed and `not_produced` says why; the others are still verified (ExecuTorch refused to load a
+    Hugging Face BiT's int8 .pte, and its `execute` failed on RWKV's: the whole export failed)."""
+    from edgeship.export.capture import first_line
+
+    checked = []
+    for artifact in artifacts:
+        try:
+            checked.append(check(artifact))
+        except Exception as exc:  # each runtime raises its own types (ExecuTorch: RuntimeError from execute)
+            artifact.path.unlink(missing_ok=True)
+            reason = (str(exc) if isinstance(exc, EdgeshipError) else
+                      f"{artifact.runtime} cannot run it on the eval samples: {type(exc).__name__}: {first_line(exc)}")
+            not_produced.append({"runtime": artifact.runtime, "precision": artifact.precision,
+                                 "path": artifact.path.name, "reason": f"{reason}; not shipped"})
+            log.warning("%s: %s; not shipped", artifact.path.name, reason)
+    return checked
 
 
 def _drop_non_finite(checked: list, not_produced: list[dict]) -> list:

@@ -202,6 +202,30 @@ def test_one_runtime_failing_leaves_the_others(tmp_path, npz, monkeypatch, capsy
     assert "not produced: litert int8: litert-torch cannot convert the int8 model: injected" in err
 
 
+
+def test_artifact_its_runtime_cannot_run_is_not_shipped(tmp_path, npz, monkeypatch, capsys) -> None:
+    """A file its runtime fails to run (ExecuTorch's execute raised on RWKV's .pte) is removed and named in
+    `not_produced`; the other artifacts are verified and written, and the export succeeds."""
+    import json
+
+    from edgeship.runtimes import executorch
+
+    def execute_fails(self, inputs):
+        raise RuntimeError("method->execute() failed with error 0x12")
+
+    monkeypatch.setattr(executorch.ExecuTorchSession, "run", execute_fails)
+    code, _, err = _export(monkeypatch, capsys, f"{MODELS}:tiny_conv_net", npz, tmp_path / "out")
+    assert code == 0, err
+    out = tmp_path / "out/models-tiny_conv_net/host"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert not list(out.glob("*.pte"))
+    assert {a["runtime"] for a in manifest["artifacts"]} == {"onnxruntime", "litert"}
+    reasons = {(n["runtime"], n["precision"]): n["reason"] for n in manifest["not_produced"]}
+    assert set(reasons) == {("executorch", "fp32"), ("executorch", "int8")}
+    assert all("executorch cannot run it on the eval samples: RuntimeError: method->execute() failed" in r
+               for r in reasons.values())
+    assert "not produced: executorch int8: executorch cannot run it on the eval samples" in err
+
 def test_require_all_fails_when_one_runtime_cannot(tmp_path, npz, monkeypatch, capsys) -> None:
     """--require-all: the same failing converter fails the export, and nothing is written."""
     from edgeship.targets import litert
