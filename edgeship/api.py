@@ -181,6 +181,7 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
         "reproduce": reproduce,
     }
     _flag_slower_than_fp32(manifest["artifacts"])
+    _flag_off_float(manifest["artifacts"])
     if quantized is not None:
         _flag_off_simulation(manifest["artifacts"], manifest["simulated_int8"])
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
@@ -288,6 +289,24 @@ def _flag_off_simulation(artifacts: list[dict], simulated: dict) -> None:
                         "`edgeship debug` names the layer where the error jumps; ship another runtime's "
                         "artifact or keep that layer float (recipe keep_float)", a["path"], got, target,
                         a.get("vs_simulated_steps"), a["runtime"])
+
+
+OFF_FLOAT_DB = 60.0  # an fp32 artifact below this SQNR to the PyTorch model computes something else
+
+
+def _flag_off_float(artifacts: list[dict]) -> None:
+    """Marks each fp32 artifact whose SQNR to the PyTorch model is below OFF_FLOAT_DB (`off_float`), and
+    warns: float32 kernels agree with PyTorch to 100 dB and more, so such a file computes something else
+    (ONNX Runtime's graph optimizations on a Hugging Face BiT: 44 dB, 121 dB with them off)."""
+    for a in artifacts:
+        got = a["accuracy"].get("sqnr_db")
+        if a["precision"] != "fp32" or got is None:
+            continue
+        a["off_float"] = got < OFF_FLOAT_DB
+        if a["off_float"]:
+            log.warning("%s is not the PyTorch model: SQNR %.1f dB to it (float32 runtimes agree to 100 dB and "
+                        "more); %s computes an op otherwise. Check the file in that runtime before shipping it, "
+                        "or ship another runtime's", a["path"], got, a["runtime"])
 
 
 def _flag_slower_than_fp32(artifacts: list[dict]) -> None:

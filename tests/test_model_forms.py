@@ -248,3 +248,19 @@ def test_fnet_exports_to_every_runtime_with_its_fourier_mixing_in_float(tmp_path
     assert set(int8) == {"model.int8.onnx", "model.int8.ort", "model.int8.pte", "model.int8.tflite"}
     assert all(25 < db < 60 for db in int8.values()), int8
     assert max(int8.values()) - min(int8.values()) < 1.0
+
+
+
+def test_fp32_artifact_far_from_the_model_is_flagged() -> None:
+    """An fp32 file below 60 dB to the PyTorch model (ONNX Runtime's optimizations on a Hugging Face BiT:
+    44 dB) gets `off_float` and a report line; int8 files and fp32 files at float precision do not."""
+    from edgeship.api import _flag_off_float
+    from edgeship.report.markdown import _off_float_lines
+
+    artifacts = [{"path": "model.fp32.onnx", "runtime": "onnxruntime", "precision": "fp32", "accuracy": {"sqnr_db": 44.7}},
+                 {"path": "model.fp32.pte", "runtime": "executorch", "precision": "fp32", "accuracy": {"sqnr_db": 121.0}},
+                 {"path": "model.int8.pte", "runtime": "executorch", "precision": "int8", "accuracy": {"sqnr_db": 21.0}}]
+    _flag_off_float(artifacts)
+    assert [a.get("off_float") for a in artifacts] == [True, False, None]
+    lines = _off_float_lines({"artifacts": artifacts})
+    assert len(lines) == 4 and "model.fp32.onnx: SQNR 44.7 dB to the model" in lines[-1]

@@ -67,6 +67,7 @@ def report(manifest: dict) -> str:
         lines += ["", "## Not produced", ""]
         lines += [f"- {n['runtime']} {n['precision']}: {n['reason']}" for n in manifest["not_produced"]]
     lines += _off_simulation_lines(manifest)
+    lines += _off_float_lines(manifest)
     slower = [a for a in manifest["artifacts"] if a.get("slower_than_fp32")]
     if slower:
         lines += ["", "## Slower than fp32 on this machine", ""]
@@ -144,3 +145,13 @@ def _off_simulation_lines(manifest: dict) -> list[str]:
     return ["", "## Not what the simulated int8 graph computes", ""] + [
         f"- {a['path']}: SQNR {_fmt(a['accuracy']['sqnr_db'], '.1f')} dB against {_fmt(simulated, '.1f')} dB "
         f"simulated; {a['runtime']} lowers an op differently (`edgeship debug` names the layer)" for a in off]
+
+
+def _off_float_lines(manifest: dict) -> list[str]:
+    """The fp32 artifacts flagged `off_float` (api._flag_off_float), as a report section."""
+    off = [a for a in manifest["artifacts"] if a.get("off_float")]
+    if not off:
+        return []
+    return ["", "## fp32 artifacts that are not the PyTorch model", ""] + [
+        f"- {a['path']}: SQNR {_fmt(a['accuracy']['sqnr_db'], '.1f')} dB to the model (float32 runtimes agree "
+        f"to 100 dB and more); {a['runtime']} computes an op otherwise" for a in off]
