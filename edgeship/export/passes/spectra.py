@@ -124,12 +124,7 @@ def _rewrite(module: GraphModule, node: Node, kernel: torch.Tensor) -> None:
         axis = -2  # (B?, 2F, T): the frequency axis
         re = graph.call_function(aten.slice.Tensor, (both, axis, 0, bins))
         im = graph.call_function(aten.slice.Tensor, (both, axis, bins, 2 * bins))
-    for user in list(node.users):
-        with graph.inserting_before(user):
-            value = _reader(graph, user, re, im)
-        user.replace_all_uses_with(value)
-        graph.erase_node(user)
-    graph.erase_node(node)
+    _replace_readers(graph, node, re, im)
 
 
 def _fft_plan(node: Node) -> tuple[list[int], bool, float] | None:
@@ -183,13 +178,17 @@ def _rewrite_fft(module: GraphModule, node: Node, axes: list[int], onesided: boo
             else:
                 re, im = (call(aten.sub.Tensor, (along(re, cos), along(im, sin))),
                           call(aten.add.Tensor, (along(re, sin), along(im, cos))))
+    _replace_readers(graph, node, re, im)
+
+
+def _replace_readers(graph: torch.fx.Graph, node: Node, re: Node, im: Node) -> None:
+    """Each reader of the complex `node` replaced by its real form; then `node` itself removed."""
     for user in list(node.users):
         with graph.inserting_before(user):
             value = _reader(graph, user, re, im)
         user.replace_all_uses_with(value)
         graph.erase_node(user)
     graph.erase_node(node)
-
 
 def _reader(graph: torch.fx.Graph, user: Node, re: Node, im: Node) -> Node:
     """The real-valued equivalent of one reader of the complex spectrum."""
