@@ -443,7 +443,6 @@ def log_mel_gru() -> LogMelGRU:
     return LogMelGRU().eval()
 
 
-
 def tiny_mamba() -> TokenEncoder:
     """A Hugging Face Mamba (selective state space) language model body: its `x_proj` output is split
     into the time step (read by the int8 `dt_proj`) and the state matrices (float scan)."""
@@ -453,7 +452,6 @@ def tiny_mamba() -> TokenEncoder:
     config = MambaConfig(vocab_size=200, hidden_size=32, state_size=8, num_hidden_layers=1, expand=2,
                          conv_kernel=4, use_cache=False)
     return TokenEncoder(MambaModel(config)).eval()
-
 
 
 def tiny_fnet() -> nn.Module:

@@ -59,7 +59,6 @@ def test_export_failure_names_the_user_line(tmp_path, npz, monkeypatch, capsys) 
     assert code == 1 and "models.py:" in err and "if x.sum() > 0" in err, err
 
 
-
 def test_export_failure_names_the_library_line_that_raised(tmp_path, npz, monkeypatch, capsys) -> None:
     """The data-dependent branch sits in an installed library (a Hugging Face model's padding code): the
     error names the user's call and the library line that raised."""
@@ -200,7 +199,6 @@ def test_one_runtime_failing_leaves_the_others(tmp_path, npz, monkeypatch, capsy
     missing = {(n["runtime"], n["precision"]) for n in manifest["not_produced"]}
     assert missing == {("litert", "int8")}
     assert "not produced: litert int8: litert-torch cannot convert the int8 model: injected" in err
-
 
 
 def test_artifact_its_runtime_cannot_run_is_not_shipped(tmp_path, npz, monkeypatch, capsys) -> None:

@@ -115,7 +115,6 @@ def test_an_int8_artifact_far_from_the_simulation_is_flagged_and_reported(caplog
     assert not any("model.int8.pte" in line for line in lines)
 
 
-
 class _Spectra(torch.nn.Module):
     """Every reader of a complex spectrum the DFT convolution replaces."""
 
@@ -210,7 +209,6 @@ def test_ops_read_by_a_log_are_found_through_reshapes_and_constant_arithmetic() 
     assert len(found) == 2
 
 
-
 class _Transforms(torch.nn.Module):
     def __init__(self, norm: str | None) -> None:
         super().__init__()
@@ -250,16 +248,16 @@ def test_fnet_exports_to_every_runtime_with_its_fourier_mixing_in_float(tmp_path
     assert max(int8.values()) - min(int8.values()) < 1.0
 
 
-
 def test_fp32_artifact_far_from_the_model_is_flagged() -> None:
     """An fp32 file below 60 dB to the PyTorch model (ONNX Runtime's optimizations on a Hugging Face BiT:
     44 dB) gets `off_float` and a report line; int8 files and fp32 files at float precision do not."""
     from edgeship.api import _flag_off_float
     from edgeship.report.markdown import _off_float_lines
 
-    artifacts = [{"path": "model.fp32.onnx", "runtime": "onnxruntime", "precision": "fp32", "accuracy": {"sqnr_db": 44.7}},
-                 {"path": "model.fp32.pte", "runtime": "executorch", "precision": "fp32", "accuracy": {"sqnr_db": 121.0}},
-                 {"path": "model.int8.pte", "runtime": "executorch", "precision": "int8", "accuracy": {"sqnr_db": 21.0}}]
+    artifacts = [{"path": path, "runtime": runtime, "precision": precision, "accuracy": {"sqnr_db": db}}
+                 for path, runtime, precision, db in [("model.fp32.onnx", "onnxruntime", "fp32", 44.7),
+                                                      ("model.fp32.pte", "executorch", "fp32", 121.0),
+                                                      ("model.int8.pte", "executorch", "int8", 21.0)]]
     _flag_off_float(artifacts)
     assert [a.get("off_float") for a in artifacts] == [True, False, None]
     lines = _off_float_lines({"artifacts": artifacts})

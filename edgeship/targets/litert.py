@@ -134,7 +134,6 @@ def _fence_float_concats(module: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return module
 
 
-
 _SLICING = {torch.ops.aten.slice.Tensor, torch.ops.aten.split_with_sizes.default, torch.ops.aten.split.Tensor,
             torch.ops.aten.select.int, torch.ops.aten.narrow.default, torch.ops.aten.unbind.int}
 _MOVING = {torch.ops.aten.transpose.int, torch.ops.aten.permute.default, torch.ops.aten.view.default,
