@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from edgeship.errors import ExportError
+from edgeship.quantize.quantizer import op_name
 from edgeship.targets.base import Artifact, LowerJob, count_ops
 from edgeship.targets.tflite_compact import compact
 
@@ -121,7 +122,7 @@ def _fence_float_concats(module: torch.fx.GraphModule) -> torch.fx.GraphModule:
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target is not torch.ops.aten.cat.default:
             continue
-        if any(getattr(u.target, "__name__", "").split(".")[0] in quantize_ops for u in node.users):
+        if any(op_name(u) in quantize_ops for u in node.users):
             continue  # an int8 concat
         values = list(node.args[0])
         if len(values) < 2:
@@ -157,7 +158,7 @@ def _fence_float_slices(module: torch.fx.GraphModule) -> torch.fx.GraphModule:
         if node.op != "call_function" or node.target not in _SLICING:
             continue
         source = node.args[0]
-        if not (isinstance(source, torch.fx.Node) and _name(source) == "dequantize_per_tensor"):
+        if not (isinstance(source, torch.fx.Node) and op_name(source) == "dequantize_per_tensor"):
             continue
         params = tuple(source.args[1:3])
         if not any(tuple(q.args[1:3]) != params for q in _quantizes_after(node)):
@@ -177,15 +178,12 @@ def _quantizes_after(node: torch.fx.Node) -> list[torch.fx.Node]:
     found, todo = [], list(node.users)
     while todo:
         user = todo.pop()
-        if _name(user) == "quantize_per_tensor":
+        if op_name(user) == "quantize_per_tensor":
             found.append(user)
         elif user.target is operator.getitem or user.target in _MOVING:
             todo += list(user.users)
     return found
 
-
-def _name(node: torch.fx.Node) -> str:
-    return getattr(node.target, "__name__", "").split(".")[0]
 
 def _convert(module: torch.nn.Module, args: tuple, path: Path, quantized: bool) -> None:
     import litert_torch
