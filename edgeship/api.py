@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from edgeship.errors import ConfigError, DeviceError, EdgeshipError, ExportError
+from edgeship.errors import CalibrationError, ConfigError, DeviceError, EdgeshipError, ExportError
 
 log = logging.getLogger(__name__)
 
@@ -485,13 +485,19 @@ def _load_inputs(model, calibration, eval_data, input_shapes, input_dtypes, prep
     from edgeship.export.load import load_model
 
     loaded = load_model(model)
-    specs = (model_inputs.specs_from_flags(input_shapes, input_dtypes or [], loaded.input_names)
+    signature = loaded.signature
+    specs = (model_inputs.specs_from_flags(input_shapes, input_dtypes or [], signature.positional)
              if input_shapes else None)
-    calib = model_inputs.bind(read_samples(calibration, overrides=preprocess), loaded.input_names, specs)
+    calib = model_inputs.bind(read_samples(calibration, overrides=preprocess), signature, specs)
     if eval_data is not None:
-        evaluation = model_inputs.bind(read_samples(eval_data, overrides=preprocess), loaded.input_names, specs)
+        evaluation = model_inputs.bind(read_samples(eval_data, overrides=preprocess), signature, specs)
+        if evaluation.names != calib.names:
+            raise CalibrationError(
+                f"{evaluation.source} gives the inputs {', '.join(evaluation.names)} but {calib.source} gives "
+                f"{', '.join(calib.names)}; give the calibration and eval data the same arrays")
     else:
         calib, evaluation = split_held_out(calib)
+    loaded = loaded.with_inputs(calib.names)
     return loaded, calib, evaluation
 
 

@@ -469,3 +469,28 @@ def tiny_fnet() -> nn.Module:
             return self.fnet(input_ids=input_ids).last_hidden_state
 
     return Ids().eval()
+
+
+class OptionalInputs(nn.Module):
+    """A forward with parameters that are not always inputs (a pitch tracker's `embed=False` flag, a
+    `mask=None` tensor, a keyword-only `offset`): the data says which it gives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.b = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor, embed: bool = False, mask: torch.Tensor | None = None, *,
+                offset: torch.Tensor | None = None) -> torch.Tensor:
+        h = torch.relu(self.a(x))
+        if mask is not None:
+            h = h * mask
+        if embed:
+            return h
+        y = self.b(h)
+        return y if offset is None else y + offset
+
+
+def optional_inputs() -> OptionalInputs:
+    torch.manual_seed(0)
+    return OptionalInputs().eval()

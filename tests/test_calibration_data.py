@@ -10,6 +10,7 @@ from edgeship.calibration.readers import read_samples
 from edgeship.calibration.samples import split_held_out
 from edgeship.errors import CalibrationError, ConfigError
 from edgeship.export.inputs import InputSpec, bind
+from edgeship.export.load import Signature
 
 
 def test_image_folder_uses_imagenet_defaults(image_folder: Path) -> None:
@@ -89,12 +90,12 @@ def test_nan_values(tmp_path: Path) -> None:
 def test_npz_mismatch(tmp_path: Path, arrays, specs, message) -> None:
     np.savez(tmp_path / "d.npz", **arrays)
     with pytest.raises(CalibrationError, match=message):
-        bind(read_samples(tmp_path / "d.npz"), ("x",), specs)
+        bind(read_samples(tmp_path / "d.npz"), Signature(("x",), positional=("x",)), specs)
 
 
 def test_bind_orders_by_input_name(tmp_path: Path) -> None:
     np.savez(tmp_path / "d.npz", right=np.ones((3, 6), np.float32), left=np.zeros((3, 8), np.float32))
-    bound = bind(read_samples(tmp_path / "d.npz"), ("left", "right"), None)
+    bound = bind(read_samples(tmp_path / "d.npz"), Signature(("left", "right"), positional=("left", "right")), None)
     assert bound.names == ("left", "right") and bound.arrays[0].shape == (3, 8)
 
 

@@ -10,6 +10,7 @@ import torch
 
 from edgeship.calibration.samples import Samples
 from edgeship.errors import CalibrationError, ConfigError
+from edgeship.export.load import Signature
 
 DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32,
           "uint8": np.uint8, "int8": np.int8, "bool": np.bool_}
@@ -48,32 +49,62 @@ def specs_from_flags(shapes: list[str], dtypes: list[str], names: tuple[str, ...
             for i, (shape, kind) in enumerate(zip(parsed, kinds))]
 
 
-def bind(samples: Samples, names: tuple[str, ...], specs: list[InputSpec] | None) -> Samples:
+def bind(samples: Samples, signature: Signature, specs: list[InputSpec] | None) -> Samples:
     """Order the samples' arrays as the model's inputs and check count, shape and dtype.
 
-    Arrays are matched by input name, or positionally when named arg0, arg1, ... (or a single array).
+    Arrays named after forward's parameters bind by name: every parameter without a default must be
+    there, one with a default (or keyword-only) is an input only when named. Arrays named arg0, arg1, ...
+    (or a single array) bind to the positional parameters in order. The names returned are the inputs the
+    model is called with (LoadedModel.with_inputs).
     """
     arrays = dict(zip(samples.names, samples.arrays))
-    expected = len(specs) if specs else len(names) or len(arrays)
-    if len(arrays) != expected:
-        raise CalibrationError(
-            f"{samples.source}: holds {len(arrays)} array(s) ({', '.join(arrays)}) but the model takes "
-            f"{expected} input(s) ({', '.join(names) or '?'}); save one array per model input")
-    order = list(names[:expected]) if names else [f"arg{i}" for i in range(expected)]
-    if set(order) <= set(arrays):
+    order = _by_name(arrays, signature)
+    if order is not None:
         picked = [arrays[n] for n in order]
-    elif all(f"arg{i}" in arrays for i in range(expected)):
-        picked = [arrays[f"arg{i}"] for i in range(expected)]
-    elif expected == 1:
-        picked = list(arrays.values())
     else:
+        order = _by_position(samples.source, arrays, signature)
+        picked = list(arrays.values()) if len(arrays) == 1 else [arrays[f"arg{i}"] for i in range(len(order))]
+    if specs and len(specs) != len(order):
         raise CalibrationError(
-            f"{samples.source}: array names {', '.join(arrays)} do not match the model's inputs "
-            f"({', '.join(order)}); name the arrays after the inputs or arg0, arg1, ... in order")
+            f"{samples.source}: holds {len(order)} input array(s) ({', '.join(order)}) but {len(specs)} "
+            "--input-shape were given; give one --input-shape per array in the data")
     if specs:
         for spec, array in zip(specs, picked):
             _check(samples.source, spec, array)
     return Samples(tuple(order), tuple(picked), samples.source)
+
+
+def _by_name(arrays: dict, signature: Signature) -> list[str] | None:
+    """The inputs in forward's parameter order when the arrays are named after its parameters; else None."""
+    if not signature.known or not all(signature.accepts(n) for n in arrays):
+        return None
+    if any(n not in arrays for n in signature.required):
+        return None
+    ordered = [n for n in (*signature.positional, *signature.required, *signature.optional) if n in arrays]
+    ordered = list(dict.fromkeys(ordered))
+    return ordered + [n for n in arrays if n not in ordered]  # **kwargs inputs, in the data's order
+
+
+def _by_position(source: str, arrays: dict, signature: Signature) -> list[str]:
+    count = len(arrays)
+    positional_names = count == 1 or all(f"arg{i}" in arrays for i in range(count))
+    if not signature.known:
+        if not positional_names and count > 1:
+            raise CalibrationError(f"{source}: array names {', '.join(arrays)} cannot be matched to the model's "
+                                   "inputs (its forward's signature cannot be read); name them arg0, arg1, ... in order")
+        return [f"arg{i}" for i in range(count)]
+    slots = len(signature.positional) if not signature.var_positional else max(count, len(signature.positional))
+    keyword_required = [n for n in signature.required if n not in signature.positional]
+    fits = len([n for n in signature.required if n in signature.positional]) <= count <= slots
+    if not positional_names or not fits or keyword_required:
+        missing = [n for n in signature.required if n not in arrays]
+        hint = f"; missing: {', '.join(missing)}" if not positional_names and missing else ""
+        raise CalibrationError(
+            f"{source}: holds {count} array(s) ({', '.join(arrays)}) but the model requires "
+            f"{len(signature.required)} input(s) ({signature.describe()}){hint}; save one array per model input, named after "
+            "forward's parameters (or arg0, arg1, ... in order); parameters with a default are inputs only "
+            "when the data names them")
+    return [signature.positional[i] if i < len(signature.positional) else f"arg{i}" for i in range(count)]
 
 
 def _check(source: str, spec: InputSpec, array: np.ndarray) -> None:

@@ -9,7 +9,7 @@ import inspect
 import logging
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,7 +25,54 @@ class LoadedModel:
     name: str  # used for the output folder
     source: str  # as the user gave it
     source_file: str | None  # the file that defines the callable, for error messages
-    input_names: tuple[str, ...]
+    signature: "Signature"
+
+    def with_inputs(self, names: tuple[str, ...]) -> "LoadedModel":
+        """This model called with exactly `names` as its positional inputs: wrapped when they are not the
+        first positional parameters of its forward (a defaulted parameter skipped, a keyword-only one given)."""
+        if not self.signature.needs_keywords(names):
+            return self
+        return replace(self, module=KeywordInputs(self.module, names, self.signature.positional_only).eval())
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a model's `forward` takes. `required`: positional parameters without a default, always inputs.
+    `optional`: parameters with a default and keyword-only ones, inputs only when the data names them.
+    `positional`: every positional parameter in order (arrays given as arg0, arg1, ... bind to these)."""
+
+    required: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    positional: tuple[str, ...] = ()
+    positional_only: tuple[str, ...] = ()
+    var_positional: bool = False
+    var_keyword: bool = False
+    known: bool = True  # False when forward's signature cannot be read: arrays go in positionally
+
+    def accepts(self, name: str) -> bool:
+        return name in self.required or name in self.optional or self.var_keyword
+
+    def needs_keywords(self, names: tuple[str, ...]) -> bool:
+        prefix = self.positional[:len(names)]
+        return self.known and tuple(names[:len(prefix)]) != prefix
+
+    def describe(self) -> str:
+        text = ", ".join(self.required) or "none"
+        return text + (f"; optional: {', '.join(self.optional)}" if self.optional else "")
+
+
+class KeywordInputs(torch.nn.Module):
+    """Calls a model with its inputs by name, so that parameters with defaults the data does not give keep
+    their defaults (`forward(self, x, embed=False)`, `mask=None`) and keyword-only ones can be inputs."""
+
+    def __init__(self, model: torch.nn.Module, names: tuple[str, ...], positional_only: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model, self.names, self.positional_only = model, tuple(names), frozenset(positional_only)
+
+    def forward(self, *args):
+        positional = [a for n, a in zip(self.names, args) if n in self.positional_only]
+        named = {n: a for n, a in zip(self.names, args) if n not in self.positional_only}
+        return self.model(*positional, **named)
 
 
 def load_model(source: str) -> LoadedModel:
@@ -62,7 +109,7 @@ def load_model(source: str) -> LoadedModel:
     net.eval()
     name = _model_name(where, attr)
     source_file = getattr(module, "__file__", None)
-    return LoadedModel(net, name, source, source_file, _input_names(net))
+    return LoadedModel(net, name, source, source_file, signature_of(net))
 
 
 def _model_name(where: str, attr: str) -> str:
@@ -101,10 +148,17 @@ def _import_module(name: str):
                              "in that module") from exc
 
 
-def _input_names(net: torch.nn.Module) -> tuple[str, ...]:
+def signature_of(net: torch.nn.Module) -> Signature:
     try:
-        params = inspect.signature(net.forward).parameters.values()
+        params = [p for p in inspect.signature(net.forward).parameters.values() if p.name != "self"]
     except (TypeError, ValueError):
-        return ()
-    return tuple(p.name for p in params
-                 if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self")
+        return Signature(known=False)
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    keyword_only = [p for p in params if p.kind == p.KEYWORD_ONLY]
+    return Signature(
+        required=tuple(p.name for p in positional + keyword_only if p.default is p.empty),
+        optional=tuple(p.name for p in positional + keyword_only if p.default is not p.empty),
+        positional=tuple(p.name for p in positional),
+        positional_only=tuple(p.name for p in positional if p.kind == p.POSITIONAL_ONLY),
+        var_positional=any(p.kind == p.VAR_POSITIONAL for p in params),
+        var_keyword=any(p.kind == p.VAR_KEYWORD for p in params))

@@ -1,0 +1,74 @@
+"""Which of a model's forward parameters are inputs: the data names them (parameters with a default,
+keyword-only ones), or gives them in order (arg0, arg1, ...)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from models import optional_inputs
+
+from edgeship import api
+from edgeship.calibration.readers import read_samples
+from edgeship.errors import CalibrationError
+from edgeship.export.inputs import bind
+from edgeship.export.load import signature_of
+
+TESTS = Path(__file__).resolve().parent
+
+
+def _bind(tmp_path: Path, **arrays):
+    np.savez(tmp_path / "d.npz", **{k: np.ones((4, 8), np.float32) for k in arrays})
+    return bind(read_samples(tmp_path / "d.npz"), signature_of(optional_inputs()), None).names
+
+
+@pytest.mark.parametrize("arrays, names", [
+    (("arg0",), ("x",)),
+    (("x",), ("x",)),
+    (("x", "mask"), ("x", "mask")),
+    (("mask", "x"), ("x", "mask")),
+    (("x", "offset"), ("x", "offset")),
+    (("arg0", "arg1"), ("x", "embed")),
+], ids=["positional-one", "named-required", "named-default", "named-any-order", "keyword-only", "positional-two"])
+def test_defaulted_and_keyword_only_parameters_are_inputs_only_when_given(tmp_path, arrays, names) -> None:
+    assert _bind(tmp_path, **dict.fromkeys(arrays)) == names
+
+
+@pytest.mark.parametrize("arrays, message", [
+    (("mask",), None),  # a single array binds to the one required input
+    (("x", "weights"), r"holds 2 array\(s\) \(x, weights\) but the model requires 1 input\(s\) "
+                       r"\(x; optional: embed, mask, offset\)"),
+    (("arg0", "arg1", "arg2", "arg3"), r"holds 4 array\(s\)"),
+    (("mask", "offset"), r"missing: x"),
+], ids=["single-array", "unknown-name", "too-many", "required-missing"])
+def test_data_that_fits_no_parameters_is_refused(tmp_path, arrays, message) -> None:
+    if message is None:
+        assert _bind(tmp_path, **dict.fromkeys(arrays)) == ("x",)
+        return
+    with pytest.raises(CalibrationError, match=message):
+        _bind(tmp_path, **dict.fromkeys(arrays))
+
+
+@pytest.mark.parametrize("given", [("x",), ("x", "mask"), ("x", "offset")], ids=["flag-default", "mask", "kw-only"])
+def test_model_with_defaulted_parameters_exports_what_the_data_gives(tmp_path, given) -> None:
+    rng = np.random.default_rng(0)
+    arrays = {"x": rng.normal(size=(24, 8)).astype(np.float32),
+              "mask": (rng.random((24, 8)) > 0.5).astype(np.float32),
+              "offset": rng.normal(size=(24, 4)).astype(np.float32)}
+    np.savez(tmp_path / "d.npz", **{k: arrays[k] for k in given})
+    result = api.export(f"{TESTS / 'models.py'}:optional_inputs", "linux-arm64", tmp_path / "d.npz",
+                        out=tmp_path / "out", require_all=True)
+    assert result.manifest["model"]["inputs"] == list(given)
+    net = optional_inputs()
+    with torch.no_grad():
+        expected = net(torch.from_numpy(arrays["x"][:1]),
+                       **{k: torch.from_numpy(arrays[k][:1]) for k in given if k != "x"}).numpy()
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(result.out_dir / "model.fp32.onnx"))
+    assert [i.name for i in session.get_inputs()] == list(given)
+    got = session.run(None, {k: arrays[k][:1] for k in given})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert all(a["accuracy"]["sqnr_db"] > 80 for a in result.manifest["artifacts"] if a["precision"] == "fp32")
