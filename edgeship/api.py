@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from edgeship import outputs
 from edgeship.errors import CalibrationError, ConfigError, DeviceError, EdgeshipError, ExportError
 
 log = logging.getLogger(__name__)
@@ -68,17 +68,25 @@ def export(model: str, target: str, calibration: str | Path, *, eval_data: str |
         raise ConfigError(f"accuracy budgets choose float layers for int8 recipes, not {resolved.name}; drop "
                           "--min-cosine / --min-sqnr / --max-drop, or use an int8 recipe")
     out = Path(out)
-    _check_writable(out)
+    outputs.check_writable(out)
 
     loaded, calib, evaluation = _load_inputs(model, calibration, eval_data, input_shapes, input_dtypes, preprocess)
+    needed = outputs.SPACE_PER_WEIGHT_BYTE * outputs.weight_bytes(loaded.module) + (1 << 20)
+    outputs.check_space(out, needed)
     final = out / loaded.name / device.name
     # what `edgeship debug` needs to rebuild the same quantized graph from this folder
     reproduce = {"model": model, "calibration": str(Path(calibration).resolve()),
                  "eval_data": str(Path(eval_data).resolve()) if eval_data is not None else None,
                  "input_shapes": input_shapes, "input_dtypes": input_dtypes, "preprocess": preprocess}
-    with _staging(final) as stage:
-        manifest = _export_into(stage, loaded, device, resolved, calib, evaluation, progress, budget, reproduce,
-                                stats_folder=final.parent, require_all=require_all)
+    try:
+        with outputs.staging(final) as stage:
+            manifest = _export_into(stage, loaded, device, resolved, calib, evaluation, progress, budget, reproduce,
+                                    stats_folder=final.parent, require_all=require_all)
+    except Exception as exc:  # a full disk, whichever writer met it, is one error naming the folder
+        full = outputs.out_of_space(exc, final.parent, needed)
+        if full is None:
+            raise
+        raise full from exc
     return ExportResult(final, manifest)
 
 
@@ -124,6 +132,8 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
             try:
                 made = _lower(get_adapter(runtime), job, stage, (precision,))
             except ExportError as exc:  # the other artifacts are still made and verified
+                if outputs.out_of_space(exc, stage, 0):
+                    raise
                 failures.append(f"{runtime} {precision}: {exc}")
                 not_produced.append({"runtime": runtime, "precision": precision, "reason": str(exc)})
             else:
@@ -242,6 +252,8 @@ def _check_each(artifacts: list, not_produced: list[dict], check: Callable) -> l
         try:
             checked.append(check(artifact))
         except Exception as exc:  # each runtime raises its own types (ExecuTorch: RuntimeError from execute)
+            if outputs.out_of_space(exc, artifact.path.parent, 0):  # a file cut short by a full disk
+                raise
             artifact.path.unlink(missing_ok=True)
             reason = (str(exc) if isinstance(exc, EdgeshipError) else
                       f"{artifact.runtime} cannot run it on the eval samples: {type(exc).__name__}: {first_line(exc)}")
@@ -457,8 +469,8 @@ def _capture(loaded, calib):
     from edgeship.export.recurrent import unroll_recurrent
 
     args = example_inputs(calib)
+    cap.check_outputs(cap.run_float(loaded.module, args, loaded.source_file))
     flat = cap.FlatOutputs(loaded.module).eval()
-    cap.run_float(flat, args, loaded.source_file)
     flat, _ = unroll_recurrent(flat, args)
     return args, flat, cap.capture(flat, args, loaded.source_file)
 
@@ -595,7 +607,7 @@ def bench(out_dir: str | Path, *, artifacts: list[str] | None = None, threads: i
     _write_json(manifest_path, manifest)
     from edgeship.report.markdown import report
 
-    _write_text(out_dir / "report.md", report(manifest))
+    outputs.write_text(out_dir / "report.md", report(manifest))
     return result
 
 
@@ -750,13 +762,7 @@ def _read_manifest(out_dir: Path) -> dict:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    _write_text(path, json.dumps(data, indent=1) + "\n")
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    outputs.write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def init_project(path: str | Path = "edgeship.toml", force: bool = False) -> Path:
@@ -780,46 +786,3 @@ def build(project: str | Path = "edgeship.toml", *, only: list[str] | None = Non
 
     return pipeline.build(load_project(project), only=only, force=force, fail_fast=fail_fast,
                           workers=workers, on_event=on_event)
-
-
-def _check_writable(out: Path) -> None:
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ConfigError(f"output location {out} is inside {probe}, which is a file; pass --out a folder")
-    try:  # a real write: permission bits say nothing for root, read-only or immutable folders
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"output folder {probe} is not writable ({exc.strerror}); "
-                          "pass --out a folder you can write to") from exc
-
-
-@contextlib.contextmanager
-def _staging(final: Path):
-    """Yield a temporary folder beside `final`; on success it replaces `final` in one rename, on
-    any failure (or interrupt) it is removed and `final` is left as it was."""
-    created = [p for p in [final.parent, *final.parent.parents] if not p.exists()]
-    final.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-    try:
-        yield stage
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        _remove_empty(created)
-        raise
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        final.rename(old)
-    stage.rename(final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _remove_empty(created: list[Path]) -> None:
-    """Remove the folders this export created (deepest first) when they are still empty."""
-    for folder in created:
-        with contextlib.suppress(OSError):
-            folder.rmdir()

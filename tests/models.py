@@ -494,3 +494,40 @@ class OptionalInputs(nn.Module):
 def optional_inputs() -> OptionalInputs:
     torch.manual_seed(0)
     return OptionalInputs().eval()
+
+
+class Returns(nn.Module):
+    """A model whose forward returns `value` (a string, None, numbers) after computing on its input."""
+
+    def __init__(self, value) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.value = value
+
+    def forward(self, x: torch.Tensor):
+        self.conv(x)
+        return self.value
+
+
+def returns_string() -> Returns:
+    return Returns("speech")
+
+
+def returns_none() -> Returns:
+    return Returns(None)
+
+
+def returns_numbers() -> Returns:
+    return Returns({"pitch": 440.0, "voiced": True})
+
+
+def megabytes_of_weights(megabytes: float = 1.0) -> nn.Module:
+    """A conv net with about `megabytes` of float weights (one wide 1x1 layer)."""
+    torch.manual_seed(0)
+    width = int((megabytes * 1e6 / 4) ** 0.5)
+    return nn.Sequential(nn.Conv2d(3, width, 1), nn.ReLU(), nn.Conv2d(width, width, 1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+
+
+def three_megabytes_of_weights() -> nn.Module:
+    return megabytes_of_weights(3.0)

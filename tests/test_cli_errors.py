@@ -41,6 +41,9 @@ CASES = [
     ("not a module", f"{MODELS}:not_a_module", None, "not a torch.nn.Module"),
     ("export fails", f"{MODELS}:data_dependent", None, "torch.export cannot capture the model"),
     ("unknown target", f"{MODELS}:tiny_conv_net", "--target=pixel-99", "unknown target 'pixel-99'; known targets:"),
+    ("returns a string", f"{MODELS}:returns_string", None, "the model's forward returns str, which holds no tensor"),
+    ("returns None", f"{MODELS}:returns_none", None, "the model's forward returns NoneType, which holds no tensor"),
+    ("returns numbers", f"{MODELS}:returns_numbers", None, "returns dict of bool, float, which holds no tensor"),
 ]
 
 
@@ -252,3 +255,32 @@ def test_builder_that_raises(tmp_path, npz, monkeypatch, capsys) -> None:
     code, _, err = _export(monkeypatch, capsys, f"{MODELS}:broken_builder", npz, tmp_path / "out")
     _assert_clean_failure(code, err, tmp_path / "out", "broken_builder() raised AssertionError")
     assert "models.py:" in err and "padding_idx=12" in err
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """An 8 MB tmpfs (needs the right to mount, as root in CI has)."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield folder
+    subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def test_full_disk_is_refused_before_any_work(small_disk, npz, monkeypatch, capsys) -> None:
+    """A model whose export needs more than the disk has: one line with both sizes, nothing written."""
+    code, _, err = _export(monkeypatch, capsys, f"{MODELS}:three_megabytes_of_weights", npz, small_disk / "out")
+    _assert_clean_failure(code, err, small_disk / "out", "free but this export needs about")
+
+
+def test_disk_that_fills_during_the_export(small_disk, npz, monkeypatch, capsys) -> None:
+    """The disk fills while artifacts are written (the estimate said it would fit): one line naming the
+    folder, exit 1, and the staging folder removed; the disk is as empty as before."""
+    from edgeship import outputs
+
+    monkeypatch.setattr(outputs, "SPACE_PER_WEIGHT_BYTE", 0)  # past the up-front estimate
+    (small_disk / "ballast").write_bytes(b"\0" * 5_000_000)  # 3 MB left for a model of 1 MB weights
+    code, _, err = _export(monkeypatch, capsys, f"{MODELS}:megabytes_of_weights", npz, small_disk / "out")
+    _assert_clean_failure(code, err, small_disk / "out", f"no space left on device while writing to {small_disk / 'out'}")
+    assert sorted(p.name for p in small_disk.iterdir()) == ["ballast"]

@@ -52,11 +52,11 @@ def _key(k) -> str:
     return f".{k}"
 
 
-def run_float(model: torch.nn.Module, args: tuple, source_file: str | None) -> None:
-    """Run the model once on the example inputs; a failure names the inputs and the user's line."""
+def run_float(model: torch.nn.Module, args: tuple, source_file: str | None):
+    """The model's output on the example inputs; a failure names the inputs and the user's line."""
     try:
         with torch.no_grad():
-            model(*args)
+            return model(*args)
     except Exception as exc:  # user code: the user must see what failed
         shapes = ", ".join(f"{'x'.join(map(str, a.shape))} {str(a.dtype).replace('torch.', '')}" for a in args)
         where = _user_line(exc, source_file)
@@ -64,6 +64,21 @@ def run_float(model: torch.nn.Module, args: tuple, source_file: str | None) -> N
             f"the model failed on its example inputs ({shapes}): {type(exc).__name__}: "
             f"{first_line(exc)}{where}; check that the data or --input-shape/--input-dtype match "
             "the model's inputs") from exc
+
+
+def check_outputs(out) -> None:
+    """Raises ExportError when the model's output holds no tensor (a string, None, a dict of numbers):
+    a runtime artifact returns tensors only. Other values beside tensors are left out, with a warning."""
+    leaves = pytree.tree_leaves(out)
+    tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
+    others = sorted({type(leaf).__name__ for leaf in leaves if not isinstance(leaf, torch.Tensor) and leaf is not None})
+    if not tensors:
+        what = type(out).__name__ + (f" of {', '.join(others)}" if others and not isinstance(out, str) else "")
+        raise ExportError(f"the model's forward returns {what}, which holds no tensor; runtimes return tensors "
+                          "only: make forward return a tensor, or a tuple, list or dict of tensors")
+    if others:
+        log.warning("the model's output holds %s values beside its %d tensor(s); the artifacts return the "
+                    "tensors only", ", ".join(others), len(tensors))
 
 
 def capture(model: torch.nn.Module, args: tuple, source_file: str | None) -> torch.export.ExportedProgram:

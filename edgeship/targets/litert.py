@@ -193,12 +193,14 @@ def _convert(module: torch.nn.Module, args: tuple, path: Path, quantized: bool) 
         with contextlib.redirect_stdout(chatter):
             model = litert_torch.convert(module, args,
                                          quant_config=_static_quant_config() if quantized else None)
-            model.export(str(path))
+            # bytes written by Python: the converter's own file writer exits the process on a full disk
+            content = model.model_content()
     except Exception as exc:  # the converter raises many types for ops it cannot convert
         log.debug("litert-torch output:\n%s", chatter.getvalue())
         raise ExportError(f"litert-torch cannot convert the {'int8' if quantized else 'fp32'} model: "
                           f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}; "
                           "run with --debug for the full trace") from exc
+    path.write_bytes(content)
 
 
 def float_ops(path: Path) -> list[str]:
