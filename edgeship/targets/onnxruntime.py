@@ -4,6 +4,7 @@ int4 / int8-dynamic / fp16 forms of the other recipes."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -234,10 +235,13 @@ def _float_nodes(onnx_path: Path, scratch: Path) -> list[str]:
 
 _ORT_CONVERT = """
 import sys
+sys.path.insert(0, "lib")
 import onnxruntime as ort
 options = ort.SessionOptions()
 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
 options.log_severity_level = 3
+options.intra_op_num_threads = 1
+options.inter_op_num_threads = 1
 for pair in sys.argv[3:]:
     key, _, value = pair.partition("=")
     options.add_session_config_entry(key, value)
@@ -245,30 +249,34 @@ options.optimized_model_filepath = sys.argv[2]
 options.add_session_config_entry("session.save_model_format", "ORT")
 ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"], disabled_optimizers=["NchwcTransformer"])
 """
-_ADDR_NO_RANDOMIZE = 0x0040000
-
-
-def _no_aslr() -> None:
-    """ONNX Runtime's ORT-format writer orders initializers by hash tables seeded from memory
-    addresses; with address randomization off, the same model gives the same bytes."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.personality(_ADDR_NO_RANDOMIZE)
 
 
 def _save_ort_format(onnx_path: Path, ort_path: Path) -> None:
     """The ORT-format model for the mobile (minimal) build, optimised as an ARM build would.
-    Written by a fresh process with a fixed environment and address randomization off, so that
-    rebuilds are byte-identical."""
+
+    ONNX Runtime's ORT-format writer orders initializers by hash tables seeded from memory addresses, and
+    where a library lands depends on everything the process did before: the interpreter's path, the
+    packages' paths (the checkout folder), the environment, Python's string hashing. So the writer is a
+    fresh process that sees none of them: address randomization off (setarch -R, an exec, no fork of this
+    process), the interpreter and the packages through fixed-length links in a fixed-length folder under
+    /tmp whatever TMPDIR says (its path's length moved the bytes too), a fixed environment and hash seed,
+    one thread. The same .onnx then gives the same bytes from any output folder,
+    checkout path or calling process."""
+    import platform
+    import sysconfig
+
     config = [f"{k}={v}" for k, v in ARM_SESSION_CONFIG.items()]
-    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
-    # same argv, environment and working-folder length every time: nothing shifts the address space
-    with tempfile.TemporaryDirectory(prefix="edgeship-ort-") as work:
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    root = "/tmp" if os.access("/tmp", os.W_OK) else None
+    with tempfile.TemporaryDirectory(prefix="edgeship-ort-", dir=root) as work:
         shutil.copy(onnx_path, Path(work) / "in.onnx")
-        run = subprocess.run([sys.executable, "-c", _ORT_CONVERT, "in.onnx", "out.ort", *config],
-                             capture_output=True, text=True, env=env, cwd=work,
-                             preexec_fn=_no_aslr if sys.platform == "linux" else None)
+        (Path(work) / "py").symlink_to(Path(sys.executable).resolve())
+        (Path(work) / "lib").symlink_to(Path(sysconfig.get_paths()["purelib"]).resolve())
+        command = ["./py", "-S", "-s", "-c", _ORT_CONVERT, "in.onnx", "out.ort", *config]
+        setarch = shutil.which("setarch", path=env["PATH"])
+        if setarch and sys.platform == "linux":
+            command = [setarch, platform.machine(), "-R", *command]
+        run = subprocess.run(command, capture_output=True, text=True, env=env, cwd=work)
         if run.returncode != 0 or not (Path(work) / "out.ort").exists():
             raise ExportError(f"ONNX Runtime cannot convert {onnx_path.name} to the ORT format: "
                               f"{(run.stderr.strip().splitlines() or ['no output'])[-1][:300]}; "
