@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import edgeship  # noqa: F401  (before torch: it makes MKL's sums independent of memory alignment)
+
 # Import-time warnings of torchao (missing CUDA kernels, Enum registration) are printed once per
 # process; trigger them here so that tests reading one CLI run's stderr see only that run.
 import torchao.quantization.pt2e  # noqa: E402,F401
