@@ -102,12 +102,16 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     from edgeship.verify import check_artifact, output_scales, pairwise_max_abs, pairwise_steps, torch_outputs
 
     started = time.perf_counter()
+    captured = progress("capture the model", 1)
     args, flat, program = _capture(loaded, calib)
     native = _capture_native(loaded, args, flat)
     out_names = cap.output_names(loaded.module, args)
     in_names = [s.name for s in specs_from_samples(calib)]
+    captured(1)
 
+    float_run = progress("float reference", len(evaluation))
     reference = torch_outputs(flat, evaluation)
+    float_run(len(evaluation))
     stats = (StatsCache.for_export(stats_folder, program, calib, recipe)
              if stats_folder is not None and recipe.scheme != "fp16" else None)
     memo = stats.memo if stats is not None else None

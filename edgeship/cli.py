@@ -18,7 +18,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Take a PyTorch model to verified int8 ONNX Runtime, ExecuTorch and LiteRT artifacts.")
 log = logging.getLogger("edgeship")
 
-_state = {"debug": False}
+_state = {"debug": False, "quiet": False}
 
 
 class Format(str, Enum):
@@ -38,7 +38,9 @@ FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="table or json
 def _root(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging.")] = 0,
           quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only errors on stderr.")] = False,
           debug: Annotated[bool, typer.Option("--debug", help="Full tracebacks on errors.")] = False) -> None:
-    _state["debug"] = debug
+    _state["debug"], _state["quiet"] = debug, quiet
+    if not verbose and not debug and sys.stderr is sys.__stderr__:  # a test harness's stderr is left alone
+        logs.filter_native_stderr()
     level = logging.ERROR if quiet else logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
     logs.configure(level)
 
@@ -444,12 +446,14 @@ def _print_table(result) -> None:
 
 
 class _progress:
-    """Rich progress bars on stderr when it is a terminal; log lines otherwise."""
+    """Rich progress bars on stderr when it is a terminal; otherwise one line per stage when it ends, with
+    its duration (`calibrate (100) ... 12.3 s`), unless --quiet."""
 
     def __enter__(self):
         if not sys.stderr.isatty():
             self._bars = None
-            return lambda task, total: (log.info("%s (%d)", task, total), lambda n: None)[1]
+            self._lines = logs.StageLines(lambda text: typer.echo(text, err=True), quiet=_state["quiet"])
+            return self._lines.start
         from rich.console import Console
         from rich.progress import Progress
 
@@ -465,6 +469,8 @@ class _progress:
     def __exit__(self, *exc) -> None:
         if self._bars is not None:
             self._bars.stop()
+        elif exc[0] is None:
+            self._lines.finish()
 
 
 def main() -> None:

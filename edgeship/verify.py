@@ -63,7 +63,7 @@ def check_artifact(artifact: Artifact, samples: Samples, reference: list[list[np
                    threads: int, progress: Progress) -> Checked:
     harness = get_harness(artifact.runtime)
     session = harness.load(artifact.path, threads)
-    advance = progress(f"verify {artifact.path.name}", len(samples))
+    advance = progress(f"verify and time {artifact.path.name}", len(samples) + 1)
     outputs = []
     for i in range(len(samples)):
         outputs.append(session.run(list(samples.sample(i))))
@@ -76,6 +76,7 @@ def check_artifact(artifact: Artifact, samples: Samples, reference: list[list[np
              if getattr(harness, "host_numerics_differ", False) else session)
     checked.latency_ms = measure_latency(timed, list(samples.sample(0)), threads)
     checked.latency_ms["session_config"] = getattr(timed, "session_config", {})
+    advance(1)
     log.info("%s: %s", artifact.path.name, checked.accuracy)
     return checked
 

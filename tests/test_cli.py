@@ -174,3 +174,28 @@ def test_ort_host_time_on_x86_is_explained(monkeypatch) -> None:
     on_arm = artifacts()
     api._flag_slower_than_fp32(on_arm)
     assert all("host_timing" not in a for a in on_arm)
+
+
+def test_log_that_is_not_a_terminal_has_stage_lines_and_no_native_banners(tmp_path, conv_npz) -> None:
+    """With stderr a file (CI): one line per stage with its duration, and none of the runtimes' banners
+    (absl's, ExecuTorch's CPU probe, LiteRT's delegate line), which write past Python's logging."""
+    import re
+    import subprocess
+    import sys
+
+    from edgeship.logs import NATIVE_BANNERS
+
+    with open(tmp_path / "err.txt", "w") as err:
+        run = subprocess.run([sys.executable, "-m", "edgeship", "export", f"{MODELS}:tiny_conv_net", "--target",
+                              "android-arm64", "--calibration", str(conv_npz), "--out", str(tmp_path / "out")],
+                             stdout=subprocess.DEVNULL, stderr=err)
+    log = (tmp_path / "err.txt").read_text()
+    assert run.returncode == 0, log
+    stages = re.findall(r"^(.+) \((\d+)\) \.\.\. \d+\.\d s$", log, flags=re.M)
+    names = [name for name, _ in stages]
+    assert names[:3] == ["capture the model", "float reference", "calibrate"], names
+    assert {"lower for onnxruntime", "lower for executorch", "lower for litert"} <= set(names)
+    assert sum(name.startswith("verify and time model.") for name in names) == 7
+    banner = re.compile("|".join(NATIVE_BANNERS), flags=re.M)
+    assert not banner.search(log), log
+    assert "oneDNN" not in log and "cpuinfo" not in log and "TensorFlow Lite" not in log, log

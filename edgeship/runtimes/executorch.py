@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from edgeship.errors import RuntimeFailure
+from edgeship.logs import without_banners
 from edgeship.runtimes.base import TensorInfo
 
 
@@ -17,13 +18,14 @@ class ExecuTorchSession:
         from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
 
-        if portable_lib._threadpool_get_thread_count() != threads:
-            portable_lib._unsafe_reset_threadpool(threads)
-        try:
-            program = Runtime.get().load_program(str(path))
-            self._method = program.load_method("forward")
-        except Exception as exc:  # the pybindings raise RuntimeError/ValueError alike
-            raise RuntimeFailure(f"ExecuTorch cannot load {path}: {exc}; re-export the model") from exc
+        with without_banners():  # the pybindings print their CPU probe through Python's sys.stderr
+            if portable_lib._threadpool_get_thread_count() != threads:
+                portable_lib._unsafe_reset_threadpool(threads)
+            try:
+                program = Runtime.get().load_program(str(path))
+                self._method = program.load_method("forward")
+            except Exception as exc:  # the pybindings raise RuntimeError/ValueError alike
+                raise RuntimeFailure(f"ExecuTorch cannot load {path}: {exc}; re-export the model") from exc
         meta = self._method.metadata
         self.inputs = [_info(f"input{i}", meta.input_tensor_meta(i)) for i in range(meta.num_inputs())]
         self.outputs = [_info(f"output{i}", meta.output_tensor_meta(i)) for i in range(meta.num_outputs())]
