@@ -769,15 +769,25 @@ def _write_json(path: Path, data: dict) -> None:
     outputs.write_text(path, json.dumps(data, indent=1) + "\n")
 
 
-def init_project(path: str | Path = "edgeship.toml", force: bool = False) -> Path:
-    """Write a commented starter project file; refuses to overwrite one unless `force`."""
-    from edgeship.pipeline.project import STARTER
+def init_project(path: str | Path = "edgeship.toml", force: bool = False) -> list[Path]:
+    """Write a commented starter project that builds as written where it is written: the project file, a
+    small model (`model.py`) and sample photos to calibrate it (`calibration/`) beside it. Refuses to
+    overwrite any of them unless `force`. Returns the paths written."""
+    from edgeship.pipeline.project import STARTER, STARTER_FOLDER
 
     path = Path(path)
-    if path.exists() and not force:
-        raise ConfigError(f"{path} already exists; edit it, or pass --force to replace it")
+    model, photos = path.parent / "model.py", path.parent / "calibration"
+    existing = [p for p in (path, model, photos) if p.exists()]
+    if existing and not force:
+        raise ConfigError(f"{', '.join(map(str, existing))} already exist(s); edit them, or pass --force to "
+                          "replace them with the starter")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(STARTER_FOLDER / "model.py", model)
+    if photos.is_dir():
+        shutil.rmtree(photos)
+    shutil.copytree(STARTER_FOLDER / "calibration", photos)
     path.write_text(STARTER)
-    return path
+    return [path, model, photos]
 
 
 def build(project: str | Path = "edgeship.toml", *, only: list[str] | None = None, force: bool = False,

@@ -377,13 +377,15 @@ def recipes(format: FormatOpt = Format.table) -> None:
 @app.command()
 def init(path: Annotated[Path, typer.Argument(help="Project file to write.")] = Path("edgeship.toml"),
          force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False) -> None:
-    """Write a commented starter edgeship.toml.
+    """Write a starter project that builds as written: edgeship.toml, a small model.py and sample
+    photos in calibration/ beside it. Replace the model and photos with yours (see model.py).
 
     Example: edgeship init && edgeship build
     """
     from edgeship import api
 
-    typer.echo(f"wrote {api.init_project(path, force)}")
+    for written in api.init_project(path, force):
+        typer.echo(f"wrote {written}")
 
 
 @app.command()

@@ -66,9 +66,9 @@ def test_init_writes_a_starter_that_loads(tmp_path, monkeypatch, capsys) -> None
     code, out, _ = run_cli(["init", str(path)], monkeypatch, capsys)
     assert code == 0 and path.read_text() == STARTER
     project = load_project(path)
-    assert [m.name for m in project.models] == ["mobilenet"]
+    assert [m.name for m in project.models] == ["starter"]
     code, _, err = run_cli(["init", str(path)], monkeypatch, capsys)
-    assert code == 1 and "already exists" in err
+    assert code == 1 and "already exist" in err
 
 
 def test_config_error_exits_2_from_build(tmp_path, monkeypatch, capsys) -> None:
@@ -77,8 +77,20 @@ def test_config_error_exits_2_from_build(tmp_path, monkeypatch, capsys) -> None:
     assert code == 2 and "unknown key 'colour'" in err and len(err.strip().splitlines()) == 1
 
 
-def test_starter_points_at_shipped_files() -> None:
-    assert (ROOT / "examples/mobilenet_v2.py").is_file() and (ROOT / "calibration_data/imagenet-sample").is_dir()
+def test_init_then_build_in_an_empty_folder(tmp_path, monkeypatch, capsys) -> None:
+    """`edgeship init && edgeship build` as the help writes it, in a new folder far from this repository:
+    the starter's model and photos are written beside the project file and the build passes its budgets."""
+    folder = tmp_path / "new-app"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    code, out, err = run_cli(["init"], monkeypatch, capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in folder.iterdir()) == ["calibration", "edgeship.toml", "model.py"]
+    code, out, err = run_cli(["build"], monkeypatch, capsys)
+    assert code == 0, out + err
+    assert (folder / "build" / "starter" / "android-arm64" / "model.int8.tflite").is_file()
+    code, _, err = run_cli(["init"], monkeypatch, capsys)
+    assert code == 1 and "already exist" in err and "--force" in err
 
 
 def test_app_pipeline_example_project_is_valid() -> None:

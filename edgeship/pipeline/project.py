@@ -217,32 +217,5 @@ def _strings(where, table, key: str, value) -> list[str]:
     return list(value)
 
 
-STARTER = '''# edgeship project: the models of this app, the devices they ship to, and the budgets they must meet.
-# `edgeship build` exports every model for every target, verifies and times each artifact, checks the
-# budgets, and writes build/report.md, build/report.html, build/junit.xml and build/index.json.
-
-[project]
-targets = ["android-arm64"]          # `edgeship targets` lists them; a path to your own .toml works too
-out = "build"                        # artifacts go to build/<model>/<target>/
-cache = ".edgeship-cache"            # content-addressed; share it between CI runs
-# jobs = 2                           # parallel exports (default: bounded by cores and memory)
-
-[models.mobilenet]
-source = "examples/mobilenet_v2.py:build"        # path/to/file.py:callable or package.module:callable
-calibration = "calibration_data/imagenet-sample"  # image folder, .npz, or folder of .npy
-# eval_data = "data/eval.npz"        # default: a held-out quarter of the calibration set
-# recipe = "int8"
-# inputs = ["weights/model.pt"]      # files the model reads (weights): part of the cache key
-# targets = ["android-arm64", "ios-arm64"]   # overrides [project] targets for this model
-
-# Budgets apply to the int8 artifacts. Most specific wins: [budgets], [budgets.TARGET],
-# [budgets.TARGET.RUNTIME], and the same under [models.NAME.budgets].
-[budgets]
-min_cosine = 0.98                    # mean cosine similarity to the float model's outputs
-# min_sqnr_db = 15
-# min_top1 = 0.9                     # top-1 agreement with float (classifiers)
-max_size_mb = 8
-
-# [budgets.android-arm64.litert]
-# max_latency_ms = 10                # median, on the machine that runs the build
-'''
+STARTER_FOLDER = Path(__file__).resolve().parent / "starter"  # edgeship.toml, model.py, calibration/
+STARTER = (STARTER_FOLDER / "edgeship.toml").read_text()

