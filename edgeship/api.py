@@ -109,6 +109,9 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     in_names = [s.name for s in specs_from_samples(calib)]
     captured(1)
 
+    from edgeship.report.decisions import output_decisions
+
+    decisions = output_decisions(program)
     float_run = progress("float reference", len(evaluation))
     reference = torch_outputs(flat, evaluation)
     float_run(len(evaluation))
@@ -157,7 +160,7 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     scales = output_scales(quantized_graph)
     threads = device.host_threads()
     checked = _check_each(artifacts, not_produced, lambda a: check_artifact(
-        a, evaluation, reference, simulated if a.precision != "fp32" else None, scales, threads, progress))
+        a, evaluation, reference, simulated if a.precision != "fp32" else None, scales, threads, progress, decisions))
     if not checked:
         raise ExportError("no artifact runs in its runtime: " + "; ".join(n["reason"] for n in not_produced))
     checked = _drop_non_finite(checked, not_produced)
@@ -180,7 +183,7 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
         "evaluation": {"source": evaluation.source, "samples": len(evaluation),
                        "sha256": evaluation.content_hash()},
         f"simulated_{(wanted or 'int8').replace('-', '_')}":
-            accuracy(reference, simulated),
+            accuracy(reference, simulated, decisions),
         "float_ops_in_quantized_graph": quantized.float_ops if quantized is not None else [],
         "algorithms": (quantized or int4).algorithms if (quantized or int4) is not None else [],
         "not_produced": not_produced,
@@ -196,6 +199,7 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     }
     _flag_slower_than_fp32(manifest["artifacts"])
     _flag_off_float(manifest["artifacts"])
+    _flag_changed_decisions(manifest["artifacts"])
     if quantized is not None:
         _flag_off_simulation(manifest["artifacts"], manifest["simulated_int8"])
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
@@ -305,6 +309,26 @@ def _flag_off_simulation(artifacts: list[dict], simulated: dict) -> None:
                         "`edgeship debug` names the layer where the error jumps; ship another runtime's "
                         "artifact or keep that layer float (recipe keep_float)", a["path"], got, target,
                         a.get("vs_simulated_steps"), a["runtime"])
+
+
+DECISION_AGREEMENT = 0.98  # a quantized artifact whose decisions agree with float less often than this is flagged
+
+
+def _flag_changed_decisions(artifacts: list[dict]) -> None:
+    """Marks each quantized artifact whose sigmoid / softmax decisions agree with the float model's on fewer
+    than DECISION_AGREEMENT of the eval samples (`decisions_changed`), and warns: an SQNR that looks fine
+    can hide a probability near its threshold that flips (a voice-activity detector's speech decision)."""
+    for a in artifacts:
+        found = a["accuracy"].get("decisions") or []
+        if a["precision"] == "fp32" or not found:
+            continue
+        low = [d for d in found if d["agreement"] < DECISION_AGREEMENT]
+        a["decisions_changed"] = bool(low)
+        for d in low:
+            log.warning("%s: output %d's decisions (%s) agree with the float model's on %.1f%% of %d; "
+                        "`edgeship debug` names the layer where the error jumps: keep it in float (recipe "
+                        "keep_float), or export with a budget (--min-sqnr) that keeps the sensitive layers float",
+                        a["path"], d["output"], d["rule"], 100 * d["agreement"], d["decisions"])
 
 
 OFF_FLOAT_DB = 60.0  # an fp32 artifact below this SQNR to the PyTorch model computes something else

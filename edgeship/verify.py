@@ -60,7 +60,7 @@ def output_scales(folded: GraphModule) -> list[float | None]:
 
 def check_artifact(artifact: Artifact, samples: Samples, reference: list[list[np.ndarray]],
                    simulated: list[list[np.ndarray]] | None, scales: list[float | None],
-                   threads: int, progress: Progress) -> Checked:
+                   threads: int, progress: Progress, decisions: list[dict | None] | None = None) -> Checked:
     harness = get_harness(artifact.runtime)
     session = harness.load(artifact.path, threads)
     advance = progress(f"verify and time {artifact.path.name}", len(samples) + 1)
@@ -69,7 +69,7 @@ def check_artifact(artifact: Artifact, samples: Samples, reference: list[list[np
         outputs.append(session.run(list(samples.sample(i))))
         advance(1)
     io = {"inputs": [t.to_dict() for t in session.inputs], "outputs": [t.to_dict() for t in session.outputs]}
-    checked = Checked(artifact, io, accuracy(reference, outputs), {}, outputs)
+    checked = Checked(artifact, io, accuracy(reference, outputs, decisions), {}, outputs)
     if simulated is not None:
         checked.vs_simulated_steps = max_steps(simulated, outputs, scales)
     timed = (harness.load(artifact.path, threads, device_numerics=False)

@@ -531,3 +531,46 @@ def megabytes_of_weights(megabytes: float = 1.0) -> nn.Module:
 
 def three_megabytes_of_weights() -> nn.Module:
     return megabytes_of_weights(3.0)
+
+
+class SpeakerEncoder(nn.Module):
+    """A speaker-verification encoder as they are built (GE2E, d-vector): a 3-layer LSTM over 40 mel
+    features per frame, a linear layer on the last hidden state, L2-normalised."""
+
+    def __init__(self, hidden: int = 256, embedding: int = 256, layers: int = 3) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(40, hidden, num_layers=layers, batch_first=True)
+        self.linear = nn.Linear(hidden, embedding)
+
+    def forward(self, mels: torch.Tensor) -> torch.Tensor:  # mels: [B, frames, 40]
+        _, (hidden, _) = self.lstm(mels)
+        return nn.functional.normalize(torch.relu(self.linear(hidden[-1])), dim=1)
+
+
+def speaker_encoder(seed: int = 0) -> SpeakerEncoder:
+    torch.manual_seed(seed)
+    return SpeakerEncoder().eval()
+
+
+class NearThreshold(nn.Module):
+    """A detector whose speech probability sits near 0.5 for most inputs while one rare feature spans a
+    wide range (as a loud frame does): per-tensor int8 steps are coarse next to the margin that decides,
+    so int8 flips decisions while the SQNR of the probabilities stays high. Outputs: the probability
+    (sigmoid) and a class distribution (softmax), both behind views."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.score = nn.Linear(16, 1)
+        self.classes = nn.Linear(16, 4)
+        with torch.no_grad():
+            self.score.weight.fill_(0.01)
+            self.score.weight[0, 0] = 1.0
+            self.score.bias.zero_()
+
+    def forward(self, x: torch.Tensor):
+        return torch.sigmoid(self.score(x)).view(-1), torch.softmax(self.classes(x), dim=-1).unsqueeze(1)
+
+
+def near_threshold() -> NearThreshold:
+    torch.manual_seed(0)
+    return NearThreshold().eval()

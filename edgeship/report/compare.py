@@ -21,9 +21,11 @@ def is_classifier(reference: list[list[np.ndarray]]) -> bool:
     return not all(abs(n - 1.0) < 1e-3 for n in norms)
 
 
-def accuracy(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> dict:
+def accuracy(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]],
+             decisions: list[dict | None] | None = None) -> dict:
     """`reference[i]` / `candidate[i]`: the outputs of sample i. SQNR over all samples and outputs;
-    cosine averaged over samples; top-1 agreement on the first output when it is classifier-shaped."""
+    cosine averaged over samples; top-1 agreement on the first output when it is classifier-shaped;
+    with `decisions` (report/decisions.py), the agreement of each sigmoid / softmax output's decisions."""
     signal = noise = 0.0
     cosines, max_err, agree = [], 0.0, []
     classifier = is_classifier(reference)
@@ -46,13 +48,18 @@ def accuracy(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]
             agree.append(int(np.argmax(ref[0])) == int(np.argmax(cand[0])))
     # identical outputs have no finite SQNR: recorded as null, with max_abs_error 0
     sqnr = 10.0 * math.log10(signal / noise) if noise > 0 and signal > 0 else None
-    return {
+    result = {
         "samples": len(reference),
         "sqnr_db": round(sqnr, 3) if sqnr is not None else None,
         "cosine": round(float(np.mean(cosines)), 6),
         "max_abs_error": float(max_err),
         "top1_agreement": round(float(np.mean(agree)), 4) if classifier else None,
     }
+    if decisions and any(decisions):
+        from edgeship.report.decisions import agreement
+
+        result["decisions"] = agreement(reference, candidate, decisions)
+    return result
 
 
 def max_steps(a: list[list[np.ndarray]], b: list[list[np.ndarray]], scales: list[float | None]) -> float | None:

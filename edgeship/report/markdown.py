@@ -68,6 +68,7 @@ def report(manifest: dict) -> str:
         lines += [f"- {n['runtime']} {n['precision']}: {n['reason']}" for n in manifest["not_produced"]]
     lines += _off_simulation_lines(manifest)
     lines += _off_float_lines(manifest)
+    lines += _decision_lines(manifest)
     slower = [a for a in manifest["artifacts"] if a.get("slower_than_fp32")]
     if slower:
         lines += ["", "## Slower than fp32 on this machine", ""]
@@ -155,3 +156,19 @@ def _off_float_lines(manifest: dict) -> list[str]:
     return ["", "## fp32 artifacts that are not the PyTorch model", ""] + [
         f"- {a['path']}: SQNR {_fmt(a['accuracy']['sqnr_db'], '.1f')} dB to the model (float32 runtimes agree "
         f"to 100 dB and more); {a['runtime']} computes an op otherwise" for a in off]
+
+
+def _decision_lines(manifest: dict) -> list[str]:
+    """Each artifact's agreement with float on its sigmoid / softmax outputs' decisions; those flagged
+    `decisions_changed` (api._flag_changed_decisions) marked."""
+    rows = [(a, d) for a in manifest["artifacts"] for d in a["accuracy"].get("decisions") or []]
+    if not rows:
+        return []
+    lines = ["", "## Decisions against float", "",
+             "Share of the eval samples' decisions (a sigmoid at 0.5, a softmax's largest entry) that match the "
+             "float model's:", ""]
+    for a, d in rows:
+        flag = " (below 98%: check with `edgeship debug`)" if a.get("decisions_changed") and d["agreement"] < 0.98 else ""
+        lines.append(f"- {a['path']} output {d['output']} ({d['rule']}): {100 * d['agreement']:.1f}% of "
+                     f"{d['decisions']}{flag}")
+    return lines
