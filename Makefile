@@ -34,7 +34,8 @@ aarch64-python:
 		|| echo "the emulated aarch64 Python could not be built: its tests will be skipped"
 
 test: $(STAMP) system-packages aarch64-python
-	$(BIN)/python -m pytest -x -q tests
+	# one worker per core; a file whose module fixtures are costly stays on one worker (xdist_group)
+	$(BIN)/python -m pytest -x -q -n auto --dist loadgroup tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/stock_flows.py

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -7,11 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import edgeship  # noqa: F401  (before torch: it makes MKL's sums independent of memory alignment)
+import edgeship  # noqa: F401,I001  (before torch: it makes MKL's sums independent of memory alignment)
+import torch  # noqa: E402,I001
 
 # Import-time warnings of torchao (missing CUDA kernels, Enum registration) are printed once per
 # process; trigger them here so that tests reading one CLI run's stderr see only that run.
 import torchao.quantization.pt2e  # noqa: E402,F401
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: one torch thread each
+    torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "calibration_data" / "imagenet-sample"

@@ -21,6 +21,9 @@ from edgeship.runtimes.base import get_harness
 from edgeship.targets.base import LowerJob, get_adapter
 from edgeship.verify import output_scales, torch_outputs
 
+# one xdist worker runs this file's tests: its module fixtures are built once
+pytestmark = pytest.mark.xdist_group("test_adapters")
+
 
 def _job(model, shape, out: Path, seed: int = 0):
     rng = np.random.default_rng(seed)

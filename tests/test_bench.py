@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
+# one xdist worker runs this file's tests: its module fixtures are built once
+pytestmark = pytest.mark.xdist_group("test_bench")
+
 MODELS = str(Path(__file__).parent / "models.py")
 
 

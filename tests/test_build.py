@@ -17,7 +17,8 @@ import pytest
 import torch
 from conftest import ROOT
 
-pytestmark = pytest.mark.slow
+# one xdist worker runs this file's tests: its module fixtures are built once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_build")]
 
 EDGESHIP = str(Path(sys.executable).parent / "edgeship")
 

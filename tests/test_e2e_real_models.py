@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, run_cli
 
-pytestmark = pytest.mark.slow
+# one xdist worker runs this file's tests: its module fixtures are built once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_e2e_real_models")]
 
 RUNTIMES = {"onnxruntime", "executorch", "litert"}
 

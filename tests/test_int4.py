@@ -14,6 +14,9 @@ from conftest import export_json, run_cli
 
 from edgeship.quantize.int4 import QMAX, QMIN, quantize_weight
 
+# one xdist worker runs this file's tests: its module fixtures are built once
+pytestmark = pytest.mark.xdist_group("test_int4")
+
 MODELS = str(Path(__file__).parent / "models.py")
 
 

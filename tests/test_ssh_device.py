@@ -23,7 +23,9 @@ AARCH64_PYTHON = ROOT / ".cache" / "aarch64" / "python3"
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
 MODELS = str(Path(__file__).parent / "models.py")
 
-pytestmark = pytest.mark.skipif(SSHD is None, reason="OpenSSH server not installed (make test installs it as root)")
+# one xdist worker runs this file's tests: its module fixtures are built once
+pytestmark = [pytest.mark.skipif(SSHD is None, reason="OpenSSH server not installed (make test installs it as root)"),
+              pytest.mark.xdist_group("test_ssh_device")]
 
 
 def _free_port() -> int:
