@@ -35,14 +35,20 @@ def test_agreement_counts_each_decision() -> None:
                      {"output": 1, "rule": SOFTMAX, "decisions": 2, "agreement": 0.5}]
 
 
-def test_int8_that_flips_decisions_is_flagged(tmp_path) -> None:
+def _near_threshold_data(tmp_path) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(0, 0.02, (64, 16)).astype(np.float32)
     x[::16, 0] = rng.choice([-40.0, 40.0], size=4)  # the rare wide feature sets the input's int8 scale
     np.savez(tmp_path / "calib.npz", x=x[:48])
     np.savez(tmp_path / "eval.npz", x=x[48:])
+
+
+def test_int8_that_flips_decisions_is_flagged(tmp_path) -> None:
+    """With a budget of the user's own (which replaces the default decision budget), int8 that flips
+    decisions is shipped and flagged."""
+    _near_threshold_data(tmp_path)
     result = api.export(f"{TESTS / 'models.py'}:near_threshold", "linux-arm64", tmp_path / "calib.npz",
-                        eval_data=tmp_path / "eval.npz", out=tmp_path / "out")
+                        eval_data=tmp_path / "eval.npz", out=tmp_path / "out", budget={"cosine": 0.5})
     artifacts = {a["path"]: a for a in result.manifest["artifacts"]}
     fp32 = artifacts["model.fp32.onnx"]["accuracy"]["decisions"]
     assert [d["agreement"] for d in fp32] == [1.0, 1.0]
@@ -50,3 +56,17 @@ def test_int8_that_flips_decisions_is_flagged(tmp_path) -> None:
     assert int8 and all(a["decisions_changed"] for a in int8)
     assert all(a["accuracy"]["decisions"][0]["agreement"] < 0.98 for a in int8)
     assert "## Decisions against float" in (result.out_dir / "report.md").read_text()
+
+
+def test_default_recipe_keeps_the_decisions(tmp_path) -> None:
+    """The default int8 recipe keeps the fewest layers float that bring the decisions back to 98% on
+    the eval data (here the probability's layer), and every runtime then keeps them."""
+    _near_threshold_data(tmp_path)
+    result = api.export(f"{TESTS / 'models.py'}:near_threshold", "linux-arm64", tmp_path / "calib.npz",
+                        eval_data=tmp_path / "eval.npz", out=tmp_path / "out")
+    choice = result.manifest["precision_choice"]
+    assert choice["budget"] == {"decision_agreement": 0.98} and choice["keep_float"]
+    assert result.manifest["simulated_int8"]["decision_agreement"] >= 0.98
+    int8 = [a for a in result.manifest["artifacts"] if a["precision"] == "int8"]
+    assert len(int8) == 4 and not any(a["decisions_changed"] for a in int8)
+    assert all(a["accuracy"]["decision_agreement"] >= 0.98 for a in int8)

@@ -77,6 +77,7 @@ class _Evaluated:
 
     evaluation: Samples
     reference: list
+    decisions: list | None = None  # report/decisions.py: which outputs are decisions, for decision_agreement
 
     def subset(self, count: int):
         """The same graph and switches, evaluated on the first `count` samples only."""
@@ -93,7 +94,7 @@ class _Evaluated:
                 result = self.gm(*to_torch(self.evaluation.sample(i)))
                 result = result if isinstance(result, (tuple, list)) else (result,)
                 outputs.append([r.numpy() for r in result])
-        return accuracy(self.reference, outputs)
+        return accuracy(self.reference, outputs, self.decisions)
 
 
 class Simulator(_Evaluated):

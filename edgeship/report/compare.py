@@ -59,6 +59,8 @@ def accuracy(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]
         from edgeship.report.decisions import agreement
 
         result["decisions"] = agreement(reference, candidate, decisions)
+        if result["decisions"]:  # the least-kept decision, a metric budgets can ask for
+            result["decision_agreement"] = min(d["agreement"] for d in result["decisions"])
     return result
 
 
