@@ -26,6 +26,7 @@ from minilm_accuracy import save  # noqa: E402
 
 from edgeship import api  # noqa: E402
 from edgeship.calibration.images import Preprocess, load_image_folder  # noqa: E402
+from edgeship.logs import StageLines  # noqa: E402
 
 
 def _photos(folder: Path, resize: int = 256, crop: int = 224) -> np.ndarray:
@@ -49,31 +50,6 @@ def evaluation_images(count: int = 120) -> np.ndarray:
     return np.concatenate(views)[:count].copy()
 
 
-class Stages:
-    """A progress callback that records each stage's duration (a stage ends at its total or the next)."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict] = []
-        self._open = None
-
-    def __call__(self, task: str, total: int):
-        self.close()
-        stage = self._open = {"stage": task, "total": total, "done": 0, "started": time.perf_counter()}
-
-        def advance(n: int) -> None:
-            stage["done"] += n
-            if stage is self._open and stage["done"] >= total:
-                self.close()
-        return advance
-
-    def close(self) -> None:
-        stage, self._open = self._open, None
-        if stage is not None:
-            seconds = round(time.perf_counter() - stage.pop("started"), 2)
-            self.rows.append({"stage": stage["stage"], "total": stage["total"], "seconds": seconds})
-            print(f"{stage['stage']:45s} {seconds:8.2f} s", flush=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "export_time.json")
@@ -82,12 +58,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="edgeship-export-time-"))
     np.savez(work / "calib.npz", x=calibration_images())
     np.savez(work / "eval.npz", x=evaluation_images())
-    stages = Stages()
+    stages = StageLines(lambda line: print(line, flush=True))
     begin = time.perf_counter()
     result = api.export(f"{ROOT / 'examples' / 'mobilenet_v2.py'}:build", "android-arm64", work / "calib.npz",
-                        eval_data=work / "eval.npz", out=work / "out", progress=stages)
+                        eval_data=work / "eval.npz", out=work / "out", progress=stages.start)
+    stages.finish()
     total = round(time.perf_counter() - begin, 1)
-    stages.close()
     print(f"{'export (all stages)':45s} {total:8.2f} s")
     artifacts = [{"path": a["path"], "sqnr_db": a["accuracy"]["sqnr_db"], "top1": a["accuracy"].get("top1_agreement")}
                  for a in result.manifest["artifacts"]]

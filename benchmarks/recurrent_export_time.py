@@ -21,11 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from export_time import Stages  # noqa: E402
 from minilm_accuracy import save  # noqa: E402
 from models import spoken_features  # noqa: E402
 
 from edgeship import api  # noqa: E402
+from edgeship.logs import StageLines  # noqa: E402
 
 
 def main() -> None:
@@ -41,12 +41,12 @@ def main() -> None:
         x = x.transpose(1, 2).contiguous().numpy()  # [B, frames, 40]
         np.savez(work / "calib.npz", mels=x[:24])
         np.savez(work / "eval.npz", mels=x[24:])
-        stages = Stages()
+        stages = StageLines(lambda line: print(line, flush=True))
         begin = time.perf_counter()
         print(f"--- {frames} frames", flush=True)
         result = api.export(f"{ROOT / 'tests' / 'models.py'}:speaker_encoder", "android-arm64", work / "calib.npz",
-                            eval_data=work / "eval.npz", out=work / "out", progress=stages)
-        stages.close()
+                            eval_data=work / "eval.npz", out=work / "out", progress=stages.start)
+        stages.finish()
         total = round(time.perf_counter() - begin, 1)
         print(f"{'export (all stages)':45s} {total:8.2f} s", flush=True)
         rows.append({"frames": frames, "export_seconds": total, "stages": stages.rows,

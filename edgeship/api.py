@@ -97,6 +97,7 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     from edgeship.export.inputs import specs_from_samples
     from edgeship.quantize.stats_cache import StatsCache
     from edgeship.report import manifest as mf
+    from edgeship.report.decisions import flag_changed_decisions, output_decisions
     from edgeship.report.markdown import report
     from edgeship.targets.base import LowerJob, get_adapter
     from edgeship.verify import check_artifact, output_scales, pairwise_max_abs, pairwise_steps, torch_outputs
@@ -108,8 +109,6 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     out_names = cap.output_names(loaded.module, args)
     in_names = [s.name for s in specs_from_samples(calib)]
     captured(1)
-
-    from edgeship.report.decisions import output_decisions
 
     decisions = output_decisions(program)
     float_run = progress("float reference", len(evaluation))
@@ -199,7 +198,7 @@ def _export_into(stage: Path, loaded, device, recipe, calib, evaluation, progres
     }
     _flag_slower_than_fp32(manifest["artifacts"])
     _flag_off_float(manifest["artifacts"])
-    _flag_changed_decisions(manifest["artifacts"])
+    flag_changed_decisions(manifest["artifacts"])
     if quantized is not None:
         _flag_off_simulation(manifest["artifacts"], manifest["simulated_int8"])
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
@@ -226,6 +225,7 @@ def _quantize(recipe, program, flat, args, calib, evaluation, reference, memo, b
     job, float16 program, encodings); the forms the recipe does not make are None."""
     from edgeship.export.capture import capture_half
     from edgeship.quantize.calibrate import calibrate, convert
+    from edgeship.quantize.sensitivity import default_decision_budget
 
     if recipe.scheme == "fp16":
         encodings = {"version": 1, "fp16": "no quantization parameters: weights and compute in float16"}
@@ -241,7 +241,7 @@ def _quantize(recipe, program, flat, args, calib, evaluation, reference, memo, b
     prepared = calibrate(program, recipe, calib, progress("calibrate", len(calib) * recipe.calibration_passes),
                          memo=memo)
     if not budget:
-        budget = _default_decision_budget(prepared, evaluation, reference, decisions)
+        budget = default_decision_budget(prepared, evaluation, reference, decisions)
     if budget:
         choice = _choose_float_layers(prepared, evaluation, reference, budget, progress, decisions)
         if choice["keep_float"]:
@@ -312,26 +312,6 @@ def _flag_off_simulation(artifacts: list[dict], simulated: dict) -> None:
                         "`edgeship debug` names the layer where the error jumps; ship another runtime's "
                         "artifact or keep that layer float (recipe keep_float)", a["path"], got, target,
                         a.get("vs_simulated_steps"), a["runtime"])
-
-
-DECISION_AGREEMENT = 0.98  # a quantized artifact whose decisions agree with float less often than this is flagged
-
-
-def _flag_changed_decisions(artifacts: list[dict]) -> None:
-    """Marks each quantized artifact whose sigmoid / softmax decisions agree with the float model's on fewer
-    than DECISION_AGREEMENT of the eval samples (`decisions_changed`), and warns: an SQNR that looks fine
-    can hide a probability near its threshold that flips (a voice-activity detector's speech decision)."""
-    for a in artifacts:
-        found = a["accuracy"].get("decisions") or []
-        if a["precision"] == "fp32" or not found:
-            continue
-        low = [d for d in found if d["agreement"] < DECISION_AGREEMENT]
-        a["decisions_changed"] = bool(low)
-        for d in low:
-            log.warning("%s: output %d's decisions (%s) agree with the float model's on %.1f%% of %d; "
-                        "`edgeship debug` names the layer where the error jumps: keep it in float (recipe "
-                        "keep_float), or export with a budget (--min-sqnr) that keeps the sensitive layers float",
-                        a["path"], d["output"], d["rule"], 100 * d["agreement"], d["decisions"])
 
 
 OFF_FLOAT_DB = 60.0  # an fp32 artifact below this SQNR to the PyTorch model computes something else
@@ -546,28 +526,6 @@ def _load_inputs(model, calibration, eval_data, input_shapes, input_dtypes, prep
 
 class BudgetError(EdgeshipError):
     """The accuracy budget cannot be met even with every quantizable layer in float."""
-
-
-def _default_decision_budget(prepared, evaluation, reference, decisions: list | None) -> dict | None:
-    """{"decision_agreement": DECISION_AGREEMENT} when the model's outputs hold decisions (a sigmoid, a
-    softmax) and the simulated int8 graph keeps fewer of them than that on the eval samples: the default
-    recipe then keeps the fewest layers float that bring them back (a voice-activity detector's speech
-    decisions agreed with float on 78% of chunks at int8 everywhere, and nothing said so). None otherwise."""
-    import copy
-
-    from edgeship.quantize import sensitivity as sens
-
-    if not decisions or not any(decisions):
-        return None
-    sim = sens.Simulator(copy.deepcopy(prepared), evaluation, reference)
-    sim.decisions = decisions
-    reached = sim.evaluate().get("decision_agreement")
-    if reached is None or reached >= DECISION_AGREEMENT:
-        return None
-    log.warning("int8 keeps %.1f%% of the model's output decisions on %d eval samples (sigmoid at 0.5 / softmax "
-                "argmax); keeping the fewest sensitive layers in float to reach %.0f%%", 100 * reached,
-                len(evaluation), 100 * DECISION_AGREEMENT)
-    return {"decision_agreement": DECISION_AGREEMENT}
 
 
 def _choose_float_layers(prepared, evaluation, reference, budget: dict, progress: Progress,

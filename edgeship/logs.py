@@ -48,6 +48,7 @@ NATIVE_BANNERS = (
     r"\[cpuinfo_utils\.cpp:\d+\] ",  # ExecuTorch's CPU probe
     r"INFO: (Created|Initialized) TensorFlow Lite",
 )
+BANNER = "|".join(f"(?:{p})" for p in NATIVE_BANNERS)  # one pattern, matched at the start of a line
 
 _FILTER = r"""
 import re, sys
@@ -70,8 +71,7 @@ def filter_native_stderr() -> None:
 
     sys.stderr.flush()
     real = os.dup(2)
-    pattern = "|".join(f"(?:{p})" for p in NATIVE_BANNERS)
-    proc = subprocess.Popen([sys.executable, "-S", "-c", _FILTER, pattern], stdin=subprocess.PIPE, stdout=real,
+    proc = subprocess.Popen([sys.executable, "-S", "-c", _FILTER, BANNER], stdin=subprocess.PIPE, stdout=real,
                             close_fds=True)
     os.dup2(proc.stdin.fileno(), 2)
     proc.stdin.close()
@@ -90,10 +90,12 @@ def filter_native_stderr() -> None:
 
 class StageLines:
     """Progress as text lines, for a log that is not a terminal (CI): each stage is written when it ends
-    (its ticks reach the total, the next stage starts, or the command finishes), with its duration."""
+    (its ticks reach the total, the next stage starts, or the command finishes), with its duration; `rows`
+    keeps every ended stage (task, total, seconds), for benchmarks."""
 
     def __init__(self, write, quiet: bool = False) -> None:
         self._write, self._quiet, self._open = write, quiet, None
+        self.rows: list[dict] = []
 
     def start(self, task: str, total: int):
         import time
@@ -112,8 +114,12 @@ class StageLines:
         import time
 
         stage, self._open = self._open, None
-        if stage is not None and not self._quiet:
-            self._write(f"{stage['task']} ({stage['total']}) ... {time.perf_counter() - stage['started']:.1f} s")
+        if stage is None:
+            return
+        seconds = time.perf_counter() - stage["started"]
+        self.rows.append({"stage": stage["task"], "total": stage["total"], "seconds": round(seconds, 2)})
+        if not self._quiet:
+            self._write(f"{stage['task']} ({stage['total']}) ... {seconds:.1f} s")
 
 
 @contextlib.contextmanager
@@ -129,7 +135,7 @@ def without_banners():
         yield
     finally:
         sys.stderr = previous
-        banner = re.compile("|".join(f"(?:{p})" for p in NATIVE_BANNERS))
+        banner = re.compile(BANNER)
         kept = [line for line in held.getvalue().splitlines(keepends=True) if not banner.match(line)]
         if kept:
             previous.write("".join(kept))

@@ -266,3 +266,23 @@ def fewest_float_layers(sim: Simulator, ranked: list[Sensitivity], budget: dict)
         else:
             lo = mid + 1
     return best[0], best[1], True
+
+
+def default_decision_budget(prepared, evaluation, reference, decisions: list | None) -> dict | None:
+    """{"decision_agreement": DECISION_AGREEMENT} when the model's outputs hold decisions (a sigmoid, a
+    softmax) and the simulated int8 graph keeps fewer of them than that on the eval samples: the default
+    recipe then keeps the fewest layers float that bring them back (a voice-activity detector's speech
+    decisions agreed with float on 78% of chunks at int8 everywhere, and nothing said so). None otherwise."""
+    from edgeship.report.decisions import DECISION_AGREEMENT
+
+    if not decisions or not any(decisions):
+        return None
+    sim = Simulator(copy.deepcopy(prepared), evaluation, reference)
+    sim.decisions = decisions
+    reached = sim.evaluate().get("decision_agreement")
+    if reached is None or reached >= DECISION_AGREEMENT:
+        return None
+    log.warning("int8 keeps %.1f%% of the model's output decisions on %d eval samples (sigmoid at 0.5 / softmax "
+                "argmax); keeping the fewest sensitive layers in float to reach %.0f%%", 100 * reached,
+                len(evaluation), 100 * DECISION_AGREEMENT)
+    return {"decision_agreement": DECISION_AGREEMENT}

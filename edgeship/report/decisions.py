@@ -3,8 +3,12 @@ its largest entry). Read from the float program, so a model says what its output
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 # ops that move values without computing new ones: an output behind them is still the op's output
 _PASS_THROUGH = {"view", "reshape", "_unsafe_view", "squeeze", "unsqueeze", "clone", "select", "slice", "permute",
@@ -57,3 +61,23 @@ def agreement(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray
             found.append({"output": k, "rule": kind["rule"], "decisions": int(values.size),
                           "agreement": round(float(values.mean()), 4)})
     return found
+
+
+DECISION_AGREEMENT = 0.98  # a quantized artifact whose decisions agree with float less often than this is flagged
+
+
+def flag_changed_decisions(artifacts: list[dict]) -> None:
+    """Marks each quantized artifact whose sigmoid / softmax decisions agree with the float model's on fewer
+    than DECISION_AGREEMENT of the eval samples (`decisions_changed`), and warns: an SQNR that looks fine
+    can hide a probability near its threshold that flips (a voice-activity detector's speech decision)."""
+    for a in artifacts:
+        found = a["accuracy"].get("decisions") or []
+        if a["precision"] == "fp32" or not found:
+            continue
+        low = [d for d in found if d["agreement"] < DECISION_AGREEMENT]
+        a["decisions_changed"] = bool(low)
+        for d in low:
+            log.warning("%s: output %d's decisions (%s) agree with the float model's on %.1f%% of %d; "
+                        "`edgeship debug` names the layer where the error jumps: keep it in float (recipe "
+                        "keep_float), or export with a budget (--min-sqnr) that keeps the sensitive layers float",
+                        a["path"], d["output"], d["rule"], 100 * d["agreement"], d["decisions"])

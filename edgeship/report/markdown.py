@@ -160,7 +160,7 @@ def _off_float_lines(manifest: dict) -> list[str]:
 
 def _decision_lines(manifest: dict) -> list[str]:
     """Each artifact's agreement with float on its sigmoid / softmax outputs' decisions; those flagged
-    `decisions_changed` (api._flag_changed_decisions) marked."""
+    `decisions_changed` (report/decisions.py flag_changed_decisions) marked."""
     rows = [(a, d) for a in manifest["artifacts"] for d in a["accuracy"].get("decisions") or []]
     if not rows:
         return []
@@ -168,7 +168,10 @@ def _decision_lines(manifest: dict) -> list[str]:
              "Share of the eval samples' decisions (a sigmoid at 0.5, a softmax's largest entry) that match the "
              "float model's:", ""]
     for a, d in rows:
-        flag = " (below 98%: check with `edgeship debug`)" if a.get("decisions_changed") and d["agreement"] < 0.98 else ""
+        from edgeship.report.decisions import DECISION_AGREEMENT
+
+        low = a.get("decisions_changed") and d["agreement"] < DECISION_AGREEMENT
+        flag = f" (below {100 * DECISION_AGREEMENT:.0f}%: check with `edgeship debug`)" if low else ""
         lines.append(f"- {a['path']} output {d['output']} ({d['rule']}): {100 * d['agreement']:.1f}% of "
                      f"{d['decisions']}{flag}")
     return lines
