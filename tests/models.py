@@ -574,3 +574,52 @@ class NearThreshold(nn.Module):
 def near_threshold() -> NearThreshold:
     torch.manual_seed(0)
     return NearThreshold().eval()
+
+
+class SpectralDetector(nn.Module):
+    """A voice-activity detector's front end as streaming VADs build it: a conv1d with fixed DFT kernels
+    (cosine and sine rows, no bias) over the raw audio, the magnitude sqrt(re**2 + im**2) (positive, wide
+    range), then convolutions with biases and ReLU, a pooled linear layer and a sigmoid probability."""
+
+    def __init__(self, window: int = 64, hop: int = 32, channels: int = 16) -> None:
+        super().__init__()
+        bins = window // 2 + 1
+        t = torch.arange(window, dtype=torch.float32)
+        k = torch.arange(bins, dtype=torch.float32)[:, None]
+        basis = torch.cat([torch.cos(2 * torch.pi * k * t / window), -torch.sin(2 * torch.pi * k * t / window)])
+        self.bins = bins
+        self.dft = nn.Conv1d(1, 2 * bins, window, stride=hop, bias=False)
+        self.dft.weight.data.copy_(basis[:, None, :] * torch.hann_window(window, periodic=False))
+        self.dft.weight.requires_grad_(False)
+        self.conv1 = nn.Conv1d(bins, channels, 3)
+        self.conv2 = nn.Conv1d(channels, channels, 3)
+        self.score = nn.Linear(channels, 1)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:  # audio: [B, 1, samples]
+        spectrum = self.dft(audio)
+        re, im = spectrum[:, :self.bins], spectrum[:, self.bins:]
+        magnitude = torch.sqrt(re * re + im * im + 1e-6)
+        h = torch.relu(self.conv2(torch.relu(self.conv1(magnitude))))
+        return torch.sigmoid(self.score(h.mean(dim=2)))
+
+
+def spectral_detector() -> SpectralDetector:
+    torch.manual_seed(0)
+    return SpectralDetector().eval()
+
+
+def voiced_audio(count: int, samples: int = 1024, seed: int = 0) -> torch.Tensor:
+    """[count, 1, samples] audio chunks at 16 kHz: half voiced (a 90-250 Hz fundamental with decaying
+    harmonics, as a voice's are), half quiet noise; amplitudes spread over 30 dB."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(samples) / 16000.0
+    chunks = []
+    for i in range(count):
+        loud = 10 ** (-1.5 * float(torch.rand(1, generator=g)))
+        chunk = torch.randn(samples, generator=g) * 0.01 * loud
+        if i % 2 == 0:
+            f0 = 90 + 160 * float(torch.rand(1, generator=g))
+            phases = torch.rand(11, generator=g) * 6.3
+            chunk = chunk + loud * sum(torch.sin(2 * torch.pi * f0 * h * t + phases[h - 1]) / h for h in range(1, 12))
+        chunks.append(chunk)
+    return torch.stack(chunks)[:, None, :]
