@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 from edgeship import api  # noqa: E402
 from edgeship.calibration.readers import read_samples  # noqa: E402
 from edgeship.calibration.samples import Samples  # noqa: E402
-from edgeship.report.compare import accuracy  # noqa: E402
+from edgeship.metrics.compare import accuracy  # noqa: E402
 from edgeship.report.manifest import versions  # noqa: E402
 from edgeship.runtimes.base import get_harness  # noqa: E402
 from edgeship.runtimes.bench import bench_artifact  # noqa: E402

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgeship import logs
+from edgeship import logs, render
 from edgeship.errors import ConfigError, EdgeshipError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -90,7 +90,7 @@ def export(
     preprocess = {"resize": resize, "crop": crop, "mean": _floats("--mean", mean),
                   "std": _floats("--std", std), "layout": layout, "color": color}
     logs.quiet_torch()
-    with _progress() as progress:
+    with render.Stages(_state["quiet"]) as progress:
         result = api.export(model, target, calibration, eval_data=eval_data, out=out,
                             input_shapes=input_shape, input_dtypes=input_dtype, recipe=recipe,
                             preprocess=preprocess, budget=budget or None, require_all=require_all,
@@ -98,7 +98,7 @@ def export(
     if format is Format.json:
         typer.echo(json.dumps(result.manifest, indent=1))
         return
-    _print_table(result)
+    render.export_table(result)
 
 
 @app.command()
@@ -173,28 +173,14 @@ def analyze(
     from edgeship import api
 
     logs.quiet_torch()
-    with _progress() as progress:
+    with render.Stages(_state["quiet"]) as progress:
         result = api.analyze(model, calibration, eval_data=eval_data, input_shapes=input_shape,
                              input_dtypes=input_dtype, recipe=recipe, metric=metric, progress=progress)
     if format is Format.json:
         typer.echo(json.dumps({"model": result.model, "metric": result.metric, "precision": result.precision,
                                "all_int8": result.all_int8, "rows": result.rows}, indent=1))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    m, p = result.metric, result.precision
-    table = Table("rank", "layer", "op", "module", f"{m}: only this {p}", f"{m}: this in float",
-                  f"{m}: this and above in float",
-                  title=f"{result.model}: all layers {p} gives {m} {result.all_int8[m]}")
-    def cell(acc: dict) -> str:
-        return "exact" if acc[m] is None and acc["max_abs_error"] == 0 else str(acc[m])
-
-    for i, row in enumerate(result.rows[:top], 1):
-        module = row["module"] + (f" ({row['calls']} calls, one weight)" if row.get("calls", 1) > 1 else "")
-        table.add_row(str(i), row["layer"], row["op"], module, cell(row["alone"]),
-                      cell(row["kept_float"]), cell(row["cumulative"]))
-    Console(width=180).print(table)
+    render.analyze_table(result, top)
 
 
 @app.command(no_args_is_help=True)
@@ -210,28 +196,13 @@ def debug(
     from edgeship import api
 
     logs.quiet_torch()
-    with _progress() as progress:
+    with render.Stages(_state["quiet"]) as progress:
         result = api.debug(out_dir, samples=samples, progress=progress)
     if format is Format.json:
         typer.echo(json.dumps({"artifact": result.artifact, "samples": result.samples, "rows": result.rows,
                                "worst": result.worst}, indent=1))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("layer", "op", "SQNR dB simulated", f"SQNR dB {result.artifact}", "drop dB",
-                  "runtime vs simulated max abs",
-                  title=f"{out_dir}: each layer's output against float, {result.samples} eval samples")
-    for r in result.rows:
-        table.add_row(r["layer"], r["op"], _cell(r["simulated_sqnr_db"], ".1f"), _cell(r["runtime_sqnr_db"], ".1f"),
-                      _cell(r["drop_db"], ".1f"), _cell(r["runtime_vs_simulated_max_abs"], ".4g"))
-    console = Console(width=160)
-    console.print(table)
-    if result.worst is not None:
-        console.print(f"The error jumps most at {result.worst['layer']} ({result.worst['op']}): "
-                      f"{result.worst['drop_db']:.1f} dB below the layer before it. Keep it in float with "
-                      f"--min-cosine / --min-sqnr; outlier channels are what the int8 recipe's outlier_channels and "
-                      f"smoothquant algorithms handle.")
+    render.debug_table(result, out_dir)
 
 
 @app.command(no_args_is_help=True)
@@ -266,7 +237,7 @@ def bench(
     """
     from edgeship import api
 
-    with _progress() as progress:
+    with render.Stages(_state["quiet"]) as progress:
         result = api.bench(out_dir, artifacts=artifact, threads=threads, budget_s=seconds, baseline=baseline,
                            threshold=threshold, profile=profile, fail_on_fallback=fail_on_fallback,
                            min_delegated=_percent("--min-delegated", min_delegated) if min_delegated else None,
@@ -276,62 +247,9 @@ def bench(
         typer.echo(json.dumps({"host": result.host, "rows": result.rows, "ratios": result.ratios,
                                "regressions": result.regressions}, indent=1))
     else:
-        from rich.console import Console
-        from rich.table import Table
-
-        host = result.host
-        title = f"{out_dir} on {host.get('cpu_model')} ({host.get('cpu_count')} cpus, governor {host.get('governor')})"
-        if host.get("emulated"):
-            title += f"\nEMULATED ({host['emulated']}): outputs are checked; timings are NOT ARM latency"
-        table = Table("artifact", "runtime", "precision", "load ms", "first ms", "median ms", "p90", "p99", "min",
-                      "spread", "runs", "peak MB", "threads",
-                      title=title)
-        remote = any("vs_host_max_abs" in r for r in result.rows)
-        if remote:
-            table.add_column("vs this machine")
-        for r in result.rows:
-            cells = [r["path"], r["runtime"] + (f" ({r['tool']})" if "tool" in r else ""), r["precision"],
-                     *[_cell(r.get(k), f) for k, f in (("load_ms", ".1f"), ("first_inference_ms", ".2f"),
-                                                        ("median", ".3f"), ("p90", ".3f"), ("p99", ".3f"),
-                                                        ("min", ".3f"), ("spread", ".2f"), ("runs", "d"),
-                                                        ("peak_rss_mb", ".0f"), ("threads", "d"))]]
-            if remote:
-                cells.append(f"{r['vs_host_steps']:g} steps" if "vs_host_steps" in r
-                             else f"{r['vs_host_relative']:.1e} rel" if "vs_host_relative" in r
-                             else "not checked (tool's own inputs)")
-            table.add_row(*cells)
-        console = Console(width=200)
-        console.print(table)
-        if compare:
-            for name, ratio in result.ratios.items():
-                console.print(f"{name}: {ratio:.3f}x")
-        for r in result.rows:
-            if "profile" not in r:
-                continue
-            console.print(f"\n{r['path']}: {r['delegated_share'] * 100:.1f}% of compute ops int8/delegated")
-            for op in r["profile"]["ops"][:12]:
-                flag = op.get("delegated", op.get("int8"))
-                timing = f"{op['ms_per_run']:.4f} ms ({op['share'] * 100:.1f}%)" if op["ms_per_run"] is not None else "-"
-                console.print(f"  {op['op']:40s} x{op['count']:<4d} {timing:24s} "
-                              f"{'-' if flag is None else 'yes' if flag else 'NO'}")
-        for reg in result.regressions:
-            if reg.get("gate") == "device_outputs":
-                console.print(f"FAILED {reg['path']}: outputs on the device differ from this machine's by "
-                              f"{reg['measured']:.3g} {reg['unit']} (allowed {reg['allowed']:g})")
-                continue
-            if "gate" in reg:
-                console.print(f"FAILED {reg['gate']} {reg['path']}: "
-                              + (", ".join(reg["ops"]) if reg["gate"] == "fallback" else
-                                 f"{reg['share'] * 100:.1f}% < {reg['required'] * 100:.1f}%"))
-                continue
-            console.print(f"REGRESSION {reg['path']}: median {reg['baseline_median']:.3f} -> {reg['median']:.3f} ms "
-                          f"(+{reg['change'] * 100:.1f}%, allowed +{reg['allowed'] * 100:.1f}%)")
+        render.bench_table(result, out_dir, compare)
     if result.exit_code:
         raise typer.Exit(result.exit_code)
-
-
-def _cell(value, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
 
 
 def _pairs(option: str, values: list[str] | None) -> dict[str, str]:
@@ -419,60 +337,9 @@ def build(
     if format is Format.json:
         typer.echo((result.out / "index.json").read_text())
     else:
-        from rich.console import Console
-        from rich.table import Table
-
-        from edgeship.pipeline.reports import summary_rows
-
-        table = Table("job", "run", "result", "seconds", "what failed", title=f"edgeship build: {result.out}")
-        for row in summary_rows(result):
-            table.add_row(*row)
-        Console(width=200).print(table)
+        render.build_table(result)
     if result.exit_code:
         raise typer.Exit(result.exit_code)
-
-
-def _print_table(result) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from edgeship.report.markdown import COLUMNS, rows
-
-    m = result.manifest
-    table = Table(*COLUMNS, title=f"{m['model']['name']} for {m['target']['name']}: {result.out_dir}")
-    for row in rows(m):
-        table.add_row(*row)
-    Console(width=200).print(table)
-    for n in m.get("not_produced", []):
-        typer.echo(f"not produced: {n['runtime']} {n['precision']}: {n['reason']}", err=True)
-
-
-class _progress:
-    """Rich progress bars on stderr when it is a terminal; otherwise one line per stage when it ends, with
-    its duration (`calibrate (100) ... 12.3 s`), unless --quiet."""
-
-    def __enter__(self):
-        if not sys.stderr.isatty():
-            self._bars = None
-            self._lines = logs.StageLines(lambda text: typer.echo(text, err=True), quiet=_state["quiet"])
-            return self._lines.start
-        from rich.console import Console
-        from rich.progress import Progress
-
-        self._bars = Progress(console=Console(stderr=True), transient=True)
-        self._bars.start()
-
-        def start(task: str, total: int):
-            task_id = self._bars.add_task(task, total=total)
-            return lambda n: self._bars.advance(task_id, n)
-
-        return start
-
-    def __exit__(self, *exc) -> None:
-        if self._bars is not None:
-            self._bars.stop()
-        elif exc[0] is None:
-            self._lines.finish()
 
 
 def main() -> None:

@@ -12,8 +12,8 @@ import torch
 from torch.fx import GraphModule
 
 from edgeship.calibration.samples import Samples
-from edgeship.export.inputs import to_torch
-from edgeship.report.compare import accuracy, max_steps
+from edgeship.export.inputs import torch_outputs  # noqa: F401  (re-exported)
+from edgeship.metrics.compare import accuracy, max_steps
 from edgeship.runtimes.base import get_harness
 from edgeship.runtimes.timing import measure_latency
 from edgeship.targets.base import Artifact
@@ -31,16 +31,6 @@ class Checked:
     latency_ms: dict
     outputs: list[list[np.ndarray]] = field(repr=False, default_factory=list)
     vs_simulated_steps: float | None = None
-
-
-def torch_outputs(module: torch.nn.Module | GraphModule, samples: Samples) -> list[list[np.ndarray]]:
-    outs = []
-    with torch.no_grad():
-        for i in range(len(samples)):
-            result = module(*to_torch(samples.sample(i)))
-            result = result if isinstance(result, (tuple, list)) else (result,)
-            outs.append([r.detach().numpy().copy() for r in result])
-    return outs
 
 
 def output_scales(folded: GraphModule) -> list[float | None]:

@@ -16,7 +16,7 @@ from edgeship.calibration.samples import Samples
 from edgeship.export.capture import FlatOutputs, export_float_onnx
 from edgeship.quantize.calibrate import quantize
 from edgeship.quantize.recipe import Recipe
-from edgeship.report.compare import accuracy, max_steps
+from edgeship.metrics.compare import accuracy, max_steps
 from edgeship.runtimes.base import get_harness
 from edgeship.targets.base import LowerJob, get_adapter
 from edgeship.verify import output_scales, torch_outputs

@@ -18,7 +18,7 @@ from edgeship.quantize.embeddings import quantize_embeddings
 from edgeship.quantize.outlier_split import split_outliers
 from edgeship.quantize.recipe import Recipe
 from edgeship.quantize.smoothquant import smooth, smoothing_groups
-from edgeship.report.compare import accuracy
+from edgeship.metrics.compare import accuracy
 from edgeship.verify import torch_outputs
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -17,7 +17,7 @@ from edgeship.quantize.calibrate import calibrate, convert
 from edgeship.quantize.graphs import attr, observed_weights
 from edgeship.quantize.quantizer import CONV_OPS
 from edgeship.quantize.recipe import Recipe
-from edgeship.report.compare import accuracy
+from edgeship.metrics.compare import accuracy
 from edgeship.verify import torch_outputs
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -77,11 +77,11 @@ def test_bias_correction_leaves_linear_layers_alone() -> None:
 @pytest.mark.slow
 def test_bias_correction_helps_mobilenet_v2() -> None:
     """ImageNet MobileNetV2, 21 real photos to calibrate, 7 held out: simulated int8 SQNR to float."""
-    from edgeship import api
+    from edgeship.flows import inputs
 
-    loaded, calib, evaluation = api._load_inputs("examples/mobilenet_v2.py:build",
+    loaded, calib, evaluation = inputs.load_inputs("examples/mobilenet_v2.py:build",
                                                  str(ROOT / "calibration_data/imagenet-sample"), None, None, None, None)
-    _, flat, program = api._capture(loaded, calib)
+    _, flat, program = inputs.capture(loaded, calib)
     reference = torch_outputs(flat, evaluation)
     sqnr = {algorithms: accuracy(reference, torch_outputs(
         convert(calibrate(program, Recipe(algorithms=algorithms), calib)).folded, evaluation))["sqnr_db"]
@@ -95,11 +95,11 @@ def test_auto_ranges_pick_percentile_for_mobilenet_v2() -> None:
     """`auto` (the default) picks, on the calibration samples alone, the range rule that is better on the
     held-out photos: percentile for ImageNet MobileNetV2 (L2 wins for all-MiniLM-L6-v2, where the
     algorithm test shows the default's cosine)."""
-    from edgeship import api
+    from edgeship.flows import inputs
 
-    loaded, calib, evaluation = api._load_inputs("examples/mobilenet_v2.py:build",
+    loaded, calib, evaluation = inputs.load_inputs("examples/mobilenet_v2.py:build",
                                                  str(ROOT / "calibration_data/imagenet-sample"), None, None, None, None)
-    _, flat, program = api._capture(loaded, calib)
+    _, flat, program = inputs.capture(loaded, calib)
     reference = torch_outputs(flat, evaluation)
     results = {}
     for method in ("auto", "histogram", "percentile"):

@@ -157,22 +157,22 @@ def test_every_progress_stage_reaches_its_total(tmp_path, model, recipe) -> None
 def test_ort_host_time_on_x86_is_explained(monkeypatch) -> None:
     """A .ort int8 file is optimized for ARM's signed int8 kernels; timed on an x86 host it is slower
     than fp32 for that reason, and the manifest says so instead of blaming the model's ops."""
-    from edgeship import api
+    from edgeship.flows import checks
 
     def artifacts():
         return [{"runtime": "onnxruntime", "precision": p, "path": path, "latency_ms": {"median": ms}}
                 for p, path, ms in (("fp32", "model.fp32.onnx", 2.0), ("int8", "model.int8.onnx", 1.5),
                                     ("int8", "model.int8.ort", 14.0))]
 
-    monkeypatch.setattr(api.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(checks.platform, "machine", lambda: "x86_64")
     flagged = artifacts()
-    api._flag_slower_than_fp32(flagged)
+    checks.flag_slower_than_fp32(flagged)
     by = {a["path"]: a for a in flagged}
     assert by["model.int8.ort"]["slower_than_fp32"] and "ARM" in by["model.int8.ort"]["host_timing"]
     assert not by["model.int8.onnx"]["slower_than_fp32"] and "host_timing" not in by["model.int8.onnx"]
-    monkeypatch.setattr(api.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(checks.platform, "machine", lambda: "aarch64")
     on_arm = artifacts()
-    api._flag_slower_than_fp32(on_arm)
+    checks.flag_slower_than_fp32(on_arm)
     assert all("host_timing" not in a for a in on_arm)
 
 

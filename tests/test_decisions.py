@@ -10,7 +10,7 @@ import torch
 from models import near_threshold, tiny_conv_net
 
 from edgeship import api
-from edgeship.report.decisions import SIGMOID, SOFTMAX, agreement, output_decisions
+from edgeship.metrics.decisions import SIGMOID, SOFTMAX, agreement, output_decisions
 
 TESTS = Path(__file__).resolve().parent
 

@@ -17,7 +17,7 @@ from edgeship.quantize.calibrate import calibrate, convert
 from edgeship.quantize.equalization import _conv2_input_range, _folded_norm_factor, _pairs, equalize
 from edgeship.quantize.graphs import attr
 from edgeship.quantize.recipe import RECIPES, Recipe
-from edgeship.report.compare import accuracy
+from edgeship.metrics.compare import accuracy
 from edgeship.verify import torch_outputs
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -92,11 +92,11 @@ def test_per_tensor_weights_and_recipe_checks() -> None:
 def test_equalization_helps_mobilenet_v2_with_per_tensor_weights() -> None:
     """ImageNet MobileNetV2, the 28 shipped photos in 4 folds (calibrate on 21, evaluate on the other 7):
     mean simulated SQNR of per-tensor int8 with bias correction, without and with equalization first."""
-    from edgeship import api
+    from edgeship.flows import inputs
 
-    loaded, calib, _ = api._load_inputs("examples/mobilenet_v2.py:build",
+    loaded, calib, _ = inputs.load_inputs("examples/mobilenet_v2.py:build",
                                         str(ROOT / "calibration_data/imagenet-sample"), None, None, None, None)
-    _, flat, program = api._capture(loaded, calib)
+    _, flat, program = inputs.capture(loaded, calib)
     from edgeship.calibration.readers import read_samples
 
     photos = read_samples(ROOT / "calibration_data/imagenet-sample")

@@ -18,7 +18,7 @@ from edgeship.quantize.calibrate import calibrate, convert
 from edgeship.quantize.gptq import patches
 from edgeship.quantize.graphs import attr
 from edgeship.quantize.recipe import Recipe
-from edgeship.report.compare import accuracy
+from edgeship.metrics.compare import accuracy
 from edgeship.verify import torch_outputs
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -95,12 +95,12 @@ def test_gptq_values_are_what_the_int8_graph_holds() -> None:
 def test_gptq_helps_mobilenet_v2() -> None:
     """ImageNet MobileNetV2, 21 real photos to calibrate, 7 held out: the simulated int8 model's SQNR
     with only its weights quantized (the error GPTQ works on), and with everything quantized."""
-    from edgeship import api
+    from edgeship.flows import inputs
     from edgeship.quantize.sensitivity import Simulator
 
-    loaded, calib, evaluation = api._load_inputs("examples/mobilenet_v2.py:build",
+    loaded, calib, evaluation = inputs.load_inputs("examples/mobilenet_v2.py:build",
                                                  str(ROOT / "calibration_data/imagenet-sample"), None, None, None, None)
-    _, flat, program = api._capture(loaded, calib)
+    _, flat, program = inputs.capture(loaded, calib)
     reference = torch_outputs(flat, evaluation)
     results = {}
     for name, algorithms in (("nearest", ("bias_correction",)), ("gptq", ("gptq", "bias_correction"))):

@@ -137,7 +137,7 @@ def test_gptq_on_minilm() -> None:
 
     from edgeship.quantize.int4 import build_int4
     from edgeship.quantize.recipe import Recipe
-    from edgeship.report.compare import accuracy
+    from edgeship.metrics.compare import accuracy
     from edgeship.verify import torch_outputs
 
     model, calib, evaluation = minilm_samples()

@@ -100,14 +100,14 @@ def test_pool_with_a_window_larger_than_the_input_is_int8_right_everywhere(tmp_p
 def test_an_int8_artifact_far_from_the_simulation_is_flagged_and_reported(caplog) -> None:
     """What the pool above gave before its rewrite (ONNX Runtime and LiteRT 0 dB, 40.5 simulated): the
     artifact is flagged in the manifest and the report, with a warning; one within 3 dB is not."""
-    from edgeship.api import _flag_off_simulation
+    from edgeship.flows.checks import flag_off_simulation
     from edgeship.report.markdown import _off_simulation_lines
 
     artifacts = [{"path": p, "runtime": r, "precision": q, "vs_simulated_steps": steps, "accuracy": {"sqnr_db": db}}
                  for p, r, q, db, steps in [("model.fp32.onnx", "onnxruntime", "fp32", 120.0, None),
                                             ("model.int8.onnx", "onnxruntime", "int8", 0.0, 188.0),
                                             ("model.int8.pte", "executorch", "int8", 38.0, 1.0)]]
-    _flag_off_simulation(artifacts, {"sqnr_db": 40.5})
+    flag_off_simulation(artifacts, {"sqnr_db": 40.5})
     assert [a.get("off_simulation") for a in artifacts] == [None, True, False]
     assert "model.int8.onnx computes other values" in caplog.text and "model.int8.pte" not in caplog.text
     lines = _off_simulation_lines({"artifacts": artifacts, "simulated_int8": {"sqnr_db": 40.5}})
@@ -251,14 +251,14 @@ def test_fnet_exports_to_every_runtime_with_its_fourier_mixing_in_float(tmp_path
 def test_fp32_artifact_far_from_the_model_is_flagged() -> None:
     """An fp32 file below 60 dB to the PyTorch model (ONNX Runtime's optimizations on a Hugging Face BiT:
     44 dB) gets `off_float` and a report line; int8 files and fp32 files at float precision do not."""
-    from edgeship.api import _flag_off_float
+    from edgeship.flows.checks import flag_off_float
     from edgeship.report.markdown import _off_float_lines
 
     artifacts = [{"path": path, "runtime": runtime, "precision": precision, "accuracy": {"sqnr_db": db}}
                  for path, runtime, precision, db in [("model.fp32.onnx", "onnxruntime", "fp32", 44.7),
                                                       ("model.fp32.pte", "executorch", "fp32", 121.0),
                                                       ("model.int8.pte", "executorch", "int8", 21.0)]]
-    _flag_off_float(artifacts)
+    flag_off_float(artifacts)
     assert [a.get("off_float") for a in artifacts] == [True, False, None]
     lines = _off_float_lines({"artifacts": artifacts})
     assert len(lines) == 4 and "model.fp32.onnx: SQNR 44.7 dB to the model" in lines[-1]

@@ -245,7 +245,7 @@ def test_sensitivity_switches_a_shared_step_weight_in_every_step() -> None:
     import copy
 
     from edgeship.quantize.sensitivity import Simulator
-    from edgeship.report.compare import accuracy
+    from edgeship.metrics.compare import accuracy
     from edgeship.verify import torch_outputs
 
     model = trained_keyword_spotter("lstm", steps=20)
@@ -290,7 +290,7 @@ def test_a_zero_state_made_from_the_input_is_a_constant_for_executorch(tmp_path)
     """`x.new_zeros(...)` as the initial state: the first step's hidden projection is folded like one from
     `torch.zeros`, and ExecuTorch's int8 .pte computes what the simulated graph computes (before: the state
     was quantized as a tensor of zeros and the .pte gave 5.3 dB where the simulation gave 22.2)."""
-    from edgeship.report.compare import accuracy
+    from edgeship.metrics.compare import accuracy
     from edgeship.runtimes.base import get_harness
     from edgeship.targets.executorch import _lower
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import linecache
 import logging
 import re
-import traceback
 from pathlib import Path
 
 import torch
 from torch.utils import _pytree as pytree
 
 from edgeship.errors import ExportError
+from edgeship.export.load import user_line
 from edgeship.export.passes.spectra import real_spectra
 
 log = logging.getLogger(__name__)
@@ -59,7 +58,7 @@ def run_float(model: torch.nn.Module, args: tuple, source_file: str | None):
             return model(*args)
     except Exception as exc:  # user code: the user must see what failed
         shapes = ", ".join(f"{'x'.join(map(str, a.shape))} {str(a.dtype).replace('torch.', '')}" for a in args)
-        where = _user_line(exc, source_file)
+        where = user_line(exc, source_file)
         raise ExportError(
             f"the model failed on its example inputs ({shapes}): {type(exc).__name__}: "
             f"{first_line(exc)}{where}; check that the data or --input-shape/--input-dtype match "
@@ -89,7 +88,7 @@ def capture(model: torch.nn.Module, args: tuple, source_file: str | None) -> tor
     except Exception as exc:  # torch.export raises many types; all mean "cannot capture"
         log.debug("torch.export printed:\n%s", printed.getvalue())
         op = _failing_op(f"{exc}\n{getattr(exc, 'partial_fx_graph', '')}")
-        where = _user_line(exc, source_file)
+        where = user_line(exc, source_file)
         raised = _raising_call(str(exc))
         if raised and raised.split(":")[0] not in where:
             where += f" (the call that raised: {raised})"
@@ -123,29 +122,6 @@ def _raising_call(text: str) -> str | None:
     path, line, code = found.groups()
     short = path.split("site-packages/")[-1]
     return f"{short}:{line}: {code.strip()}"
-
-
-def _user_line(exc: BaseException, source_file: str | None) -> str:
-    """`at file:line: code` of the deepest frame in the user's model code."""
-    frames = []
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        frames += traceback.extract_tb(exc.__traceback__)
-        exc = exc.__cause__ or exc.__context__
-    user = [f for f in frames if _is_user_frame(f.filename, source_file)]
-    if not user:
-        return ""
-    frame = user[-1]
-    code = (frame.line or linecache.getline(frame.filename, frame.lineno)).strip()
-    return f" at {frame.filename}:{frame.lineno}: {code}"
-
-
-def _is_user_frame(filename: str, source_file: str | None) -> bool:
-    if source_file and Path(filename).resolve() == Path(source_file).resolve():
-        return True
-    markers = ("site-packages", "dist-packages", "/lib/python3", "<frozen", "/edgeship/")
-    return not any(m in filename for m in markers) and not filename.startswith("<")
 
 
 def export_float_onnx(program: torch.export.ExportedProgram, path: Path, input_names: list[str],

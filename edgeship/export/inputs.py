@@ -130,3 +130,13 @@ def example_inputs(samples: Samples) -> tuple[torch.Tensor, ...]:
 
 def to_torch(sample: tuple[np.ndarray, ...]) -> tuple[torch.Tensor, ...]:
     return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in sample)
+
+
+def torch_outputs(module: torch.nn.Module, samples: Samples) -> list[list[np.ndarray]]:
+    outs = []
+    with torch.no_grad():
+        for i in range(len(samples)):
+            result = module(*to_torch(samples.sample(i)))
+            result = result if isinstance(result, (tuple, list)) else (result,)
+            outs.append([r.detach().numpy().copy() for r in result])
+    return outs

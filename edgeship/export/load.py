@@ -6,9 +6,11 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import linecache
 import logging
 import re
 import sys
+import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -97,9 +99,7 @@ def load_model(source: str) -> LoadedModel:
     try:
         net = factory() if not isinstance(factory, torch.nn.Module) else factory
     except Exception as exc:  # user code: report it as theirs, with their line
-        from edgeship.export.capture import _user_line
-
-        where = _user_line(exc, getattr(module, "__file__", None))
+        where = user_line(exc, getattr(module, "__file__", None))
         raise ModelLoadError(f"{source}() raised {type(exc).__name__}: {str(exc).strip()[:300]}{where}; "
                              "fix the model's builder") from exc
     if not isinstance(net, torch.nn.Module):
@@ -162,3 +162,26 @@ def signature_of(net: torch.nn.Module) -> Signature:
         positional_only=tuple(p.name for p in positional if p.kind == p.POSITIONAL_ONLY),
         var_positional=any(p.kind == p.VAR_POSITIONAL for p in params),
         var_keyword=any(p.kind == p.VAR_KEYWORD for p in params))
+
+
+def user_line(exc: BaseException, source_file: str | None) -> str:
+    """`at file:line: code` of the deepest frame in the user's model code."""
+    frames = []
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        frames += traceback.extract_tb(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
+    user = [f for f in frames if _is_user_frame(f.filename, source_file)]
+    if not user:
+        return ""
+    frame = user[-1]
+    code = (frame.line or linecache.getline(frame.filename, frame.lineno)).strip()
+    return f" at {frame.filename}:{frame.lineno}: {code}"
+
+
+def _is_user_frame(filename: str, source_file: str | None) -> bool:
+    if source_file and Path(filename).resolve() == Path(source_file).resolve():
+        return True
+    markers = ("site-packages", "dist-packages", "/lib/python3", "<frozen", "/edgeship/")
+    return not any(m in filename for m in markers) and not filename.startswith("<")

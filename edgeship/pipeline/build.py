@@ -87,12 +87,12 @@ def _worker_init(level: int) -> None:
 
 def _export_job(model: ModelEntry, target: str, root: str, work: str) -> dict:
     """Runs in a worker process: one export into `work`; returns where it went, or the error."""
-    from edgeship import api
+    from edgeship.flows.export import export
     from edgeship.errors import EdgeshipError
 
     os.chdir(root)
     try:
-        result = api.export(model.source, target, model.calibration, eval_data=model.eval_data, out=work,
+        result = export(model.source, target, model.calibration, eval_data=model.eval_data, out=work,
                             input_shapes=list(model.input_shapes) or None,
                             input_dtypes=list(model.input_dtypes) or None, recipe=model.recipe)
     except EdgeshipError as exc:

@@ -88,7 +88,7 @@ def _int8_lookup(module: GraphModule, node, weight: torch.Tensor, ids):
 
 
 def _int4_lookup(module: GraphModule, node, weight: torch.Tensor, ids, group: int):
-    from edgeship.quantize.int4 import QMIN, quantize_weight
+    from edgeship.quantize.grid import QMIN, quantize_weight
 
     graph = module.graph
     rows_n, cols = weight.shape

@@ -11,8 +11,8 @@ from torch.fx import GraphModule, Interpreter, Node
 from torchao.quantization.pt2e.observer import ObserverBase
 
 from edgeship.calibration.samples import Samples
+from edgeship.export.fx import CONV_OPS, LINEAR_OPS, attr, register, replace_attr  # noqa: F401  (re-exported)
 from edgeship.export.inputs import to_torch
-from edgeship.quantize.quantizer import CONV_OPS, LINEAR_OPS
 
 
 class Watcher(Interpreter):
@@ -178,27 +178,6 @@ def remove_eval_dropout(module: GraphModule) -> int:
     return removed
 
 
-def attr(module: GraphModule, target: str) -> torch.Tensor:
-    obj = module
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def replace_attr(module: torch.nn.Module, target: str, value: torch.Tensor) -> None:
-    """A new tensor in place of the parameter or buffer at dotted `target`, of the same kind (the old
-    tensor is not written into: an exported program may share it)."""
-    *path, leaf = target.split(".")
-    owner = module
-    for part in path:
-        owner = getattr(owner, part)
-    if isinstance(getattr(owner, leaf), torch.nn.Parameter):
-        setattr(owner, leaf, torch.nn.Parameter(value, requires_grad=False))
-    else:
-        delattr(owner, leaf)
-        owner.register_buffer(leaf, value)
-
-
 def constant_matmuls_as_linear(module: GraphModule) -> int:
     """`addmm(bias, x, W)`, `mm(x, W)` and `matmul(x, W)` with a constant 2-D `W` (and bias) rewritten as
     `linear(x, W^T, bias)`, which the quantizer gives int8 weights per output channel. GPT-2's layers are
@@ -272,12 +251,6 @@ def whole_window_pools_as_global(module: GraphModule) -> int:
     if rewritten:
         module.recompile()
     return rewritten
-
-
-def register(module: GraphModule, name: str, value: torch.Tensor) -> str:
-    name = name.replace(".", "_")
-    module.register_buffer(name, value)
-    return name
 
 
 _LOGS = {aten.log.default, aten.log2.default, aten.log10.default, aten.log1p.default}

@@ -27,15 +27,14 @@ from torchao.quantization.pt2e.quantizer import (
     SharedQuantizationSpec,
 )
 
+from edgeship.export.fx import CONV_OPS, LINEAR_OPS, MATMUL_OPS  # noqa: F401  (re-exported)
+
 aten = torch.ops.aten
 FLOAT_NODE = "edgeship_float"  # node.meta key: a node a PTQ pass added to run in float (never annotated)
 
-CONV_OPS = {aten.conv1d.default, aten.conv2d.default, aten.conv1d.padding, aten.conv2d.padding}
-LINEAR_OPS = {aten.linear.default}
 ACTIVATIONS = {aten.relu.default, aten.relu_.default, aten.relu6.default, aten.relu6_.default,
                aten.hardtanh.default, aten.hardtanh_.default}
 BINARY_OPS = {aten.add.Tensor, aten.add_.Tensor, aten.mul.Tensor, aten.mul_.Tensor}
-MATMUL_OPS = {aten.matmul.default, aten.bmm.default}
 POOL_OPS = {aten.adaptive_avg_pool2d.default, aten.avg_pool2d.default, aten.mean.dim}
 SHARING_OPS = {
     aten.max_pool2d.default, aten.flatten.using_ints, aten.view.default, aten.reshape.default,

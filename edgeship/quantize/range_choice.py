@@ -21,6 +21,7 @@ from torch.fx import GraphModule
 from torchao.quantization.pt2e.observer import HistogramObserver
 
 from edgeship.calibration.samples import Samples
+from edgeship.export.inputs import torch_outputs
 from edgeship.quantize.observers import PercentileObserver
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ def _set_rule(prepared: GraphModule, rule: str) -> int:
 def choose_range_rule(prepared: GraphModule, float_module: torch.nn.Module, samples: Samples) -> dict:
     """Sets the observers of `prepared` to the better rule; returns what each rule gave."""
     from edgeship.quantize.sensitivity import Simulator
-    from edgeship.verify import torch_outputs
 
     subset = samples.take(list(range(min(SAMPLES, len(samples)))), samples.source)
     reference = torch_outputs(float_module, subset)

@@ -21,7 +21,7 @@ from torchao.quantization.pt2e.observer import ObserverBase
 from edgeship.calibration.samples import Samples
 from edgeship.export.inputs import to_torch
 from edgeship.quantize.quantizer import CONV_OPS, LINEAR_OPS, MATMUL_OPS
-from edgeship.report.compare import accuracy
+from edgeship.metrics.compare import accuracy
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class _Evaluated:
 
     evaluation: Samples
     reference: list
-    decisions: list | None = None  # report/decisions.py: which outputs are decisions, for decision_agreement
+    decisions: list | None = None  # metrics/decisions.py: which outputs are decisions, for decision_agreement
 
     def subset(self, count: int):
         """The same graph and switches, evaluated on the first `count` samples only."""
@@ -273,7 +273,7 @@ def default_decision_budget(prepared, evaluation, reference, decisions: list | N
     softmax) and the simulated int8 graph keeps fewer of them than that on the eval samples: the default
     recipe then keeps the fewest layers float that bring them back (a voice-activity detector's speech
     decisions agreed with float on 78% of chunks at int8 everywhere, and nothing said so). None otherwise."""
-    from edgeship.report.decisions import DECISION_AGREEMENT
+    from edgeship.metrics.decisions import DECISION_AGREEMENT
 
     if not decisions or not any(decisions):
         return None

@@ -110,7 +110,6 @@ def smooth(module: GraphModule, samples: Samples, progress: Callable[[int], None
         run_samples(recorder, samples, progress)
         chosen = {}
     records = []
-    graph = module.graph
     for act, linears in groups.items():
         weights = [attr(module, lin.args[1].target).detach().float() for lin in linears]
         if replay:
@@ -125,18 +124,7 @@ def smooth(module: GraphModule, samples: Samples, progress: Callable[[int], None
             if alpha is None:
                 continue
             chosen[act.name] = s
-        scale_name = register(module, f"_smooth_{act.name}_inv", (1.0 / s).to(weights[0].dtype))
-        with graph.inserting_after(act):
-            inv = graph.get_attr(scale_name)
-        with graph.inserting_after(inv):
-            mul = graph.call_function(aten.mul.Tensor, (act, inv))
-        mul.meta["val"] = act.meta.get("val")
-        for lin, w in zip(linears, weights):
-            new_weight = register(module, f"_smooth_{lin.name}_weight", (w * s[None, :]).to(w.dtype))
-            with graph.inserting_before(lin):
-                weight_node = graph.get_attr(new_weight)
-            weight_node.meta["val"] = lin.args[1].meta.get("val")
-            lin.args = (mul, weight_node, *lin.args[2:])
+        _rescale(module, act, linears, weights, s)
         if not replay:
             records.append({"input": act.name, "linears": [lin.name for lin in linears], "alpha": alpha,
                             "s_min": round(float(s.min()), 4), "s_max": round(float(s.max()), 4),
@@ -145,9 +133,27 @@ def smooth(module: GraphModule, samples: Samples, progress: Callable[[int], None
         records = memo["records"]
     elif memo is not None:
         memo["scales"], memo["records"] = chosen, records
-    graph.eliminate_dead_code()
-    graph.lint()
+    module.graph.eliminate_dead_code()
+    module.graph.lint()
     module.recompile()
     log.info("SmoothQuant: %d of %d inputs rescaled (%d linear layers)", len(records), len(groups),
              sum(len(r["linears"]) for r in records))
     return records
+
+
+def _rescale(module: GraphModule, act, linears: list, weights: list[torch.Tensor], s: torch.Tensor) -> None:
+    """`act` divided by `s` per channel (one mul after it) and each linear layer's weight columns multiplied
+    by it: the layers compute the same, with the activation's outlier channels made smaller."""
+    graph = module.graph
+    scale_name = register(module, f"_smooth_{act.name}_inv", (1.0 / s).to(weights[0].dtype))
+    with graph.inserting_after(act):
+        inv = graph.get_attr(scale_name)
+    with graph.inserting_after(inv):
+        mul = graph.call_function(aten.mul.Tensor, (act, inv))
+    mul.meta["val"] = act.meta.get("val")
+    for lin, w in zip(linears, weights):
+        new_weight = register(module, f"_smooth_{lin.name}_weight", (w * s[None, :]).to(w.dtype))
+        with graph.inserting_before(lin):
+            weight_node = graph.get_attr(new_weight)
+        weight_node.meta["val"] = lin.args[1].meta.get("val")
+        lin.args = (mul, weight_node, *lin.args[2:])

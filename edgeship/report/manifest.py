@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 from importlib import metadata
 from pathlib import Path
+
+from edgeship import outputs
+from edgeship.errors import ConfigError
 
 MANIFEST_VERSION = 1
 LIBRARIES = ("torch", "torchao", "executorch", "litert-torch", "ai-edge-litert", "onnx", "onnxscript",
@@ -45,3 +49,14 @@ def artifact_record(checked, out: Path) -> dict:
         "latency_ms": checked.latency_ms,
         "not_quantized": a.not_quantized,
     }
+
+
+def read_manifest(out_dir: Path) -> dict:
+    path = out_dir / "manifest.json"
+    if not path.is_file():
+        raise ConfigError(f"{out_dir} holds no manifest.json; pass an export folder (out/<model>/<target>)")
+    return json.loads(path.read_text())
+
+
+def write_json(path: Path, data: dict) -> None:
+    outputs.write_text(path, json.dumps(data, indent=1) + "\n")

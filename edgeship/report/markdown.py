@@ -56,13 +56,7 @@ def report(manifest: dict) -> str:
         lines += ["", "`model.int8.ort` is optimised for ARM CPUs (signed int8 kernels, as ONNX Runtime Mobile "
                   "runs them); on this x86 host those kernels are slow, so its latency here says nothing "
                   "about the device. `model.int8.onnx` is timed with this host's own ONNX Runtime settings."]
-    agreement = manifest.get("int8_agreement_steps") or {}
-    max_abs = manifest.get("int8_agreement_max_abs") or {}
-    if agreement:
-        lines += ["", "## int8 artifacts against each other", "",
-                  "Largest output difference, in output quantization steps where the output is quantized:", ""]
-        lines += [f"- {k}: {_fmt(v, '.1f') + ' steps, ' if v is not None else ''}max abs {max_abs.get(k, 0):.4g}"
-                  for k, v in agreement.items()]
+    lines += _agreement_lines(manifest)
     if manifest.get("not_produced"):
         lines += ["", "## Not produced", ""]
         lines += [f"- {n['runtime']} {n['precision']}: {n['reason']}" for n in manifest["not_produced"]]
@@ -74,15 +68,7 @@ def report(manifest: dict) -> str:
         lines += ["", "## Slower than fp32 on this machine", ""]
         lines += [f"- {a['path']}: {a['latency_ms']['vs_fp32']:.2f}x its runtime's fp32 median"
                   + (f" ({a['host_timing']})" if a.get("host_timing") else "") for a in slower]
-    choice = manifest.get("precision_choice")
-    if choice:
-        wanted = ", ".join(f"{k} >= {v:g}" for k, v in choice["budget"].items())
-        kept = ", ".join(choice["keep_float"]) or "none"
-        lines += ["", "## Accuracy budget", "",
-                  f"Budget {wanted} on the verification samples: {len(choice['keep_float'])} of "
-                  f"{choice['candidates']} quantizable layers kept in float ({kept}), chosen by per-layer "
-                  f"sensitivity ({choice['ranking_metric']}); simulated result: "
-                  + ", ".join(f"{k} {choice['simulated'][k]}" for k in choice["budget"]) + "."]
+    lines += _budget_lines(manifest)
     lines += ["", "## Ops that do not run in int8", ""]
     for a in manifest["artifacts"]:
         if a["precision"] == "fp32":
@@ -92,6 +78,30 @@ def report(manifest: dict) -> str:
     if manifest.get("bench"):
         lines += bench_section(manifest["bench"])
     return "\n".join(lines) + "\n"
+
+
+def _agreement_lines(manifest: dict) -> list[str]:
+    agreement = manifest.get("int8_agreement_steps") or {}
+    max_abs = manifest.get("int8_agreement_max_abs") or {}
+    if not agreement:
+        return []
+    return ["", "## int8 artifacts against each other", "",
+            "Largest output difference, in output quantization steps where the output is quantized:", ""] + [
+        f"- {k}: {_fmt(v, '.1f') + ' steps, ' if v is not None else ''}max abs {max_abs.get(k, 0):.4g}"
+        for k, v in agreement.items()]
+
+
+def _budget_lines(manifest: dict) -> list[str]:
+    choice = manifest.get("precision_choice")
+    if not choice:
+        return []
+    wanted = ", ".join(f"{k} >= {v:g}" for k, v in choice["budget"].items())
+    kept = ", ".join(choice["keep_float"]) or "none"
+    return ["", "## Accuracy budget", "",
+            f"Budget {wanted} on the verification samples: {len(choice['keep_float'])} of "
+            f"{choice['candidates']} quantizable layers kept in float ({kept}), chosen by per-layer "
+            f"sensitivity ({choice['ranking_metric']}); simulated result: "
+            + ", ".join(f"{k} {choice['simulated'][k]}" for k in choice["budget"]) + "."]
 
 
 def bench_section(bench: dict) -> list[str]:
@@ -138,7 +148,7 @@ def bench_section(bench: dict) -> list[str]:
 
 
 def _off_simulation_lines(manifest: dict) -> list[str]:
-    """The int8 artifacts flagged `off_simulation` (api._flag_off_simulation), as a report section."""
+    """The int8 artifacts flagged `off_simulation` (flows/checks.py flag_off_simulation), as a report section."""
     off = [a for a in manifest["artifacts"] if a.get("off_simulation")]
     if not off:
         return []
@@ -149,7 +159,7 @@ def _off_simulation_lines(manifest: dict) -> list[str]:
 
 
 def _off_float_lines(manifest: dict) -> list[str]:
-    """The fp32 artifacts flagged `off_float` (api._flag_off_float), as a report section."""
+    """The fp32 artifacts flagged `off_float` (flows/checks.py flag_off_float), as a report section."""
     off = [a for a in manifest["artifacts"] if a.get("off_float")]
     if not off:
         return []
@@ -160,7 +170,7 @@ def _off_float_lines(manifest: dict) -> list[str]:
 
 def _decision_lines(manifest: dict) -> list[str]:
     """Each artifact's agreement with float on its sigmoid / softmax outputs' decisions; those flagged
-    `decisions_changed` (report/decisions.py flag_changed_decisions) marked."""
+    `decisions_changed` (metrics/decisions.py flag_changed_decisions) marked."""
     rows = [(a, d) for a in manifest["artifacts"] for d in a["accuracy"].get("decisions") or []]
     if not rows:
         return []
@@ -168,7 +178,7 @@ def _decision_lines(manifest: dict) -> list[str]:
              "Share of the eval samples' decisions (a sigmoid at 0.5, a softmax's largest entry) that match the "
              "float model's:", ""]
     for a, d in rows:
-        from edgeship.report.decisions import DECISION_AGREEMENT
+        from edgeship.metrics.decisions import DECISION_AGREEMENT
 
         low = a.get("decisions_changed") and d["agreement"] < DECISION_AGREEMENT
         flag = f" (below {100 * DECISION_AGREEMENT:.0f}%: check with `edgeship debug`)" if low else ""

@@ -118,21 +118,6 @@ class SSHDevice:
         self._ssh(f"rm -rf {self.work}", check=False)
 
 
-def connect(url: str, ssh_config: Path | None = None, python: str | None = None,
-            tools: dict[str, Path] | None = None):
-    """A remote device by address: ssh://[user@]host[:port] or adb://[SERIAL]."""
-    if url.startswith("adb://"):
-        from edgeship.runtimes.adb import ADBDevice
-
-        return ADBDevice(url, python, tools)
-    if url.startswith("ssh://"):
-        if tools:
-            raise DeviceError("--benchmark-tool is for adb:// devices; an ssh:// device runs the edgeship runner")
-        return SSHDevice(url, ssh_config, python or "python3")
-    raise DeviceError(f"device {url!r}: give ssh://[user@]host[:port], adb://SERIAL, or a device profile "
-                      "name or .toml path with an `address`")
-
-
 def device_wheels(runtimes: list[str], probe: dict) -> list[Path]:
     """Wheels of numpy and the runtimes, at this machine's versions, for the device's machine, Python and
     glibc; downloaded once into the user's cache folder."""

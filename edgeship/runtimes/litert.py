@@ -49,3 +49,33 @@ class LiteRTHarness:
 
     def load(self, path: Path, threads: int, device_numerics: bool = True) -> LiteRTSession:
         return LiteRTSession(path, threads)
+
+
+DATA_MOVEMENT = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "GATHER",
+                 "CAST", "SLICE", "STRIDED_SLICE", "CONCATENATION", "PAD", "PADV2", "BROADCAST_TO",
+                 "DELEGATE", "SHAPE", "PACK", "UNPACK", "SPLIT"}
+
+
+def float_ops(path: Path) -> list[str]:
+    """Builtin ops of a .tflite model that compute in float32 (before any delegate is applied)."""
+    return kernel_types(path)[0]
+
+
+def kernel_types(path: Path) -> tuple[list[str], list[str]]:
+    """Builtin ops of a .tflite model that compute in float32, and those with int16 activations."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interp = Interpreter(model_path=str(path),
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    floats, wide = [], []
+    for op in interp._get_ops_details():
+        if op["op_name"] in DATA_MOVEMENT:
+            continue
+        ids = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0 and i in tensors]
+        if any(tensors[i]["dtype"] == np.float32 for i in ids):
+            floats.append(op["op_name"])
+        elif any(tensors[i]["dtype"] == np.int16 for i in ids):
+            wide.append(op["op_name"])
+    return floats, wide

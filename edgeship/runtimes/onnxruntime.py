@@ -64,3 +64,12 @@ class OnnxRuntimeHarness:
         outputs match the device. Off: this machine's defaults (on x86, int8 QDQ is rewritten to
         uint8 kernels), which is how ONNX Runtime would run here; used for host timing."""
         return OnnxRuntimeSession(path, threads, device_numerics)
+
+
+# ops ONNX Runtime runs that are not float compute: data movement, and its int8 kernels
+DATA_MOVEMENT = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Shape", "Constant",
+                 "Identity", "Concat", "Slice", "Gather", "Expand", "Cast", "Split", "ConstantOfShape"}
+INT8_KERNELS = {"QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearAveragePool",
+                 "QLinearGlobalAveragePool", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu",
+                 "QLinearSoftmax", "QuantizeLinear", "DequantizeLinear", "MatMulInteger", "ConvInteger",
+                 "DynamicQuantizeLinear", "MaxPool", "QAttention", "DynamicQuantizeMatMul", "MatMulNBits"}

@@ -29,7 +29,7 @@ def profile_onnxruntime(path: Path, inputs: list[np.ndarray], threads: int, runs
     import onnxruntime as ort
 
     from edgeship.runtimes.onnxruntime import session_options
-    from edgeship.targets.onnxruntime import _DATA_MOVEMENT as ORT_MOVEMENT
+    from edgeship.runtimes.onnxruntime import DATA_MOVEMENT as ORT_MOVEMENT
 
     options = session_options(threads)  # fused as an ARM build fuses it
     options.enable_profiling = True
@@ -83,8 +83,8 @@ def profile_executorch(path: Path, inputs: list[np.ndarray], runs: int = 20) -> 
 def profile_litert(path: Path) -> dict:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from edgeship.targets.litert import _DATA_MOVEMENT as LITERT_MOVEMENT
-    from edgeship.targets.litert import float_ops
+    from edgeship.runtimes.litert import DATA_MOVEMENT as LITERT_MOVEMENT
+    from edgeship.runtimes.litert import float_ops
 
     plain = Interpreter(str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     delegated = Interpreter(str(path))

@@ -17,18 +17,11 @@ from torch.utils import _pytree as pytree
 from edgeship.errors import ExportError
 from edgeship.export.capture import export_float_onnx, first_line, strip_metadata, to_onnx
 from edgeship.quantize.quantizer import has_int16
-from edgeship.runtimes.onnxruntime import ARM_SESSION_CONFIG, OnnxRuntimeSession, session_options
+from edgeship.runtimes.onnxruntime import (ARM_SESSION_CONFIG, DATA_MOVEMENT, INT8_KERNELS, OnnxRuntimeSession,
+                                          session_options)
 from edgeship.targets.base import Artifact, LowerJob, count_ops
 
 log = logging.getLogger(__name__)
-
-# ops that move or reshape data; they are not computation left in float
-_DATA_MOVEMENT = {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Shape", "Constant",
-                  "Identity", "Concat", "Slice", "Gather", "Expand", "Cast", "Split", "ConstantOfShape"}
-_INT8_KERNELS = {"QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearAveragePool",
-                 "QLinearGlobalAveragePool", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu",
-                 "QLinearSoftmax", "QuantizeLinear", "DequantizeLinear", "MatMulInteger", "ConvInteger",
-                 "DynamicQuantizeLinear", "MaxPool", "QAttention", "DynamicQuantizeMatMul", "MatMulNBits"}
 
 
 class OnnxRuntimeAdapter:
@@ -230,7 +223,7 @@ def _float_nodes(onnx_path: Path, scratch: Path) -> list[str]:
     ort.InferenceSession(str(onnx_path), _session_options(optimized), providers=["CPUExecutionProvider"])
     graph = onnx.load(str(optimized)).graph
     optimized.unlink()
-    return [n.op_type for n in graph.node if n.op_type not in _INT8_KERNELS | _DATA_MOVEMENT]
+    return [n.op_type for n in graph.node if n.op_type not in INT8_KERNELS | DATA_MOVEMENT]
 
 
 _ORT_CONVERT = """

@@ -30,7 +30,7 @@ import math
 import torch
 from torch.fx import GraphModule, Node
 
-from edgeship.quantize.graphs import attr, register
+from edgeship.export.fx import CONV_OPS, LINEAR_OPS, MATMUL_OPS, attr, register
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +218,6 @@ def _reader(graph: torch.fx.Graph, user: Node, re: Node, im: Node) -> Node:
 def fourier_layers(module: GraphModule) -> list[str]:
     """Names of the conv / linear / matmul nodes that read a DFT constant of this pass (directly, or
     through the transposed copy that constant_matmuls_as_linear makes)."""
-    from edgeship.quantize.quantizer import CONV_OPS, LINEAR_OPS, MATMUL_OPS
-
     return [n.name for n in module.graph.nodes
             if n.op == "call_function" and n.target in CONV_OPS | LINEAR_OPS | MATMUL_OPS
             and any(isinstance(a, Node) and a.op == "get_attr" and MARK in a.target for a in n.args[:2])]

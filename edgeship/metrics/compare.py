@@ -25,7 +25,7 @@ def accuracy(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]
              decisions: list[dict | None] | None = None) -> dict:
     """`reference[i]` / `candidate[i]`: the outputs of sample i. SQNR over all samples and outputs;
     cosine averaged over samples; top-1 agreement on the first output when it is classifier-shaped;
-    with `decisions` (report/decisions.py), the agreement of each sigmoid / softmax output's decisions."""
+    with `decisions` (metrics/decisions.py), the agreement of each sigmoid / softmax output's decisions."""
     signal = noise = 0.0
     cosines, max_err, agree = [], 0.0, []
     classifier = is_classifier(reference)
@@ -56,7 +56,7 @@ def accuracy(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]
         "top1_agreement": round(float(np.mean(agree)), 4) if classifier else None,
     }
     if decisions and any(decisions):
-        from edgeship.report.decisions import agreement
+        from edgeship.metrics.decisions import agreement
 
         result["decisions"] = agreement(reference, candidate, decisions)
         if result["decisions"]:  # the least-kept decision, a metric budgets can ask for

@@ -1,0 +1,1 @@
+"""How close an artifact's outputs are to float: SQNR, cosine, top-k, quantization steps, decisions."""
