@@ -1,0 +1,132 @@
+"""Writes docs/benchmarks.md from benchmarks/results/*.json, so the measured results in the docs are
+always the committed ones (tests/test_docs.py checks the file is what this script writes).
+
+    .venv/bin/python benchmarks/docs.py          # rewrite docs/benchmarks.md
+    .venv/bin/python benchmarks/docs.py --check  # exit 1 when it is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOC = ROOT / "docs" / "benchmarks.md"
+RUNTIMES = ("onnxruntime", "executorch", "litert")
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join("-" if c is None else str(c) for c in row) + " |" for row in rows])
+
+
+def _about(name: str) -> list[str]:
+    """The benchmark script's docstring, first paragraph: what it measures and how to run it."""
+    script = ROOT / "benchmarks" / f"{name}.py"
+    doc = ast.get_docstring(ast.parse(script.read_text())) or ""
+    return [doc.split("\n\n")[0].replace("\n", " "), "", f"Script: `benchmarks/{name}.py`."]
+
+
+def _machine(data: dict) -> str:
+    machine, versions = data.get("machine", {}), data.get("versions", {})
+    if not machine and not versions:
+        return "Computed from the float model's outputs; no runtime involved."
+    libs = ", ".join(f"{k} {v}" for k, v in versions.items())
+    took = f"; the run took {data['seconds']:.0f} s" if "seconds" in data else ""
+    return f"Measured on {machine.get('arch', 'this machine')} ({libs}){took}."
+
+
+def _percent(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.0f}%"
+
+
+def _by_flow(rows: list[dict], cell) -> list[list]:
+    flows = list(dict.fromkeys(r["flow"] for r in rows))
+    return [[f] + [next((cell(r) for r in rows if r["flow"] == f and r["runtime"] == rt), None) for rt in RUNTIMES]
+            for f in flows]
+
+
+def minilm_accuracy(data: dict) -> list[str]:
+    fp32 = data["fp32_bytes"]
+    rows = [r for r in data["rows"] if r.get("accuracy")]
+    return [f"{data['model']}; calibration: {data['calibration']}; evaluation: {data['evaluation']}. Mean cosine "
+            "to float in each runtime, size against that runtime's fp32 file:", ""] + _table(
+        ["flow", *RUNTIMES], _by_flow(rows, lambda r: f"{r['accuracy']['cosine']:.4f}, "
+                                                       f"{_percent(r['bytes'], fp32[r['runtime']])}"))
+
+
+def recurrent_accuracy(data: dict) -> list[str]:
+    lines = [f"{data['models']}; calibration: {data['calibration']}; evaluation: {data['evaluation']}. SQNR of "
+             "the logits to float, size against that runtime's fp32 file:"]
+    for model, fp32 in data["fp32_bytes"].items():
+        rows = [r for r in data["rows"] if r["model"] == model and r.get("accuracy")]
+        lines += ["", f"**{model}**", ""] + _table(["flow", *RUNTIMES], _by_flow(
+            rows, lambda r: f"{r['accuracy']['sqnr_db']:.1f} dB, {_percent(r['bytes'], fp32[r['runtime']])}"))
+    return lines
+
+
+def stock_flows(data: dict) -> list[str]:
+    fp32 = {r["runtime"]: r["bytes"] for r in data["summary"] if r["flow"] == "fp32"}
+    return [f"{data['model']}; {data['data']}; {data['threads']} threads. Top-1 agreement with float / mean SQNR / "
+            "size against fp32 / host median ms:", ""] + _table(["flow", *RUNTIMES], _by_flow(
+        data["summary"], lambda r: f"{100 * r['top1_agreement']:.1f}% / "
+                                   f"{'-' if r['sqnr_db'] is None else r['sqnr_db']} dB / "
+                                   f"{_percent(r['bytes'], fp32[r['runtime']])} / {r['median_ms']} ms"))
+
+
+def export_time(data: dict) -> list[str]:
+    return [f"{data['model']} for {data['target']}, {data['calibration_samples']} calibration and "
+            f"{data['evaluation_samples']} evaluation samples: {data['export_seconds']} s in all.", ""] + _table(
+        ["stage", "items", "seconds"], [[r["stage"], r["total"], r["seconds"]] for r in data["rows"]])
+
+
+def recurrent_export_time(data: dict) -> list[str]:
+    lowering = [s["stage"] for s in data["rows"][0]["stages"] if s["stage"].startswith(("calibrate", "lower"))]
+    rows = [[r["frames"], r["export_seconds"]] + [next(s["seconds"] for s in r["stages"] if s["stage"] == name)
+                                                  for name in lowering] for r in data["rows"]]
+    return [f"{data['model']} for {data['target']}, {data['calibration_samples']} calibration and "
+            f"{data['evaluation_samples']} evaluation sequences; seconds:", ""] + _table(
+        ["frames", "export", *lowering], rows)
+
+
+def agreement_ceiling(data: dict) -> list[str]:
+    expected = data["expected_top1_agreement_by_sqnr_db"]
+    return [f"{data['photos']} photos, {data['draws']} noise draws each: expected top-1 agreement with float "
+            f"when independent Gaussian noise at a given SQNR is added to the logits; "
+            f"{data['sqnr_db_needed_for_98']} dB is needed for 98%.", ""] + _table(
+        ["SQNR dB", "expected top-1 agreement"], [[k, v] for k, v in expected.items()])
+
+
+def render() -> str:
+    lines = ["# Benchmarks", "",
+             "Generated by `benchmarks/docs.py` from `benchmarks/results/*.json`; do not edit. Each benchmark "
+             "script prints its results and writes that JSON; rerun a script, then this one.", ""]
+    for path in sorted(RESULTS.glob("*.json")):
+        data = json.loads(path.read_text())
+        name = data.get("benchmark", path.stem)
+        renderer = globals().get(name)
+        lines += [f"## {name}", ""] + _about(name) + [""]
+        if renderer is not None:
+            lines += renderer(data) + [""]
+        lines += [_machine(data), ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 when docs/benchmarks.md is out of date")
+    text = render()
+    if parser.parse_args().check:
+        if not DOC.is_file() or DOC.read_text() != text:
+            sys.exit("docs/benchmarks.md is out of date: run .venv/bin/python benchmarks/docs.py")
+        return
+    DOC.write_text(text)
+    print(f"wrote {DOC.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
