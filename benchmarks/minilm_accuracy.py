@@ -35,10 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 from edgeship import api  # noqa: E402
+from edgeship.backends import get_backend  # noqa: E402
 from edgeship.calibration.samples import Samples  # noqa: E402
 from edgeship.metrics.compare import accuracy  # noqa: E402
 from edgeship.report.manifest import versions  # noqa: E402
-from edgeship.runtimes.base import get_harness  # noqa: E402
 from edgeship.verify import torch_outputs  # noqa: E402
 
 NAMES = ("input_ids", "attention_mask")
@@ -52,7 +52,7 @@ def data() -> tuple[Samples, Samples]:
 
 
 def run(runtime: str, path: Path, evaluation: Samples, reference) -> dict:
-    session = get_harness(runtime).load(path, 2)
+    session = get_backend(runtime).open(path, 2)
     outputs = [session.run(list(evaluation.sample(i))) for i in range(len(evaluation))]
     return {"path": path.name, "bytes": path.stat().st_size, "accuracy": accuracy(reference, outputs)}
 

@@ -30,11 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 from edgeship import api  # noqa: E402
+from edgeship.backends import get_backend  # noqa: E402
 from edgeship.calibration.readers import read_samples  # noqa: E402
 from edgeship.calibration.samples import Samples  # noqa: E402
 from edgeship.metrics.compare import accuracy  # noqa: E402
 from edgeship.report.manifest import versions  # noqa: E402
-from edgeship.runtimes.base import get_harness  # noqa: E402
 from edgeship.runtimes.bench import bench_artifact  # noqa: E402
 from edgeship.verify import torch_outputs  # noqa: E402
 
@@ -67,7 +67,7 @@ def folds() -> list[tuple[Samples, Samples]]:
 def run_artifact(runtime: str, path: Path, evaluation: Samples, reference, one_input: Path) -> dict:
     """Accuracy in the runtime (with the device's numerics), and latency with `edgeship bench`'s method:
     a fresh process per artifact, this host's own runtime settings."""
-    session = get_harness(runtime).load(path, THREADS)
+    session = get_backend(runtime).open(path, THREADS)
     outputs = [session.run(list(evaluation.sample(i))) for i in range(len(evaluation))]
     return {"path": path.name, "bytes": path.stat().st_size, "accuracy": accuracy(reference, outputs),
             "latency_ms": bench_artifact(runtime, path, one_input, THREADS, 3.0)}

@@ -11,12 +11,12 @@ import numpy as np
 import torch
 from torch.fx import GraphModule
 
+from edgeship.backends import get_backend
+from edgeship.backends.base import Artifact
 from edgeship.calibration.samples import Samples
 from edgeship.export.inputs import torch_outputs  # noqa: F401  (re-exported)
 from edgeship.metrics.compare import accuracy, max_steps
-from edgeship.runtimes.base import get_harness
 from edgeship.runtimes.timing import measure_latency
-from edgeship.targets.base import Artifact
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ def output_scales(folded: GraphModule) -> list[float | None]:
 def check_artifact(artifact: Artifact, samples: Samples, reference: list[list[np.ndarray]],
                    simulated: list[list[np.ndarray]] | None, scales: list[float | None],
                    threads: int, progress: Progress, decisions: list[dict | None] | None = None) -> Checked:
-    harness = get_harness(artifact.runtime)
-    session = harness.load(artifact.path, threads)
+    backend = get_backend(artifact.runtime)
+    session = backend.open(artifact.path, threads)
     advance = progress(f"verify and time {artifact.path.name}", len(samples) + 1)
     outputs = []
     for i in range(len(samples)):
@@ -62,8 +62,8 @@ def check_artifact(artifact: Artifact, samples: Samples, reference: list[list[np
     checked = Checked(artifact, io, accuracy(reference, outputs, decisions), {}, outputs)
     if simulated is not None:
         checked.vs_simulated_steps = max_steps(simulated, outputs, scales)
-    timed = (harness.load(artifact.path, threads, device_numerics=False)
-             if getattr(harness, "host_numerics_differ", False) else session)
+    timed = (backend.open(artifact.path, threads, device_numerics=False)
+             if getattr(backend, "host_numerics_differ", False) else session)
     checked.latency_ms = measure_latency(timed, list(samples.sample(0)), threads)
     checked.latency_ms["session_config"] = getattr(timed, "session_config", {})
     advance(1)

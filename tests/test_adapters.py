@@ -12,13 +12,14 @@ import pytest
 import torch
 from models import tiny_conv_net, tiny_encoder
 
+from edgeship.backends import get_backend
+from edgeship.backends.base import LowerJob
+from edgeship.backends.onnxruntime.onnx_export import export_float_onnx
 from edgeship.calibration.samples import Samples
-from edgeship.export.capture import FlatOutputs, export_float_onnx
+from edgeship.export.capture import FlatOutputs
+from edgeship.metrics.compare import accuracy, max_steps
 from edgeship.quantize.calibrate import quantize
 from edgeship.quantize.recipe import Recipe
-from edgeship.metrics.compare import accuracy, max_steps
-from edgeship.runtimes.base import get_harness
-from edgeship.targets.base import LowerJob, get_adapter
 from edgeship.verify import output_scales, torch_outputs
 
 # one xdist worker runs this file's tests: its module fixtures are built once
@@ -47,14 +48,14 @@ def conv_job(tmp_path_factory):
 
 
 def _run(artifact, held):
-    session = get_harness(artifact.runtime).load(artifact.path, threads=1)
+    session = get_backend(artifact.runtime).open(artifact.path, threads=1)
     return [session.run(list(held.sample(i))) for i in range(len(held))]
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "executorch", "litert"])
 def test_int8_artifact_matches_simulated_graph(conv_job, runtime) -> None:
     job, flat, held, out = conv_job
-    artifacts = get_adapter(runtime).lower(job, out, ("int8",))
+    artifacts = get_backend(runtime).lower(job, out, ("int8",))
     simulated = torch_outputs(job.quantized.folded, held)
     scales = output_scales(job.quantized.folded)
     assert scales[0] is not None and scales[0] > 0
@@ -71,7 +72,7 @@ def test_int8_artifact_matches_simulated_graph(conv_job, runtime) -> None:
 @pytest.mark.parametrize("runtime", ["onnxruntime", "executorch", "litert"])
 def test_fp32_artifact_matches_float(conv_job, runtime) -> None:
     job, flat, held, out = conv_job
-    (artifact,) = get_adapter(runtime).lower(job, out, ("fp32",))
+    (artifact,) = get_backend(runtime).lower(job, out, ("fp32",))
     acc = accuracy(torch_outputs(flat, held), _run(artifact, held))
     assert acc["sqnr_db"] > 80.0, acc
 
@@ -80,10 +81,10 @@ def test_onnxruntime_fuses_every_conv_and_the_add(conv_job) -> None:
     import onnx
     import onnxruntime as ort
 
-    from edgeship.targets.onnxruntime import _session_options
+    from edgeship.backends.onnxruntime.lower import _session_options
 
     job, _, _, out = conv_job
-    onnx_artifact = get_adapter("onnxruntime").lower(job, out, ("int8",))[0]
+    onnx_artifact = get_backend("onnxruntime").lower(job, out, ("int8",))[0]
     optimized = out / "opt.onnx"
     ort.InferenceSession(str(onnx_artifact.path), _session_options(optimized))
     ops = Counter(n.op_type for n in onnx.load(str(optimized)).graph.node)
@@ -94,7 +95,7 @@ def test_onnxruntime_fuses_every_conv_and_the_add(conv_job) -> None:
 
 def test_executorch_delegates_the_whole_graph(conv_job) -> None:
     job, _, _, out = conv_job
-    (artifact,) = get_adapter("executorch").lower(job, out, ("int8",))
+    (artifact,) = get_backend("executorch").lower(job, out, ("int8",))
     assert artifact.not_quantized == []
     assert artifact.path.read_bytes()[4:8] == b"ET12"
 
@@ -103,7 +104,7 @@ def test_litert_int8_uses_int8_kernels(conv_job) -> None:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     job, _, _, out = conv_job
-    (artifact,) = get_adapter("litert").lower(job, out, ("int8",))
+    (artifact,) = get_backend("litert").lower(job, out, ("int8",))
     interp = Interpreter(str(artifact.path),
                          experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
@@ -120,8 +121,8 @@ def test_litert_compaction_shares_quantization_vectors_and_changes_no_output(con
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_litert.tools import flatbuffer_utils
 
-    from edgeship.targets.litert import _convert
-    from edgeship.targets.tflite_compact import compact
+    from edgeship.backends.litert.compact import compact
+    from edgeship.backends.litert.lower import _convert
 
     job, _, held, _ = conv_job
     path = tmp_path / "model.int8.tflite"
@@ -195,7 +196,7 @@ def test_eval_dropout_leaves_the_int8_chain_alone(conv_npz, tmp_path, monkeypatc
 @pytest.mark.parametrize("runtime", ["onnxruntime", "executorch", "litert"])
 def test_transformer_layer_in_every_runtime(tmp_path, runtime) -> None:
     job, flat, held = _job(tiny_encoder(), (8, 32), tmp_path)
-    for artifact in get_adapter(runtime).lower(job, tmp_path, ("int8",)):
+    for artifact in get_backend(runtime).lower(job, tmp_path, ("int8",)):
         acc = accuracy(torch_outputs(flat, held), _run(artifact, held))
         assert acc["cosine"] > 0.99, (artifact.path.name, acc)
         # layer norm output is float: reported, not hidden
@@ -210,7 +211,7 @@ def test_int8_concat_in_every_runtime(tmp_path, runtime) -> None:
     job, flat, held = _job(branches(), (3, 16, 16), tmp_path)
     simulated = torch_outputs(job.quantized.folded, held)
     scales = output_scales(job.quantized.folded)
-    for artifact in get_adapter(runtime).lower(job, tmp_path, ("int8",)):
+    for artifact in get_backend(runtime).lower(job, tmp_path, ("int8",)):
         outputs = _run(artifact, held)
         assert max_steps(simulated, outputs, scales) <= 2.0, artifact.path.name
 
@@ -295,7 +296,7 @@ class _OneLayerTwoCalls(torch.nn.Module):
 def test_executorch_each_call_of_a_shared_layer_gets_its_own_int32_bias(tmp_path) -> None:
     """XNNPACK's lowering quantizes a bias at its call's input scale but defined it once per graph node:
     the second call computed with the first call's int32 bias (3 output steps off before)."""
-    from edgeship.targets.xnnpack_passes import bias_per_call
+    from edgeship.backends.executorch.xnnpack_passes import bias_per_call
 
     job, flat, held = _job(_OneLayerTwoCalls().eval(), (16,), tmp_path)
     scales = [n.args[1] for n in job.quantized.folded.graph.nodes
@@ -305,6 +306,6 @@ def test_executorch_each_call_of_a_shared_layer_gets_its_own_int32_bias(tmp_path
     split = bias_per_call(job.quantized.folded)
     biases = [n.args[2].target for n in split.graph.nodes if n.op == "call_function" and "linear" in str(n.target)]
     assert len(set(biases)) == 2
-    (artifact,) = get_adapter("executorch").lower(job, tmp_path, ("int8",))
+    (artifact,) = get_backend("executorch").lower(job, tmp_path, ("int8",))
     simulated = torch_outputs(job.quantized.folded, held)
     assert max_steps(simulated, _run(artifact, held), output_scales(job.quantized.folded)) <= 1.0

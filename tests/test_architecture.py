@@ -68,11 +68,16 @@ def test_every_module_has_a_layer() -> None:
     assert not missing, f"modules with no layer in docs/architecture.md: {missing}"
 
 
+def _upward(modules: dict[str, Path], layers: dict[str, int], known: dict[str, Path]) -> list[str]:
+    """`importer (layer) imports imported (layer)` for each import of `modules` that goes to a higher layer."""
+    return [f"{name} (layer {_layer(name, layers)}) imports {dep} (layer {_layer(dep, layers)})"
+            for name, path in sorted(modules.items()) for dep in sorted(_imports(name, path, known))
+            if (_layer(dep, layers) or 0) > (_layer(name, layers) or 0)]
+
+
 def test_no_module_imports_a_higher_layer() -> None:
     layers, modules = _layers(), _modules()
-    upward = [f"{name} (layer {_layer(name, layers)}) imports {dep} (layer {_layer(dep, layers)})"
-              for name, path in sorted(modules.items()) for dep in sorted(_imports(name, path, modules))
-              if (_layer(dep, layers) or 0) > (_layer(name, layers) or 0)]
+    upward = _upward(modules, layers, modules)
     assert not upward, "\n".join(upward)
 
 
@@ -109,11 +114,11 @@ def test_modules_and_functions_stay_small() -> None:
 
 
 def test_the_checks_see_a_violation(tmp_path) -> None:
-    """The layer lookup and the import reader on a known case: report imports runtimes (lower, allowed),
-    and a module of layer 5 importing layer 10 is caught."""
+    """The checks on a known case: a quantize module that imports a flow inside a function is caught."""
     layers, modules = _layers(), _modules()
-    assert _layer("edgeship.quantize.calibrate", layers) == 5 and _layer("edgeship.flows.export", layers) == 10
+    assert _layer("edgeship.quantize.calibrate", layers) < _layer("edgeship.flows.export", layers)
     assert _layer("edgeship.unknown", layers) is None
     fake = tmp_path / "fake.py"
     fake.write_text("def f():\n    from edgeship.flows import export\n")
-    assert _imports("edgeship.quantize.fake", fake, modules) == {"edgeship.flows", "edgeship.flows.export"}
+    found = _upward({"edgeship.quantize.fake": fake}, layers, modules)
+    assert found and all("edgeship.quantize.fake" in f and "edgeship.flows" in f for f in found)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import run_cli
+from test_manifest_schema import validate
 
 # one xdist worker runs this file's tests: its module fixtures are built once
 pytestmark = pytest.mark.xdist_group("test_bench")
@@ -36,6 +37,7 @@ def test_bench_times_every_artifact_the_same_way(export_dir, monkeypatch, capsys
         assert r["load_ms"] > 0 and r["first_inference_ms"] > 0 and r["peak_rss_mb"] > 10
     assert "model.int8.tflite / model.fp32.tflite" in result["ratios"]
     manifest = json.loads((export_dir / "manifest.json").read_text())
+    validate(manifest)  # with `bench`
     assert manifest["bench"]["rows"] == result["rows"]
     assert json.loads((export_dir / "bench.json").read_text())["rows"] == result["rows"]
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from edgeship.calibration.samples import Samples
+from edgeship.metrics.compare import accuracy
 from edgeship.quantize.bias_correction import _shift, correct_biases
 from edgeship.quantize.calibrate import calibrate, convert
 from edgeship.quantize.graphs import attr, observed_weights
 from edgeship.quantize.quantizer import CONV_OPS
 from edgeship.quantize.recipe import Recipe
-from edgeship.metrics.compare import accuracy
 from edgeship.verify import torch_outputs
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import run_cli
+from test_manifest_schema import validate
 
 MODELS = str(Path(__file__).parent / "models.py")
 
@@ -34,6 +35,7 @@ def test_export_table_from_image_folder(image_folder, tmp_path, monkeypatch, cap
     for name in ("model.int8.onnx", "model.int8.pte", "model.int8.tflite", "model.fp32.tflite"):
         assert name in out
     manifest = json.loads((tmp_path / "o/models-tiny_conv_net/host/manifest.json").read_text())
+    validate(manifest)
     assert manifest["calibration"]["samples"] == 6 and manifest["evaluation"]["samples"] == 2
     fp32 = {a["runtime"]: a["latency_ms"]["median"] for a in manifest["artifacts"] if a["precision"] == "fp32"}
     report = (tmp_path / "o/models-tiny_conv_net/host/report.md").read_text()

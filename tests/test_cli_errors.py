@@ -166,7 +166,9 @@ def _fail(message: str):
 def test_failure_late_in_export_leaves_no_folder(tmp_path, npz, monkeypatch, capsys) -> None:
     """A failure after artifacts were written (here: every runtime's lowering; ONNX Runtime's after its
     fp32 .onnx was written) leaves nothing behind."""
-    from edgeship.targets import executorch, litert, onnxruntime
+    from edgeship.backends.executorch import lower as executorch
+    from edgeship.backends.litert import lower as litert
+    from edgeship.backends.onnxruntime import lower as onnxruntime
 
     write_float_onnx = onnxruntime._float_onnx
 
@@ -190,7 +192,7 @@ def test_one_runtime_failing_leaves_the_others(tmp_path, npz, monkeypatch, capsy
     and stderr say why."""
     import json
 
-    from edgeship.targets import litert
+    from edgeship.backends.litert import lower as litert
 
     monkeypatch.setattr(litert, "_convert_int8", _fail("litert-torch cannot convert the int8 model"))
     code, _, err = _export(monkeypatch, capsys, f"{MODELS}:tiny_conv_net", npz, tmp_path / "out")
@@ -213,7 +215,7 @@ def test_artifact_its_runtime_cannot_run_is_not_shipped(tmp_path, npz, monkeypat
     `not_produced`; the other artifacts are verified and written, and the export succeeds."""
     import json
 
-    from edgeship.runtimes import executorch
+    from edgeship.backends.executorch import session as executorch
 
     def execute_fails(self, inputs):
         raise RuntimeError("method->execute() failed with error 0x12")
@@ -233,7 +235,7 @@ def test_artifact_its_runtime_cannot_run_is_not_shipped(tmp_path, npz, monkeypat
 
 def test_require_all_fails_when_one_runtime_cannot(tmp_path, npz, monkeypatch, capsys) -> None:
     """--require-all: the same failing converter fails the export, and nothing is written."""
-    from edgeship.targets import litert
+    from edgeship.backends.litert import lower as litert
 
     monkeypatch.setattr(litert, "_convert_int8", _fail("litert-torch cannot convert the int8 model"))
     code, _, err = _export(monkeypatch, capsys, f"{MODELS}:tiny_conv_net", npz, tmp_path / "out", "--require-all")
@@ -244,7 +246,7 @@ def test_require_all_fails_when_one_runtime_cannot(tmp_path, npz, monkeypatch, c
 
 def test_interrupt_leaves_no_folder(tmp_path, npz, monkeypatch, capsys) -> None:
     """Ctrl-C in the middle of an export (here: while lowering) removes what was written."""
-    from edgeship.targets import executorch
+    from edgeship.backends.executorch import lower as executorch
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt

@@ -90,9 +90,9 @@ def test_range_methods_beat_minmax_on_mobilenet() -> None:
 
     from edgeship.calibration.readers import read_samples
     from edgeship.calibration.samples import split_held_out
+    from edgeship.metrics.compare import accuracy
     from edgeship.quantize.calibrate import quantize
     from edgeship.quantize.recipe import Recipe
-    from edgeship.metrics.compare import accuracy
     from edgeship.verify import torch_outputs
 
     net = mobilenet_v2.build()

@@ -13,11 +13,11 @@ import torch
 
 from edgeship.calibration.samples import Samples
 from edgeship.errors import ConfigError
+from edgeship.metrics.compare import accuracy
 from edgeship.quantize.calibrate import calibrate, convert
 from edgeship.quantize.equalization import _conv2_input_range, _folded_norm_factor, _pairs, equalize
 from edgeship.quantize.graphs import attr
 from edgeship.quantize.recipe import RECIPES, Recipe
-from edgeship.metrics.compare import accuracy
 from edgeship.verify import torch_outputs
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from edgeship.calibration.samples import Samples
+from edgeship.metrics.compare import accuracy
 from edgeship.quantize.calibrate import calibrate, convert
 from edgeship.quantize.gptq import patches
 from edgeship.quantize.graphs import attr
 from edgeship.quantize.recipe import Recipe
-from edgeship.metrics.compare import accuracy
 from edgeship.verify import torch_outputs
 
 sys.path.insert(0, str(Path(__file__).parent))

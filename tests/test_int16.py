@@ -9,14 +9,15 @@ import pytest
 import torch
 from models import tiny_conv_net
 
+from edgeship.backends import get_backend
+from edgeship.backends.base import LowerJob
+from edgeship.backends.onnxruntime.onnx_export import export_float_onnx
 from edgeship.calibration.samples import Samples
 from edgeship.errors import ConfigError
-from edgeship.export.capture import FlatOutputs, export_float_onnx
+from edgeship.export.capture import FlatOutputs
+from edgeship.metrics.compare import accuracy, max_steps
 from edgeship.quantize.calibrate import quantize
 from edgeship.quantize.recipe import Recipe, recipe_by_name
-from edgeship.metrics.compare import accuracy, max_steps
-from edgeship.runtimes.base import get_harness
-from edgeship.targets.base import LowerJob, get_adapter
 from edgeship.verify import output_scales, torch_outputs
 
 
@@ -93,8 +94,8 @@ def int16_job(request, tmp_path_factory):
 def test_int16_artifact_matches_simulated_graph(int16_job, runtime) -> None:
     job, flat, held, out = int16_job
     simulated = torch_outputs(job.quantized.folded, held)
-    for artifact in get_adapter(runtime).lower(job, out, ("int8",)):
-        session = get_harness(runtime).load(artifact.path, threads=1)
+    for artifact in get_backend(runtime).lower(job, out, ("int8",)):
+        session = get_backend(runtime).open(artifact.path, threads=1)
         outputs = [session.run(list(held.sample(i))) for i in range(len(held))]
         assert max_steps(simulated, outputs, _output_step(job.quantized.folded)) <= 2.0, artifact.path.name
         assert accuracy(torch_outputs(flat, held), outputs)["sqnr_db"] > 40.0, artifact.path.name
@@ -107,7 +108,7 @@ def test_onnx_artifact_declares_opset_21_with_int16_quantize(int16_job) -> None:
     import onnx
 
     job, _, _, out = int16_job
-    get_adapter("onnxruntime").lower(job, out, ("int8",))
+    get_backend("onnxruntime").lower(job, out, ("int8",))
     model = onnx.load(str(out / "model.int8.onnx"))
     assert next(o.version for o in model.opset_import if o.domain == "") == 21
     types = {i.name: i.data_type for i in model.graph.initializer}
@@ -119,7 +120,7 @@ def test_tflite_layer_runs_16x8(int16_job) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
     job, _, _, out = int16_job
-    get_adapter("litert").lower(job, out, ("int8",))
+    get_backend("litert").lower(job, out, ("int8",))
     interp = Interpreter(model_path=str(out / "model.int8.tflite"))
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
     depthwise = [op for op in interp._get_ops_details() if op["op_name"] == "DEPTHWISE_CONV_2D"]
@@ -129,26 +130,26 @@ def test_tflite_layer_runs_16x8(int16_job) -> None:
 
 
 def test_onnx_and_tflite_passes_leave_int8_models_alone(tmp_path) -> None:
-    from edgeship.targets.tflite_int16 import fence_requantize, widen_biases
+    from edgeship.backends.litert.int16 import fence_requantize, widen_biases
 
     program, q, flat, held, args = _quantized(Recipe())
     export_float_onnx(program, tmp_path / "model.fp32.onnx", ["x"], ["y"])
     job = LowerJob(program, q, args, ("x",), ("y",), tmp_path / "model.fp32.onnx")
     assert fence_requantize(torch.export.export(q.unfolded, args, strict=False).module()) == 0
-    get_adapter("litert").lower(job, tmp_path, ("int8",))
+    get_backend("litert").lower(job, tmp_path, ("int8",))
     before = (tmp_path / "model.int8.tflite").read_bytes()
     assert widen_biases(tmp_path / "model.int8.tflite") == 0
     assert (tmp_path / "model.int8.tflite").read_bytes() == before
 
     import onnx
 
-    get_adapter("onnxruntime").lower(job, tmp_path, ("int8",))
+    get_backend("onnxruntime").lower(job, tmp_path, ("int8",))
     model = onnx.load(str(tmp_path / "model.int8.onnx"))
     assert next(o.version for o in model.opset_import if o.domain == "") == 20
 
 
 def test_executorch_passes_leave_int8_graph_alone() -> None:
-    from edgeship.targets.xnnpack_passes import bias_per_call, int16_in_float
+    from edgeship.backends.executorch.xnnpack_passes import bias_per_call, int16_in_float
 
     _, q, *_ = _quantized(Recipe())
     module, wide = int16_in_float(q.folded)

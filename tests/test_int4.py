@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import export_json, run_cli
+from test_manifest_schema import validate
 
 from edgeship.quantize.int4 import QMAX, QMIN, quantize_weight
 
@@ -40,6 +41,7 @@ def int4_export(tmp_path_factory):
 
 def test_int4_export_delivers_the_same_weights(int4_export, monkeypatch, capsys) -> None:
     manifest, folder = export_json("tiny_encoder", int4_export / "x.npz", "int4", int4_export / "o", monkeypatch, capsys)
+    validate(manifest)  # with simulated_int4
     paths = {a["path"]: a for a in manifest["artifacts"]}
     assert set(paths) == {"model.fp32.onnx", "model.int4.onnx", "model.int4.ort", "model.fp32.pte",
                           "model.int4.pte", "model.fp32.tflite", "model.int4.tflite"}
@@ -83,7 +85,7 @@ def _tflite_int4_weights(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
-    from edgeship.targets.tflite_int4 import unpack
+    from edgeship.backends.litert.int4 import unpack
 
     model = flatbuffer_utils.read_model(str(path))
     graph = model.subgraphs[0]
@@ -135,9 +137,9 @@ def test_gptq_on_minilm() -> None:
     """all-MiniLM-L6-v2, int4 group 32: simulated mean cosine on 32 held-out real sentences."""
     from conftest import minilm_samples
 
+    from edgeship.metrics.compare import accuracy
     from edgeship.quantize.int4 import build_int4
     from edgeship.quantize.recipe import Recipe
-    from edgeship.metrics.compare import accuracy
     from edgeship.verify import torch_outputs
 
     model, calib, evaluation = minilm_samples()
@@ -167,8 +169,8 @@ def test_tflite_int4_rewrite_replaces_only_edgeship_int4_layers(tmp_path) -> Non
     import litert_torch
     from ai_edge_litert.interpreter import Interpreter
 
+    from edgeship.backends.litert.int4 import to_blockwise_int4
     from edgeship.quantize.int4 import Int4Weight
-    from edgeship.targets.tflite_int4 import to_blockwise_int4
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(128, 64), torch.nn.ReLU(), torch.nn.Linear(64, 16)).eval()
@@ -198,8 +200,8 @@ def test_tflite_int4_rewrite_finds_a_weight_the_converter_scaled(tmp_path) -> No
     the rewrite still finds the layer, keeps its int4 values and moves the factor into the scales."""
     import litert_torch
 
+    from edgeship.backends.litert.int4 import to_blockwise_int4
     from edgeship.quantize.int4 import Int4Weight
-    from edgeship.targets.tflite_int4 import to_blockwise_int4
 
     class Scaled(torch.nn.Module):
         def __init__(self) -> None:
@@ -225,9 +227,9 @@ def test_tflite_int4_rewrite_finds_a_weight_the_converter_scaled(tmp_path) -> No
 def test_int8_dynamic_export_delivers_the_same_int8_weights(int4_export, monkeypatch, capsys) -> None:
     """`int8-dynamic`: per-channel int8 weights for the linear layers, activations quantized at run time:
     DynamicQuantizeMatMul in ONNX Runtime, XNNPACK's qd8 kernels, LiteRT's hybrid FULLY_CONNECTED."""
+    import onnx
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
-    import onnx
     from onnx import numpy_helper
 
     manifest, folder = export_json("tiny_encoder", int4_export / "x.npz", "int8-dynamic", int4_export / "d",
@@ -272,8 +274,8 @@ def test_int8_dynamic_export_delivers_the_same_int8_weights(int4_export, monkeyp
 def test_int4_puts_convolutions_in_int8(conv_npz, tmp_path, monkeypatch, capsys) -> None:
     """A CNN with a linear head: the head gets int4 weights and the convolutions static int8 in every
     runtime (int4 kernels for the head, int8 kernels for the convolutions), from one calibration."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
     import onnx
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
     from onnx import numpy_helper
 
     manifest, folder = export_json("wide_conv_net", conv_npz, "int4", tmp_path / "o", monkeypatch, capsys)
@@ -310,8 +312,8 @@ def test_keep_int8_gives_a_linear_layer_int8_in_every_runtime(tmp_path, monkeypa
     """`keep_int8` in an int4 recipe: the named linear layer gets static int8 (int8 weights and
     activations) instead of int4 weights, in every runtime, and the model gets closer to float where int4
     hurts that layer (a layer with a few large weights per group)."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
     import onnx
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).standard_normal((24, 8, 64)).astype(np.float32))
     (tmp_path / "k.toml").write_text('scheme = "w4a8"\nkeep_int8 = ["a"]\n')

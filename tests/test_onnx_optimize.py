@@ -12,7 +12,7 @@ import pytest
 import torch
 from models import KeywordSpotter, tiny_conv_net, tiny_encoder
 
-from edgeship.export.capture import to_onnx
+from edgeship.backends.onnxruntime.onnx_export import to_onnx
 from edgeship.export.recurrent import unroll_recurrent
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeship.targets.onnxruntime import _save_ort_format
+from edgeship.backends.onnxruntime.lower import _save_ort_format
 
 WRITE = """
 import sys
 from pathlib import Path
-from edgeship.targets.onnxruntime import _save_ort_format
+from edgeship.backends.onnxruntime.lower import _save_ort_format
 _save_ort_format(Path(sys.argv[1]), Path(sys.argv[2]))
 """
 

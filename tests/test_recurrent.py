@@ -183,7 +183,7 @@ def test_cell_loop_exports_int8_recurrence_to_every_runtime(tmp_path) -> None:
     """nn.LSTMCell and nn.GRUCell in the model's own loop from a zero state: every step's matmuls int8 in all
     three runtimes (the cells stayed float before), and ExecuTorch as close to float as the others (its int8
     .pte gave 23.6 dB against 42.4 in ONNX Runtime before each call of the GRU's input layer got its own
-    bias: edgeship/targets/xnnpack_passes.py `bias_per_call`)."""
+    bias: edgeship/backends/executorch/xnnpack_passes.py `bias_per_call`)."""
     from edgeship import api
 
     x, _ = spoken_features(24, frames=16, seed=5)
@@ -244,8 +244,8 @@ def test_sensitivity_switches_a_shared_step_weight_in_every_step() -> None:
     what they simulate for it is what the export gives when that layer's calls are its only int8 ones."""
     import copy
 
-    from edgeship.quantize.sensitivity import Simulator
     from edgeship.metrics.compare import accuracy
+    from edgeship.quantize.sensitivity import Simulator
     from edgeship.verify import torch_outputs
 
     model = trained_keyword_spotter("lstm", steps=20)
@@ -290,9 +290,9 @@ def test_a_zero_state_made_from_the_input_is_a_constant_for_executorch(tmp_path)
     """`x.new_zeros(...)` as the initial state: the first step's hidden projection is folded like one from
     `torch.zeros`, and ExecuTorch's int8 .pte computes what the simulated graph computes (before: the state
     was quantized as a tensor of zeros and the .pte gave 5.3 dB where the simulation gave 22.2)."""
+    from edgeship.backends import get_backend
+    from edgeship.backends.executorch.lower import _lower
     from edgeship.metrics.compare import accuracy
-    from edgeship.runtimes.base import get_harness
-    from edgeship.targets.executorch import _lower
 
     torch.manual_seed(0)
     model = _ZeroStateGRU().eval()
@@ -304,7 +304,7 @@ def test_a_zero_state_made_from_the_input_is_a_constant_for_executorch(tmp_path)
     assert any(n.op == "get_attr" and n.target.startswith("_folded_") for n in prepared.graph.nodes)
     folded = convert(prepared).folded
     _lower(torch.export.export(folded, (x[:1],), strict=False), tmp_path / "model.int8.pte")
-    session = get_harness("executorch").load(tmp_path / "model.int8.pte", 1)
+    session = get_backend("executorch").open(tmp_path / "model.int8.pte", 1)
     reference = [[model(x[i:i + 1]).detach().numpy()] for i in range(12, 16)]
     simulated = [[folded(x[i:i + 1])[0].detach().numpy()] for i in range(12, 16)]
     runtime = [session.run([x[i:i + 1].numpy()]) for i in range(12, 16)]
@@ -331,8 +331,8 @@ def test_float_onnx_of_recurrent_layers_runs_and_matches(model_cls, tmp_path) ->
     import onnx
     import onnxruntime as ort
 
-    from edgeship.targets.base import LowerJob
-    from edgeship.targets.onnxruntime import _float_onnx
+    from edgeship.backends.base import LowerJob
+    from edgeship.backends.onnxruntime.lower import _float_onnx
 
     torch.manual_seed(0)
     model = model_cls().eval()

@@ -112,8 +112,8 @@ def _bench_remote(out_dir: Path, chosen: list[dict], inputs: Path, threads: int,
     """Rows measured on the device, and the artifacts whose device outputs differ from this machine's."""
     import numpy as np
 
+    from edgeship.backends.onnxruntime.session import ARM_SESSION_CONFIG
     from edgeship.runtimes.bench import SETUP_DISTRIBUTIONS, bench_artifact, output_differences
-    from edgeship.runtimes.onnxruntime import ARM_SESSION_CONFIG
 
     scales = json.loads((out_dir / "manifest.json").read_text()).get("int8_output_scales")
     dev.push([out_dir / a["path"] for a in chosen] + [inputs])

@@ -14,8 +14,7 @@ from pathlib import Path
 
 from edgeship import outputs
 from edgeship.errors import ConfigError, ExportError
-from edgeship.flows import Progress, no_progress
-from edgeship.flows import checks
+from edgeship.flows import Progress, checks, no_progress
 from edgeship.flows.inputs import capture, capture_native, load_inputs
 from edgeship.flows.quantize import Quantized, quantize
 
@@ -91,9 +90,9 @@ def export_into(stage: Path, loaded, device, recipe, calib, evaluation, progress
                 budget: dict | None = None, reproduce: dict | None = None, stats_folder: Path | None = None,
                 require_all: bool = False) -> dict:
     """Every artifact, the manifest and the report, written into `stage`; returns the manifest."""
+    from edgeship.backends.base import LowerJob
     from edgeship.metrics.decisions import output_decisions
     from edgeship.quantize.stats_cache import StatsCache
-    from edgeship.targets.base import LowerJob
     from edgeship.verify import torch_outputs
 
     started = time.perf_counter()
@@ -149,14 +148,21 @@ def _lower_all(runtimes, job, stage: Path, precisions: tuple[str, ...], wanted: 
                progress: Progress) -> tuple[list, list[dict]]:
     """Every runtime's artifacts, one precision at a time (a failed int8 conversion keeps the fp32
     file); what could not be made is listed with its reason, and the others are still made."""
-    from edgeship.targets.base import get_adapter
+    from edgeship.backends import get_backend
 
     artifacts, not_produced, failures = [], [], []
     for runtime in runtimes:
+        backend = get_backend(runtime)
         advance = progress(f"lower for {runtime}", len(precisions))
         for precision in precisions:
+            unsupported = backend.supports(job, precision)
+            if unsupported is not None:
+                failures.append(f"{runtime} {precision}: {unsupported}")
+                not_produced.append({"runtime": runtime, "precision": precision, "reason": unsupported})
+                advance(1)
+                continue
             try:
-                made = _lower(get_adapter(runtime), job, stage, (precision,))
+                made = _lower(backend, job, stage, (precision,))
             except ExportError as exc:
                 if outputs.out_of_space(exc, stage, 0):
                     raise
@@ -217,30 +223,29 @@ def _manifest(stage: Path, loaded, device, recipe, calib, evaluation, model: Cap
     from edgeship.verify import output_scales, pairwise_max_abs, pairwise_steps
 
     scales = output_scales(made.graph)
-    return {
-        "manifest_version": mf.MANIFEST_VERSION,
-        "versions": mf.versions(),
-        "model": {"source": loaded.source, "name": loaded.name, "inputs": model.in_names, "outputs": model.out_names},
-        "target": device.to_dict(),
-        "recipe": recipe.to_dict(),
-        "calibration": {"source": calib.source, "samples": len(calib), "sha256": calib.content_hash(),
-                        "statistics": stats.record() if stats is not None else None},
-        "evaluation": {"source": evaluation.source, "samples": len(evaluation),
-                       "sha256": evaluation.content_hash()},
-        f"simulated_{(made.instead_of_int8 or 'int8').replace('-', '_')}": accuracy(reference, simulated, decisions),
-        "float_ops_in_quantized_graph": made.int8.float_ops if made.int8 is not None else [],
-        "algorithms": made.algorithms,
-        "not_produced": not_produced,
-        "precision_choice": made.choice,
-        "artifacts": [mf.artifact_record(c, stage) for c in checked],
-        "int8_output_scales": scales,
-        "int8_agreement_steps": pairwise_steps(checked, scales),
-        "int8_agreement_max_abs": pairwise_max_abs(checked),
-        "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
-                 "cpu_count": os.cpu_count()},
-        "export_seconds": round(time.perf_counter() - started, 1),
-        "reproduce": reproduce,
-    }
+    return mf.Manifest(
+        versions=mf.versions(),
+        model={"source": loaded.source, "name": loaded.name, "inputs": model.in_names, "outputs": model.out_names},
+        target=device.to_dict(),
+        recipe=recipe.to_dict(),
+        calibration={"source": calib.source, "samples": len(calib), "sha256": calib.content_hash(),
+                     "statistics": stats.record() if stats is not None else None},
+        evaluation={"source": evaluation.source, "samples": len(evaluation), "sha256": evaluation.content_hash()},
+        simulated_precision=(made.instead_of_int8 or "int8").replace("-", "_"),
+        simulated=accuracy(reference, simulated, decisions),
+        float_ops_in_quantized_graph=made.int8.float_ops if made.int8 is not None else [],
+        algorithms=made.algorithms,
+        not_produced=not_produced,
+        precision_choice=made.choice,
+        artifacts=[mf.artifact_record(c, stage) for c in checked],
+        int8_output_scales=scales,
+        int8_agreement_steps=pairwise_steps(checked, scales),
+        int8_agreement_max_abs=pairwise_max_abs(checked),
+        host={"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+              "cpu_count": os.cpu_count()},
+        export_seconds=round(time.perf_counter() - started, 1),
+        reproduce=reproduce,
+    ).to_dict()
 
 
 def _write_manifest(stage: Path, manifest: dict, made: Quantized) -> None:

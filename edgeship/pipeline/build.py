@@ -87,8 +87,8 @@ def _worker_init(level: int) -> None:
 
 def _export_job(model: ModelEntry, target: str, root: str, work: str) -> dict:
     """Runs in a worker process: one export into `work`; returns where it went, or the error."""
-    from edgeship.flows.export import export
     from edgeship.errors import EdgeshipError
+    from edgeship.flows.export import export
 
     os.chdir(root)
     try:

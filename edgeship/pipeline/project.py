@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import tomllib
+
+from edgeship.backends import RUNTIMES as RUNTIME_NAMES
 from edgeship.errors import ConfigError
 
 PROJECT_FILE = "edgeship.toml"
 BUDGET_KEYS = ("max_size_mb", "min_cosine", "min_sqnr_db", "min_top1", "max_latency_ms")
-RUNTIME_NAMES = ("onnxruntime", "executorch", "litert")
 
 
 @dataclass(frozen=True)

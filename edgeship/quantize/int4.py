@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch.fx import GraphModule, Node
 
-from edgeship.quantize.graphs import attr, replace_attr, run_samples
 from edgeship.quantize.gptq import PatchGram
+from edgeship.quantize.graphs import attr, replace_attr, run_samples
 from edgeship.quantize.grid import QMAX, QMIN, Int4Weight, gptq_weight, quantize_weight, value_range  # noqa: F401
 from edgeship.quantize.quantizer import CONV_OPS, FLOAT_NODE, LINEAR_OPS, MATMUL_OPS
 

@@ -20,8 +20,8 @@ from torchao.quantization.pt2e.observer import ObserverBase
 
 from edgeship.calibration.samples import Samples
 from edgeship.export.inputs import to_torch
-from edgeship.quantize.quantizer import CONV_OPS, LINEAR_OPS, MATMUL_OPS
 from edgeship.metrics.compare import accuracy
+from edgeship.quantize.quantizer import CONV_OPS, LINEAR_OPS, MATMUL_OPS
 
 log = logging.getLogger(__name__)
 

@@ -92,7 +92,7 @@ def onnx_values(path: Path, layers: set[str], samples: Samples, threads: int) ->
     import onnx
     import onnxruntime as ort
 
-    from edgeship.runtimes.onnxruntime import session_options
+    from edgeship.backends.onnxruntime.session import session_options
 
     model = onnx.load(str(path))
     consumers: dict[str, list] = {}

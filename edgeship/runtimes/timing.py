@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeship.runtimes.base import Session
+from edgeship.backends.base import Session
 from edgeship.runtimes.runner import timed_runs
 
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomllib
+
+from edgeship.backends import RUNTIMES
 from edgeship.errors import ConfigError, unknown_name
 
 BUILTIN = Path(__file__).parent / "devices"
-RUNTIMES = ("onnxruntime", "executorch", "litert")
 PRECISIONS = ("fp32", "int8")
 
 

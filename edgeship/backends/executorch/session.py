@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeship.backends.base import TensorInfo
 from edgeship.errors import RuntimeFailure
 from edgeship.logs import without_banners
-from edgeship.runtimes.base import TensorInfo
 
 
 class ExecuTorchSession:
@@ -45,10 +45,3 @@ def _info(name: str, meta) -> TensorInfo:
     dtype = {"float": "float32", "long": "int64", "int": "int32", "char": "int8", "byte": "uint8",
              "half": "float16"}.get(dtype, dtype)
     return TensorInfo(name, tuple(meta.sizes()), dtype)
-
-
-class ExecuTorchHarness:
-    name = "executorch"
-
-    def load(self, path: Path, threads: int, device_numerics: bool = True) -> ExecuTorchSession:
-        return ExecuTorchSession(path, threads)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
+from edgeship.backends.base import Artifact, LowerJob, count_ops
+from edgeship.backends.litert.compact import compact
+from edgeship.backends.litert.session import kernel_types
 from edgeship.errors import ExportError
 from edgeship.quantize.quantizer import op_name
-from edgeship.runtimes.litert import kernel_types
-from edgeship.targets.base import Artifact, LowerJob, count_ops
-from edgeship.targets.tflite_compact import compact
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,8 @@ class LiteRTAdapter:
     def _int4(self, job: LowerJob, path: Path) -> Artifact:
         """The float graph with the int4 (int8) layers' dequantized weights, converted, then those weights
         replaced by block-wise INT4 (per-channel INT8) tensors carrying edgeship's values
-        (edgeship/targets/tflite_int4.py)."""
-        from edgeship.targets.tflite_int4 import to_blockwise_int4
+        (edgeship/backends/litert/int4.py)."""
+        from edgeship.backends.litert.int4 import to_blockwise_int4
 
         if job.int4.int8 is not None:  # int4 with int8 convolutions: the int8 graph, its linears float
             _convert_int8(job.int4.int8.unfolded, job.example_inputs, path)
@@ -89,9 +89,9 @@ def _static_quant_config():
 
 def _convert_int8(unfolded: torch.fx.GraphModule, args: tuple, path: Path) -> None:
     """A calibrated Q/DQ graph (weights float behind their Q/DQ pairs) converted into int8 kernels (and
-    16x8 kernels for the layers with int16 activations: edgeship/targets/tflite_int16.py)."""
+    16x8 kernels for the layers with int16 activations: edgeship/backends/litert/int16.py)."""
+    from edgeship.backends.litert.int16 import fence_requantize, widen_biases
     from edgeship.quantize.quantizer import has_int16
-    from edgeship.targets.tflite_int16 import fence_requantize, widen_biases
 
     program = torch.export.export(unfolded, args, strict=False)
     module = _fence_float_slices(_fence_float_concats(program.module()))

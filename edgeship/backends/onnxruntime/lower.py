@@ -14,12 +14,18 @@ from pathlib import Path
 import torch
 from torch.utils import _pytree as pytree
 
+from edgeship.backends.base import Artifact, LowerJob, count_ops
+from edgeship.backends.onnxruntime.onnx_export import export_float_onnx, strip_metadata, to_onnx
+from edgeship.backends.onnxruntime.session import (
+    ARM_SESSION_CONFIG,
+    DATA_MOVEMENT,
+    INT8_KERNELS,
+    OnnxRuntimeSession,
+    session_options,
+)
 from edgeship.errors import ExportError
-from edgeship.export.capture import export_float_onnx, first_line, strip_metadata, to_onnx
+from edgeship.export.capture import first_line
 from edgeship.quantize.quantizer import has_int16
-from edgeship.runtimes.onnxruntime import (ARM_SESSION_CONFIG, DATA_MOVEMENT, INT8_KERNELS, OnnxRuntimeSession,
-                                          session_options)
-from edgeship.targets.base import Artifact, LowerJob, count_ops
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +48,7 @@ class OnnxRuntimeAdapter:
             _to_float16(job.float_onnx, onnx_path)
             artifacts += self._with_ort(onnx_path, out, "fp16", [], list_float=False)
         if job.int4 is not None and job.int4.precision in precisions:  # int4, or int8 with dynamic activations
-            from edgeship.targets.onnx_int4 import to_matmul_nbits
+            from edgeship.backends.onnxruntime.int4 import to_matmul_nbits
 
             precision = job.int4.precision
             onnx_path = out / f"model.{precision}.onnx"

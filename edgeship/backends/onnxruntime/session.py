@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 import numpy as np
 
+from edgeship.backends.base import TensorInfo
 from edgeship.errors import RuntimeFailure
-from edgeship.runtimes.base import TensorInfo
 
 # the session settings an ARM build uses: int8 QDQ kept signed (no uint8 rewrite)
 ARM_SESSION_CONFIG = {"session.qdqisint8allowed": "1"}
@@ -53,17 +52,6 @@ class OnnxRuntimeSession:
 def _info(arg) -> TensorInfo:
     return TensorInfo(arg.name, tuple(d if isinstance(d, int) else -1 for d in arg.shape),
                       _TYPES.get(arg.type, arg.type))
-
-
-class OnnxRuntimeHarness:
-    name = "onnxruntime"
-    host_numerics_differ = platform.machine().lower() not in ("aarch64", "arm64")
-
-    def load(self, path: Path, threads: int, device_numerics: bool = True) -> OnnxRuntimeSession:
-        """`device_numerics`: the session settings of an ARM build (signed int8 QDQ kept as is), so
-        outputs match the device. Off: this machine's defaults (on x86, int8 QDQ is rewritten to
-        uint8 kernels), which is how ONNX Runtime would run here; used for host timing."""
-        return OnnxRuntimeSession(path, threads, device_numerics)
 
 
 # ops ONNX Runtime runs that are not float compute: data movement, and its int8 kernels

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
+from edgeship.backends.base import Artifact, LowerJob, count_ops
+from edgeship.backends.executorch.xnnpack_passes import bias_per_call, int16_in_float, prelu_in_4d
 from edgeship.errors import ExportError
-from edgeship.targets.base import Artifact, LowerJob, count_ops
-from edgeship.targets.xnnpack_passes import bias_per_call, int16_in_float, prelu_in_4d
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeship.backends.base import TensorInfo, dequantize, quantize
 from edgeship.errors import RuntimeFailure
-from edgeship.runtimes.base import TensorInfo, dequantize, quantize
 
 
 class LiteRTSession:
@@ -42,13 +42,6 @@ def _info(detail: dict) -> TensorInfo:
     quantized = scale != 0.0 and np.dtype(detail["dtype"]).kind in "iu"
     return TensorInfo(detail["name"], tuple(int(d) for d in detail["shape"]), np.dtype(detail["dtype"]).name,
                       float(scale) if quantized else None, int(zero_point) if quantized else None)
-
-
-class LiteRTHarness:
-    name = "litert"
-
-    def load(self, path: Path, threads: int, device_numerics: bool = True) -> LiteRTSession:
-        return LiteRTSession(path, threads)
 
 
 DATA_MOVEMENT = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "TRANSPOSE", "SQUEEZE", "EXPAND_DIMS", "GATHER",

@@ -1,0 +1,36 @@
+"""ExecuTorch: `.pte` programs lowered to the XNNPACK delegate (`lower.py`) after the graph rewrites
+XNNPACK needs (`xnnpack_passes.py`); sessions through the pybindings (`session.py`); ETDump profiles
+(`profile.py`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PRECISIONS = ("fp32", "int8", "fp16", "int4", "int8-dynamic")
+
+
+class ExecuTorchBackend:
+    name = "executorch"
+    precisions = PRECISIONS
+
+    def supports(self, job, precision: str) -> str | None:
+        from edgeship.backends.base import missing_form
+
+        if precision == "fp16" and job.half is None:
+            return "the recipe made no float16 program"
+        return missing_form(job, precision, self.precisions)
+
+    def lower(self, job, out: Path, precisions: tuple[str, ...]) -> list:
+        from edgeship.backends.executorch.lower import ExecuTorchAdapter
+
+        return ExecuTorchAdapter().lower(job, out, precisions)
+
+    def open(self, path: Path, threads: int, device_numerics: bool = True):
+        from edgeship.backends.executorch.session import ExecuTorchSession
+
+        return ExecuTorchSession(path, threads)
+
+    def profile(self, path: Path, inputs: list, threads: int) -> dict:
+        from edgeship.backends.executorch.profile import profile
+
+        return profile(path, inputs)
