@@ -43,7 +43,7 @@ def test_constant_matmuls_become_linear_layers_with_one_weight_copy() -> None:
     """addmm / mm / matmul with a constant weight become linear calls (what gets per-channel int8
     weights); a weight two calls read gets one transposed copy, and the graph computes the same."""
 
-    from edgeship.quantize.graphs import constant_matmuls_as_linear
+    from edgeship.export.passes.constant_matmuls import constant_matmuls_as_linear
 
     class Raw(torch.nn.Module):
         def __init__(self) -> None:

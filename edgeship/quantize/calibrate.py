@@ -15,10 +15,9 @@ from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 from edgeship.calibration.samples import Samples
 from edgeship.errors import CalibrationError
 from edgeship.export.inputs import to_torch
-from edgeship.export.passes.integer_constants import restore_integer_constants
+from edgeship.export.passes import before_quantization
 from edgeship.export.passes.spectra import fourier_layers
-from edgeship.quantize.graphs import (constant_matmuls_as_linear, fold_constant_layers, outputs_read_by_log,
-                                      remove_eval_dropout, whole_window_pools_as_global)
+from edgeship.quantize.graphs import outputs_read_by_log
 from edgeship.quantize.encodings import collect_encodings
 from edgeship.quantize.quantizer import EdgeshipQuantizer, float_ops
 from edgeship.quantize.recipe import ALGORITHMS, READS_SAMPLES, Recipe
@@ -124,11 +123,7 @@ def transformed(program: torch.export.ExportedProgram, recipe: Recipe, samples: 
     passes add nodes, those whose output a logarithm reads, and the Fourier transforms made real) and what
     each pass changed. The same inputs give the same graph and node names."""
     module = program.module()
-    restore_integer_constants(module)
-    remove_eval_dropout(module)
-    constant_matmuls_as_linear(module)  # first: a matmul on constants only is then folded as a layer
-    fold_constant_layers(module)
-    whole_window_pools_as_global(module)
+    before_quantization(module)  # export/passes: the one list of graph rewrites, in order
     keep = layers_matching(module, recipe.keep_float)
     before_log = outputs_read_by_log(module)
     fourier = [{"layer": name} for name in fourier_layers(module)]

@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 from torch.fx import GraphModule, Node
 
-from edgeship.quantize.graphs import attr, register, remove_eval_dropout
+from edgeship.export.passes.dropout import remove_eval_dropout
+from edgeship.quantize.graphs import attr, register
 from edgeship.quantize.quantizer import FLOAT_NODE, LINEAR_OPS
 
 aten = torch.ops.aten
