@@ -14,6 +14,7 @@ import torch
 from edgeship.calibration.samples import Samples
 from edgeship.metrics.compare import accuracy
 from edgeship.quantize.bias_correction import _shift, correct_biases
+from edgeship.quantize.stage import stage
 from edgeship.quantize.calibrate import calibrate, convert
 from edgeship.quantize.graphs import attr, observed_weights
 from edgeship.quantize.quantizer import CONV_OPS
@@ -60,7 +61,7 @@ def test_bias_correction_leaves_the_exported_program_and_the_model_unchanged() -
     program = torch.export.export(model, (torch.from_numpy(calib.arrays[0][:1]),), strict=False)
     program_before = {k: v.clone() for k, v in program.state_dict.items()}
     prepared = calibrate(program, Recipe(algorithms=("bias_correction",)), calib)
-    shifts = next(r["changes"] for r in prepared.meta["edgeship_algorithms"] if r["algorithm"] == "bias_correction")
+    shifts = next(r["changes"] for r in stage(prepared).algorithms if r["algorithm"] == "bias_correction")
     assert len(shifts) == 3 and all(c["max_shift"] > 0 for c in shifts)
     assert all(torch.equal(v, program_before[k]) for k, v in program.state_dict.items())
     assert all(torch.equal(v, model_before[k]) for k, v in model.state_dict().items())

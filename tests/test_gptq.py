@@ -15,6 +15,7 @@ from torch import nn
 
 from edgeship.calibration.samples import Samples
 from edgeship.metrics.compare import accuracy
+from edgeship.quantize.stage import stage
 from edgeship.quantize.calibrate import calibrate, convert
 from edgeship.quantize.gptq import patches
 from edgeship.quantize.graphs import attr
@@ -72,7 +73,7 @@ def test_gptq_values_are_what_the_int8_graph_holds() -> None:
         torch.testing.assert_close(scale, plain_scale)
         checked += 1
     assert checked == 4  # three convolutions and the linear head
-    records = {r["algorithm"]: r["changes"] for r in prepared.meta["edgeship_algorithms"]}
+    records = {r["algorithm"]: r["changes"] for r in stage(prepared).algorithms}
     assert records["gptq"][0]["layers"] == 4
     # bias correction measures from the float weights, so it still has shifts to take out
     assert any(r["max_shift"] > 0 for r in records["bias_correction"])

@@ -21,10 +21,9 @@ from edgeship.quantize.graphs import outputs_read_by_log
 from edgeship.quantize.encodings import collect_encodings
 from edgeship.quantize.quantizer import EdgeshipQuantizer, float_ops
 from edgeship.quantize.recipe import ALGORITHMS, READS_SAMPLES, Recipe
-from edgeship.quantize.sensitivity import FLOAT_VALUES
+from edgeship.quantize.stage import stage
 
 log = logging.getLogger(__name__)
-WIDE_LAYERS = "edgeship_int16_layers"  # GraphModule.meta key: the layers the recipe gives int16 activations
 
 
 @dataclass
@@ -64,9 +63,9 @@ def observed(module: GraphModule, reference: GraphModule, recipe: Recipe, sample
 
     quantizer = EdgeshipQuantizer(activation_method=recipe.activation_method, skip=skip,
                                   weight_granularity=recipe.weight_granularity,
-                                  wide=module.meta.get(WIDE_LAYERS, frozenset()) - skip)
+                                  wide=stage(module).wide_layers - skip)
     prepared = prepare_pt2e(module, quantizer)
-    prepared.meta["edgeship_algorithms"] = records
+    stage(prepared).algorithms = records
     family = FAMILIES[recipe.activation_method]
     saved = (memo or {}).get("observers", {}).get(family)
     if saved is not None and load_observer_states(prepared, saved):
@@ -98,7 +97,7 @@ def observed(module: GraphModule, reference: GraphModule, recipe: Recipe, sample
         with torch.no_grad():
             changes = correct_biases(prepared, samples, progress, passes, replaced)
         records.append({"algorithm": "bias_correction", "changes": changes})
-    prepared.meta[FLOAT_VALUES] = replaced  # what analyze and budgets give a layer they switch to float
+    stage(prepared).float_values = replaced  # what analyze and budgets give a layer they switch to float
     return prepared
 
 
@@ -128,7 +127,7 @@ def transformed(program: torch.export.ExportedProgram, recipe: Recipe, samples: 
     before_log = outputs_read_by_log(module)
     fourier = [{"layer": name} for name in fourier_layers(module)]
     keep |= {change["layer"] for change in before_log + fourier}
-    module.meta[WIDE_LAYERS] = layers_matching(module, recipe.int16_activations, "int16_activations")
+    stage(module).wide_layers = layers_matching(module, recipe.int16_activations, "int16_activations")
     records = apply_algorithms(module, recipe, samples, progress, memo)
     if before_log:
         log.info("kept float, their outputs are read by a logarithm: %s", ", ".join(c["layer"] for c in before_log))
@@ -203,7 +202,7 @@ def convert(prepared: GraphModule) -> QuantizedGraph:
     _freeze_qparams(prepared)
     left_float = float_ops(prepared)
     encodings = collect_encodings(prepared)
-    records = prepared.meta.get("edgeship_algorithms", [])
+    records = stage(prepared).algorithms
     unfolded = convert_pt2e(copy.deepcopy(prepared), fold_quantize=False)
     folded = convert_pt2e(prepared, fold_quantize=True)
     return QuantizedGraph(folded, unfolded, encodings, left_float, records)

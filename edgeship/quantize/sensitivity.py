@@ -22,11 +22,11 @@ from edgeship.calibration.samples import Samples
 from edgeship.export.inputs import to_torch
 from edgeship.metrics.compare import accuracy
 from edgeship.quantize.quantizer import CONV_OPS, LINEAR_OPS, MATMUL_OPS
+from edgeship.quantize.stage import stage
 
 log = logging.getLogger(__name__)
 
 LAYER_OPS = CONV_OPS | LINEAR_OPS | MATMUL_OPS
-FLOAT_VALUES = "edgeship_float_values"  # prepared.meta: float weights and biases the PTQ passes changed, by attribute
 
 
 class _FakeQuant(torch.nn.Module):
@@ -156,7 +156,7 @@ def _replaced_values(prepared: GraphModule, layers: list[Layer]) -> dict[str, di
     values back, as the export that keeps it float computes with them."""
     from edgeship.quantize.graphs import attr
 
-    floats = prepared.meta.get(FLOAT_VALUES, {})
+    floats = stage(prepared).float_values
     layer_of = {node: layer.name for layer in layers for node in layer.nodes}
     found: dict[str, dict[str, tuple]] = {}
     for node in prepared.graph.nodes:
