@@ -13,7 +13,7 @@ import torch
 from models import tiny_conv_net, tiny_encoder
 
 from edgeship.backends import get_backend
-from edgeship.backends.base import LowerJob
+from edgeship.backends.base import LowerJob, StaticInt8
 from edgeship.backends.onnxruntime.onnx_export import export_float_onnx
 from edgeship.calibration.samples import Samples
 from edgeship.export.capture import FlatOutputs
@@ -37,7 +37,7 @@ def _job(model, shape, out: Path, seed: int = 0):
     q = quantize(program, Recipe(), calib)
     float_onnx = out / "model.fp32.onnx"
     export_float_onnx(program, float_onnx, ["x"], ["y"])
-    return LowerJob(program, q, args, ("x",), ("y",), float_onnx), flat, held
+    return LowerJob(program, StaticInt8(q), args, ("x",), ("y",), float_onnx), flat, held
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +56,8 @@ def _run(artifact, held):
 def test_int8_artifact_matches_simulated_graph(conv_job, runtime) -> None:
     job, flat, held, out = conv_job
     artifacts = get_backend(runtime).lower(job, out, ("int8",))
-    simulated = torch_outputs(job.quantized.folded, held)
-    scales = output_scales(job.quantized.folded)
+    simulated = torch_outputs(job.form.graph.folded, held)
+    scales = output_scales(job.form.graph.folded)
     assert scales[0] is not None and scales[0] > 0
     for artifact in artifacts:
         outputs = _run(artifact, held)
@@ -126,7 +126,7 @@ def test_litert_compaction_shares_quantization_vectors_and_changes_no_output(con
 
     job, _, held, _ = conv_job
     path = tmp_path / "model.int8.tflite"
-    program = torch.export.export(job.quantized.unfolded, job.example_inputs, strict=False)
+    program = torch.export.export(job.form.graph.unfolded, job.example_inputs, strict=False)
     _convert(program.module(), job.example_inputs, path, quantized=True)
     original = path.read_bytes()
     model = flatbuffer_utils.read_model(str(path))
@@ -209,8 +209,8 @@ def test_int8_concat_in_every_runtime(tmp_path, runtime) -> None:
     from models import branches
 
     job, flat, held = _job(branches(), (3, 16, 16), tmp_path)
-    simulated = torch_outputs(job.quantized.folded, held)
-    scales = output_scales(job.quantized.folded)
+    simulated = torch_outputs(job.form.graph.folded, held)
+    scales = output_scales(job.form.graph.folded)
     for artifact in get_backend(runtime).lower(job, tmp_path, ("int8",)):
         outputs = _run(artifact, held)
         assert max_steps(simulated, outputs, scales) <= 2.0, artifact.path.name
@@ -299,13 +299,13 @@ def test_executorch_each_call_of_a_shared_layer_gets_its_own_int32_bias(tmp_path
     from edgeship.backends.executorch.xnnpack_passes import bias_per_call
 
     job, flat, held = _job(_OneLayerTwoCalls().eval(), (16,), tmp_path)
-    scales = [n.args[1] for n in job.quantized.folded.graph.nodes
+    scales = [n.args[1] for n in job.form.graph.folded.graph.nodes
               if n.op == "call_function" and "dequantize_per_tensor" in str(n.target)
               and n.users and all("linear" in str(u.target) for u in n.users)]
     assert len(set(scales)) == 2, scales  # the two calls read two different input scales
-    split = bias_per_call(job.quantized.folded)
+    split = bias_per_call(job.form.graph.folded)
     biases = [n.args[2].target for n in split.graph.nodes if n.op == "call_function" and "linear" in str(n.target)]
     assert len(set(biases)) == 2
     (artifact,) = get_backend("executorch").lower(job, tmp_path, ("int8",))
-    simulated = torch_outputs(job.quantized.folded, held)
-    assert max_steps(simulated, _run(artifact, held), output_scales(job.quantized.folded)) <= 1.0
+    simulated = torch_outputs(job.form.graph.folded, held)
+    assert max_steps(simulated, _run(artifact, held), output_scales(job.form.graph.folded)) <= 1.0

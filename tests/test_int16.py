@@ -10,7 +10,7 @@ import torch
 from models import tiny_conv_net
 
 from edgeship.backends import get_backend
-from edgeship.backends.base import LowerJob
+from edgeship.backends.base import LowerJob, StaticInt8
 from edgeship.backends.onnxruntime.onnx_export import export_float_onnx
 from edgeship.calibration.samples import Samples
 from edgeship.errors import ConfigError
@@ -87,17 +87,17 @@ def int16_job(request, tmp_path_factory):
     out = tmp_path_factory.mktemp("int16")
     program, q, flat, held, args = _quantized(Recipe(int16_activations=request.param))
     export_float_onnx(program, out / "model.fp32.onnx", ["x"], ["y"])
-    return LowerJob(program, q, args, ("x",), ("y",), out / "model.fp32.onnx"), flat, held, out
+    return LowerJob(program, StaticInt8(q), args, ("x",), ("y",), out / "model.fp32.onnx"), flat, held, out
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "executorch", "litert"])
 def test_int16_artifact_matches_simulated_graph(int16_job, runtime) -> None:
     job, flat, held, out = int16_job
-    simulated = torch_outputs(job.quantized.folded, held)
+    simulated = torch_outputs(job.form.graph.folded, held)
     for artifact in get_backend(runtime).lower(job, out, ("int8",)):
         session = get_backend(runtime).open(artifact.path, threads=1)
         outputs = [session.run(list(held.sample(i))) for i in range(len(held))]
-        assert max_steps(simulated, outputs, _output_step(job.quantized.folded)) <= 2.0, artifact.path.name
+        assert max_steps(simulated, outputs, _output_step(job.form.graph.folded)) <= 2.0, artifact.path.name
         assert accuracy(torch_outputs(flat, held), outputs)["sqnr_db"] > 40.0, artifact.path.name
         reasons = " ".join(f["reason"] for f in artifact.not_quantized)
         # ONNX Runtime lists them as float kernels (it computes them in float between int16 Q/DQ)
@@ -134,7 +134,7 @@ def test_onnx_and_tflite_passes_leave_int8_models_alone(tmp_path) -> None:
 
     program, q, flat, held, args = _quantized(Recipe())
     export_float_onnx(program, tmp_path / "model.fp32.onnx", ["x"], ["y"])
-    job = LowerJob(program, q, args, ("x",), ("y",), tmp_path / "model.fp32.onnx")
+    job = LowerJob(program, StaticInt8(q), args, ("x",), ("y",), tmp_path / "model.fp32.onnx")
     assert fence_requantize(torch.export.export(q.unfolded, args, strict=False).module()) == 0
     get_backend("litert").lower(job, tmp_path, ("int8",))
     before = (tmp_path / "model.int8.tflite").read_bytes()

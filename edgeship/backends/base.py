@@ -10,8 +10,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from edgeship.quantize.calibrate import QuantizedGraph
-from edgeship.quantize.int4 import Int4Job
+from edgeship.quantize.forms import Form, Half, StaticInt8, WeightOnly
 
 
 @dataclass(frozen=True)
@@ -19,13 +18,11 @@ class LowerJob:
     """What every adapter lowers: the float program and the one calibrated quantized graph."""
 
     float_program: torch.export.ExportedProgram
-    quantized: QuantizedGraph | None  # the int8 graph (w8a8 recipes)
+    form: Form | None  # the recipe's quantized form (quantize/forms.py); None: float only
     example_inputs: tuple[torch.Tensor, ...]
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     float_onnx: Path  # where ONNX Runtime's adapter writes the float ONNX (its fp32 artifact)
-    int4: Int4Job | None = None  # the int4 weights and graphs (w4a8 recipes)
-    half: torch.export.ExportedProgram | None = None  # the float16 program (fp16 recipe)
     # the float program with its recurrent layers as the model wrote them (float_program has them
     # unrolled, export/recurrent.py): ONNX's own LSTM/GRU ops run faster in float than the unrolled steps
     native: torch.export.ExportedProgram | None = None
@@ -90,10 +87,11 @@ def missing_form(job: LowerJob, precision: str, precisions: tuple[str, ...]) -> 
     """Why `job` cannot give `precision` (the recipe made another quantized form), or None."""
     if precision not in precisions:
         return f"this runtime makes {', '.join(precisions)}, not {precision}"
-    if precision == "int8" and job.quantized is None:
-        return "the recipe made no static int8 graph"
-    if precision in ("int4", "int8-dynamic") and (job.int4 is None or job.int4.precision != precision):
-        return f"the recipe made no {precision} weights"
+    if precision == "fp32":
+        return None
+    wanted = {"int8": StaticInt8, "int4": WeightOnly, "int8-dynamic": WeightOnly, "fp16": Half}[precision]
+    if not isinstance(job.form, wanted) or job.form.precision != precision:
+        return f"the recipe made no {precision} form of the model"
     return None
 
 

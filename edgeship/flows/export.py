@@ -106,8 +106,8 @@ def export_into(stage: Path, loaded, device, recipe, calib, evaluation, progress
     made = quantize(recipe, model.program, model.flat, model.args, calib, evaluation, reference,
                     stats.memo if stats is not None else None, budget, progress, decisions)
     _write_inputs(stage, made, model, evaluation, recipe)
-    job = LowerJob(model.program, made.int8, model.args, tuple(model.in_names), tuple(model.out_names),
-                   stage / "model.fp32.onnx", made.int4, made.half, model.native)
+    job = LowerJob(model.program, made.form, model.args, tuple(model.in_names), tuple(model.out_names),
+                   stage / "model.fp32.onnx", model.native)
     precisions = ("fp32", made.instead_of_int8) if made.instead_of_int8 else device.precisions
     artifacts, not_produced = _lower_all(device.runtimes, job, stage, precisions, made.instead_of_int8, progress)
     simulated = torch_outputs(made.graph, evaluation)
@@ -233,7 +233,7 @@ def _manifest(stage: Path, loaded, device, recipe, calib, evaluation, model: Cap
         evaluation={"source": evaluation.source, "samples": len(evaluation), "sha256": evaluation.content_hash()},
         simulated_precision=(made.instead_of_int8 or "int8").replace("-", "_"),
         simulated=accuracy(reference, simulated, decisions),
-        float_ops_in_quantized_graph=made.int8.float_ops if made.int8 is not None else [],
+        float_ops_in_quantized_graph=made.float_ops,
         algorithms=made.algorithms,
         not_produced=not_produced,
         precision_choice=made.choice,
@@ -257,7 +257,7 @@ def _write_manifest(stage: Path, manifest: dict, made: Quantized) -> None:
     checks.flag_slower_than_fp32(manifest["artifacts"])
     checks.flag_off_float(manifest["artifacts"])
     flag_changed_decisions(manifest["artifacts"])
-    if made.int8 is not None:
+    if made.instead_of_int8 is None:
         checks.flag_off_simulation(manifest["artifacts"], manifest["simulated_int8"])
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     (stage / "report.md").write_text(report(manifest))

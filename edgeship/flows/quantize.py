@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from edgeship.errors import EdgeshipError
 from edgeship.flows import Progress
+from edgeship.quantize.forms import Form, Half, StaticInt8, WeightOnly
 
 log = logging.getLogger(__name__)
 
@@ -18,32 +18,35 @@ RANKING_SAMPLES = 32  # eval samples a layer ranking reads; the chosen layers ar
 
 @dataclass(frozen=True)
 class Quantized:
-    """What `quantize` made: exactly one of `int8` (a calibrated graph, quantize.calibrate.QuantizedGraph),
-    `int4` (an int4 / int8-dynamic job, quantize.int4.Int4Job) or `half` (a float16 ExportedProgram);
-    the encodings written to encodings.json; the budget's choice of float layers, if one was set."""
+    """What `quantize` made: the recipe's one quantized form (quantize/forms.py: StaticInt8, WeightOnly or
+    Half), the encodings written to encodings.json, and the budget's choice of float layers, if one was set."""
 
+    form: Form
     encodings: dict
-    int8: Any = None
-    int4: Any = None
-    half: Any = None
     choice: dict | None = None
 
     @property
     def instead_of_int8(self) -> str | None:
         """The precision a non-int8 recipe makes in place of the device's int8 artifacts (int4,
         int8-dynamic, fp16); None for int8."""
-        return self.int4.precision if self.int4 is not None else "fp16" if self.half is not None else None
+        return None if isinstance(self.form, StaticInt8) else self.form.precision
 
     @property
     def graph(self):
         """The quantized model as PyTorch runs it (the simulated values every artifact is checked against)."""
-        return self.int4.packed if self.int4 is not None else self.half.module() if self.half is not None \
-            else self.int8.folded
+        if isinstance(self.form, StaticInt8):
+            return self.form.graph.folded
+        return self.form.job.packed if isinstance(self.form, WeightOnly) else self.form.program.module()
+
+    @property
+    def float_ops(self) -> list[str]:
+        return self.form.graph.float_ops if isinstance(self.form, StaticInt8) else []
 
     @property
     def algorithms(self) -> list:
-        made = self.int8 or self.int4
-        return made.algorithms if made is not None else []
+        if isinstance(self.form, StaticInt8):
+            return self.form.graph.algorithms
+        return self.form.job.algorithms if isinstance(self.form, WeightOnly) else []
 
 
 def quantize(recipe, program, flat, args, calib, evaluation, reference, memo, budget, progress: Progress,
@@ -56,14 +59,14 @@ def quantize(recipe, program, flat, args, calib, evaluation, reference, memo, bu
 
     if recipe.scheme == "fp16":
         encodings = {"version": 1, "fp16": "no quantization parameters: weights and compute in float16"}
-        return Quantized(encodings, half=capture_half(flat, args))
+        return Quantized(Half(capture_half(flat, args)), encodings)
     if recipe.scheme in ("w4a8", "w8a8-dynamic"):
         from edgeship.quantize.int4 import build_int4, int8_recipe
 
         job = build_int4(program, recipe, calib, progress("weights", len(calib) * (recipe.calibration_passes - 1)),
                          memo, lambda: progress("calibrate convolutions",
                                                 len(calib) * int8_recipe(recipe).calibration_passes))
-        return Quantized(job.encodings(), int4=job)
+        return Quantized(WeightOnly(job), job.encodings())
     choice = None
     prepared = calibrate(program, recipe, calib, progress("calibrate", len(calib) * recipe.calibration_passes),
                          memo=memo)
@@ -76,7 +79,7 @@ def quantize(recipe, program, flat, args, calib, evaluation, reference, memo, bu
                                  progress("recalibrate", len(calib) * recipe.calibration_passes),
                                  frozenset(choice["float_nodes"]))
     quantized = convert(prepared)
-    return Quantized(quantized.encodings, int8=quantized, choice=choice)
+    return Quantized(StaticInt8(quantized), quantized.encodings, choice)
 
 
 class BudgetError(EdgeshipError):

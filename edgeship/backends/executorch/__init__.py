@@ -16,8 +16,6 @@ class ExecuTorchBackend:
     def supports(self, job, precision: str) -> str | None:
         from edgeship.backends.base import missing_form
 
-        if precision == "fp16" and job.half is None:
-            return "the recipe made no float16 program"
         return missing_form(job, precision, self.precisions)
 
     def lower(self, job, out: Path, precisions: tuple[str, ...]) -> list:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from edgeship.backends.base import Artifact, LowerJob, count_ops
+from edgeship.backends.base import Artifact, LowerJob, WeightOnly, count_ops
 from edgeship.backends.executorch.xnnpack_passes import bias_per_call, int16_in_float, prelu_in_4d
 from edgeship.errors import ExportError
 
@@ -30,28 +30,28 @@ class ExecuTorchAdapter:
                                       count_ops(outside, "outside the XNNPACK delegate (portable kernel)")))
         if "int8" in precisions:
             path = out / "model.int8.pte"
-            module, wide = int16_in_float(job.quantized.folded)
+            module, wide = int16_in_float(job.form.graph.folded)
             module = prelu_in_4d(bias_per_call(module))
             program = torch.export.export(module, job.example_inputs, strict=False)
             outside = _lower(program, path)
             not_quantized = count_ops(outside, "outside the XNNPACK delegate (portable kernel)")
-            not_quantized += count_ops(job.quantized.float_ops, "float op in the quantized graph")
+            not_quantized += count_ops(job.form.graph.float_ops, "float op in the quantized graph")
             not_quantized += count_ops(wide, "int16 activations (recipe int16_activations): XNNPACK has no int16 "
                                        "kernels, so this op reads the value unquantized (a float op, or the "
                                        "int8 op before it writes the next op's int8 input)")
             artifacts.append(Artifact(self.name, "int8", path, not_quantized))
         if "fp16" in precisions:
             path = out / "model.fp16.pte"
-            outside = _lower(_for_xnnpack(job.half, job.example_inputs), path)
+            outside = _lower(_for_xnnpack(job.form.program, job.example_inputs), path)
             artifacts.append(Artifact(self.name, "fp16", path,
                                       count_ops(outside, "outside the XNNPACK delegate (portable kernel)")))
-        if job.int4 is not None and job.int4.precision in precisions:  # int4, or int8 with dynamic activations
-            precision = job.int4.precision
+        if isinstance(job.form, WeightOnly) and job.form.precision in precisions:  # int4, or int8-dynamic
+            precision, weights = job.form.precision, job.form.job
             path = out / f"model.{precision}.pte"
-            program = torch.export.export(job.int4.packed, job.example_inputs, strict=False)
+            program = torch.export.export(weights.packed, job.example_inputs, strict=False)
             outside = _lower(program, path)
             not_quantized = count_ops(outside, "outside the XNNPACK delegate (portable kernel)")
-            not_quantized += [{"op": f["layer"], "count": 1, "reason": f["reason"]} for f in job.int4.skipped]
+            not_quantized += [{"op": f["layer"], "count": 1, "reason": f["reason"]} for f in weights.skipped]
             artifacts.append(Artifact(self.name, precision, path, not_quantized))
         return artifacts
 

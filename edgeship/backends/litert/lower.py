@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from edgeship.backends.base import Artifact, LowerJob, count_ops
+from edgeship.backends.base import Artifact, LowerJob, WeightOnly, count_ops
 from edgeship.backends.litert.compact import compact
 from edgeship.backends.litert.session import kernel_types
 from edgeship.errors import ExportError
@@ -28,15 +28,15 @@ class LiteRTAdapter:
             artifacts.append(Artifact(self.name, "fp32", path))
         if "int8" in precisions:
             path = out / "model.int8.tflite"
-            _convert_int8(job.quantized.unfolded, job.example_inputs, path)
+            _convert_int8(job.form.graph.unfolded, job.example_inputs, path)
             float_kernels, wide_kernels = kernel_types(path)
             artifacts.append(Artifact(self.name, "int8", path, count_ops(float_kernels, "float LiteRT kernel") +
                                       count_ops(wide_kernels, "int16 activations (recipe int16_activations): "
                                                 "LiteRT's 16x8 kernel, not XNNPACK's int8 one")))
         if "fp16" in precisions:
             artifacts.append(self._fp16(job, out / "model.fp16.tflite"))
-        if job.int4 is not None and job.int4.precision in precisions:  # int4, or int8 with dynamic activations
-            artifacts.append(self._int4(job, out / f"model.{job.int4.precision}.tflite"))
+        if isinstance(job.form, WeightOnly) and job.form.precision in precisions:  # int4, or int8-dynamic
+            artifacts.append(self._int4(job.form.job, job.example_inputs, out / f"model.{job.form.precision}.tflite"))
         for artifact in artifacts:  # every file, fp32 too, so that sizes compare like for like
             saved = compact(artifact.path)
             log.debug("%s: %d bytes of repeated quantization vectors and module paths removed",
@@ -59,21 +59,21 @@ class LiteRTAdapter:
         path.write_bytes(bytes(model.quantize(enable_progress_report=False).quantized_model))
         return Artifact(self.name, "fp16", path)
 
-    def _int4(self, job: LowerJob, path: Path) -> Artifact:
+    def _int4(self, weights, example_inputs: tuple, path: Path) -> Artifact:
         """The float graph with the int4 (int8) layers' dequantized weights, converted, then those weights
         replaced by block-wise INT4 (per-channel INT8) tensors carrying edgeship's values
         (edgeship/backends/litert/int4.py)."""
         from edgeship.backends.litert.int4 import to_blockwise_int4
 
-        if job.int4.int8 is not None:  # int4 with int8 convolutions: the int8 graph, its linears float
-            _convert_int8(job.int4.int8.unfolded, job.example_inputs, path)
+        if weights.int8 is not None:  # int4 with int8 convolutions: the int8 graph, its linears float
+            _convert_int8(weights.int8.unfolded, example_inputs, path)
         else:
-            _convert(job.int4.dequantized, job.example_inputs, path, quantized=False)
-        missing = to_blockwise_int4(path, job.int4.weights)
-        not_quantized = [{"op": f["layer"], "count": 1, "reason": f["reason"]} for f in job.int4.skipped]
+            _convert(weights.dequantized, example_inputs, path, quantized=False)
+        missing = to_blockwise_int4(path, weights.weights)
+        not_quantized = [{"op": f["layer"], "count": 1, "reason": f["reason"]} for f in weights.skipped]
         not_quantized += [{"op": name, "count": 1, "reason": "litert-torch wrote it in a form the int4 rewrite "
                            "does not replace; float FULLY_CONNECTED"} for name in missing]
-        return Artifact(self.name, job.int4.precision, path, not_quantized)
+        return Artifact(self.name, weights.precision, path, not_quantized)
 
 
 def _static_quant_config():

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils import _pytree as pytree
 
-from edgeship.backends.base import Artifact, LowerJob, count_ops
+from edgeship.backends.base import Artifact, LowerJob, WeightOnly, count_ops
 from edgeship.backends.onnxruntime.onnx_export import export_float_onnx, strip_metadata, to_onnx
 from edgeship.backends.onnxruntime.session import (
     ARM_SESSION_CONFIG,
@@ -41,20 +41,20 @@ class OnnxRuntimeAdapter:
             artifacts.append(Artifact(self.name, "fp32", job.float_onnx))
         if "int8" in precisions:
             onnx_path = out / "model.int8.onnx"
-            _export_onnx(job.quantized.folded, job, onnx_path)
+            _export_onnx(job.form.graph.folded, job, onnx_path)
             artifacts += self._with_ort(onnx_path, out, "int8", [])
         if "fp16" in precisions:
             onnx_path = out / "model.fp16.onnx"
             _to_float16(job.float_onnx, onnx_path)
             artifacts += self._with_ort(onnx_path, out, "fp16", [], list_float=False)
-        if job.int4 is not None and job.int4.precision in precisions:  # int4, or int8 with dynamic activations
+        if isinstance(job.form, WeightOnly) and job.form.precision in precisions:  # int4, or int8-dynamic
             from edgeship.backends.onnxruntime.int4 import to_matmul_nbits
 
-            precision = job.int4.precision
+            precision, weights = job.form.precision, job.form.job
             onnx_path = out / f"model.{precision}.onnx"
-            _export_onnx(job.int4.dequantized, job, onnx_path)
-            missing = to_matmul_nbits(onnx_path, job.int4.weights)
-            float_layers = [{"op": f["layer"], "count": 1, "reason": f["reason"]} for f in job.int4.skipped]
+            _export_onnx(weights.dequantized, job, onnx_path)
+            missing = to_matmul_nbits(onnx_path, weights.weights)
+            float_layers = [{"op": f["layer"], "count": 1, "reason": f["reason"]} for f in weights.skipped]
             float_layers += [{"op": name, "count": 1, "reason": "the exporter wrote it in a form the int4/int8 "
                               "rewrite does not replace; float MatMul"} for name in missing]
             artifacts += self._with_ort(onnx_path, out, precision, float_layers)
