@@ -1,0 +1,87 @@
+"""Causal language models as edgeship takes them: a local Hugging Face folder (config.json, weights as
+safetensors or bin, tokenizer files) or a folder holding one .gguf file (its weights dequantized to
+float32: the float reference), loaded offline with transformers, with their own tokenizer."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from edgeship.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "gemma3_text", "phi3", "gpt2")
+
+
+@dataclass(frozen=True)
+class CausalLM:
+    model: torch.nn.Module  # a transformers causal LM, float32, eval mode
+    tokenizer: object
+    name: str  # the folder name under the output root
+    source: str
+    family: str  # config.model_type
+    max_positions: int  # the longest sequence the model's position encoding takes
+
+
+def is_causal_lm_source(source: str) -> bool:
+    """A folder with a config.json or a .gguf file, or a .gguf file: what `load_causal_lm` reads."""
+    path = Path(source)
+    if path.is_file():
+        return path.suffix == ".gguf"
+    return path.is_dir() and ((path / "config.json").is_file() or any(path.glob("*.gguf")))
+
+
+def load_causal_lm(source: str) -> CausalLM:
+    """The model and tokenizer at `source`, offline; ModelLoadError naming the fix when it is not a causal LM
+    of a supported family, or has no tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(source)
+    folder, gguf = (path.parent, path.name) if path.is_file() else (path, _gguf_in(path))
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{source}: no model configuration ({str(exc).splitlines()[0][:200]}); pass a Hugging "
+                             "Face model folder (config.json and weights) or a folder with one .gguf file") from exc
+    family = config.model_type
+    if family not in FAMILIES:
+        raise ModelLoadError(f"{source} is a {family} model; edgeship exports causal language models of the "
+                             f"families {', '.join(FAMILIES)}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelLoadError(f"{source} has no tokenizer edgeship can read ({str(exc).splitlines()[0][:200]}); "
+                             "put the model's tokenizer files (tokenizer.json, tokenizer_config.json) beside "
+                             "it") from exc
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32, **kwargs)
+    if gguf:
+        model = _plain(model)
+    positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 0)
+    return CausalLM(model.eval(), tokenizer, folder.name if not path.is_file() else path.stem, str(source), family,
+                    int(positions))
+
+
+def _gguf_in(folder: Path) -> str | None:
+    if (folder / "config.json").is_file():
+        return None
+    found = sorted(p.name for p in folder.glob("*.gguf"))
+    if len(found) > 1:
+        raise ModelLoadError(f"{folder} holds {len(found)} .gguf files ({', '.join(found)}); pass the one to "
+                             "export as the model path")
+    return found[0] if found else None
+
+
+def _plain(model: torch.nn.Module) -> torch.nn.Module:
+    """A GGUF-loaded model rebuilt as a plain model of its class (its config without the GGUF
+    quantization record, which exporters and save_pretrained refuse), holding the same float32 weights."""
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = type(model)(config)
+    plain.load_state_dict(model.state_dict())
+    return plain.to(torch.float32)

@@ -1,0 +1,44 @@
+"""How close a language model's next-token predictions are to float, from its logits over the same text
+windows: perplexity (teacher-forced), next-token top-1 agreement and the KL divergence to float's
+distribution, accumulated window by window so no full-vocabulary logits are kept."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class LanguageScore:
+    """Feed `add(logits, ids, reference)` once per window ([batch, length, vocab] logits for the ids they
+    were computed on; `reference`: float's logits on the same ids, or None); read `result()`."""
+
+    def __init__(self) -> None:
+        self.nll = 0.0
+        self.tokens = 0
+        self.agree = 0
+        self.kl = 0.0
+        self.compared = 0
+
+    def add(self, logits: torch.Tensor, ids: torch.Tensor, reference: torch.Tensor | None = None) -> None:
+        predicted = logits[:, :-1].double().log_softmax(-1)  # position t predicts token t + 1
+        targets = ids[:, 1:]
+        self.nll -= float(predicted.gather(-1, targets[..., None]).sum())
+        self.tokens += targets.numel()
+        if reference is not None:
+            expected = reference[:, :-1].double().log_softmax(-1)
+            self.agree += int((predicted.argmax(-1) == expected.argmax(-1)).sum())
+            self.kl += float((expected.exp() * (expected - predicted)).sum())
+            self.compared += targets.numel()
+
+    def result(self) -> dict:
+        out = {"tokens": self.tokens, "perplexity": round(math.exp(self.nll / self.tokens), 4)}
+        if self.compared:
+            out |= {"top1_agreement": round(self.agree / self.compared, 4),
+                    "kl_divergence": round(self.kl / self.compared, 6)}
+        return out
+
+
+def perplexity_increase(candidate: dict, reference: dict) -> float:
+    """The candidate's perplexity above the reference's, as a fraction (0.05: 5% higher)."""
+    return round(candidate["perplexity"] / reference["perplexity"] - 1.0, 5)
