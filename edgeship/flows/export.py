@@ -110,11 +110,14 @@ def export_into(stage: Path, loaded, device, recipe, calib, evaluation, progress
                    stage / "model.fp32.onnx", model.native)
     precisions = ("fp32", made.instead_of_int8) if made.instead_of_int8 else device.precisions
     artifacts, not_produced = _lower_all(device.runtimes, job, stage, precisions, made.instead_of_int8, progress)
-    simulated = torch_outputs(made.graph, evaluation)
-    checked = _verify(artifacts, not_produced, evaluation, reference, simulated, made, device.host_threads(),
+    from edgeship.verify import output_scales
+
+    graph = made.graph  # built once: a float16 form makes a new module each time
+    simulated, scales = torch_outputs(graph, evaluation), output_scales(graph)
+    checked = _verify(artifacts, not_produced, evaluation, reference, simulated, scales, device.host_threads(),
                       progress, decisions, require_all)
     manifest = _manifest(stage, loaded, device, recipe, calib, evaluation, model, made, stats, reference, simulated,
-                         decisions, checked, not_produced, started, reproduce)
+                         decisions, checked, not_produced, started, reproduce, scales)
     _write_manifest(stage, manifest, made)
     if stats is not None:  # last: a failed export leaves no statistics behind
         stats.save()
@@ -195,13 +198,12 @@ def _lower(adapter, job, stage: Path, precisions: tuple[str, ...]) -> list:
         raise
 
 
-def _verify(artifacts: list, not_produced: list[dict], evaluation, reference, simulated, made: Quantized,
+def _verify(artifacts: list, not_produced: list[dict], evaluation, reference, simulated, scales: list,
             threads: int, progress: Progress, decisions, require_all: bool) -> list:
     """Each artifact run in its runtime on the eval samples against float (and, quantized, against the
     simulated graph); the ones that cannot run or give non-finite values are not shipped."""
-    from edgeship.verify import check_artifact, output_scales
+    from edgeship.verify import check_artifact
 
-    scales = output_scales(made.graph)
     checked = checks.check_each(artifacts, not_produced, lambda a: check_artifact(
         a, evaluation, reference, simulated if a.precision != "fp32" else None, scales, threads, progress, decisions))
     if not checked:
@@ -217,12 +219,11 @@ def _verify(artifacts: list, not_produced: list[dict], evaluation, reference, si
 
 def _manifest(stage: Path, loaded, device, recipe, calib, evaluation, model: Captured, made: Quantized, stats,
               reference, simulated, decisions, checked: list, not_produced: list[dict], started: float,
-              reproduce: dict | None) -> dict:
+              reproduce: dict | None, scales: list) -> dict:
     from edgeship.metrics.compare import accuracy
     from edgeship.report import manifest as mf
-    from edgeship.verify import output_scales, pairwise_max_abs, pairwise_steps
+    from edgeship.verify import pairwise_max_abs, pairwise_steps
 
-    scales = output_scales(made.graph)
     return mf.Manifest(
         versions=mf.versions(),
         model={"source": loaded.source, "name": loaded.name, "inputs": model.in_names, "outputs": model.out_names},
