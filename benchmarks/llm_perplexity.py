@@ -65,7 +65,8 @@ def main() -> None:
     forms = {"float": lm.model}
     for name, windows in (("int4 nearest", None), ("int4 gptq", calibration)):
         begin = time.perf_counter()
-        forms[name], _, record = int4_decoder(lm.model, 32, windows)
+        decoder = int4_decoder(lm.model, 32, windows)
+        forms[name], record = decoder.model, decoder.record
         print(f"{name}: {record['int4_layers']} layers in {time.perf_counter() - begin:.1f} s", flush=True)
     rows = []
     for subject, text in subjects().items():

@@ -108,7 +108,8 @@ def test_int4_decoder_weights(tiny_lm) -> None:
     _, model, tokenizer = tiny_lm
     before = {k: v.clone() for k, v in model.state_dict().items()}
     windows = token_windows(tokenizer, TEXT, 32, count=8)
-    quantized, weights, record = int4_decoder(model, group=32, windows=windows[:6])
+    decoder = int4_decoder(model, group=32, windows=windows[:6])
+    quantized, weights, record = decoder.model, decoder.linears, decoder.record
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the float model unchanged
     assert record["method"] == "gptq" and record["tied_head"] and len(weights) == len(block_linears(model)) == 14
     layers = dict(quantized.named_modules())
@@ -118,8 +119,10 @@ def test_int4_decoder_weights(tiny_lm) -> None:
     rows = quantized.get_input_embeddings().weight.detach()
     steps = rows / (rows.abs().amax(dim=1, keepdim=True) / 127)
     torch.testing.assert_close(steps, steps.round(), rtol=0, atol=1e-3)  # int8 per row
+    assert torch.equal(decoder.embeddings.dequantized(), rows) and decoder.head is None
     assert quantized.get_output_embeddings().weight is quantized.get_input_embeddings().weight
-    nearest, _, plain = int4_decoder(model, group=32)
+    rounded_decoder = int4_decoder(model, group=32)
+    nearest, plain = rounded_decoder.model, rounded_decoder.record
     assert plain["method"] == "nearest"
     scores = {"gptq": LanguageScore(), "nearest": LanguageScore()}
     with torch.no_grad():  # on held-out windows

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -48,15 +49,38 @@ def input_grams(model: nn.Module, windows: torch.Tensor, names: set[str],
     return grams
 
 
+def int8_rows(name: str, weight: torch.Tensor) -> Int4Weight:
+    """A table (embeddings, a head) int8 with one scale per row."""
+    rows = weight.detach().float()
+    return Int4Weight(name, f"{name}.weight", *quantize_weight(rows, rows.shape[1], bits=8), rows.shape[1], bits=8)
+
+
+@dataclass
+class Int4Decoder:
+    """A decoder's weights computed once: `model` is a copy of the float model holding them dequantized
+    (what every runtime's artifact must compute); `linears` its int4 block weights, `embeddings` the int8
+    rows of its token embeddings, `head` the int8 rows of an untied output head (None when tied)."""
+
+    model: nn.Module
+    linears: list[Int4Weight]
+    embeddings: Int4Weight
+    head: Int4Weight | None
+    record: dict
+
+    def all_weights(self) -> list[Int4Weight]:
+        return [*self.linears, self.embeddings, *([self.head] if self.head is not None else [])]
+
+
 def int4_decoder(model: nn.Module, group: int = 32, windows: torch.Tensor | None = None,
-                 progress: Callable[[int], None] | None = None) -> tuple[nn.Module, list[Int4Weight], dict]:
-    """A copy of `model` with int4 block weights (GPTQ when calibration `windows` are given, else rounded to
-    nearest) and int8 per-row embeddings; the int4 weights; a record of what was done. `model` is unchanged."""
+                 progress: Callable[[int], None] | None = None) -> Int4Decoder:
+    """`model`'s int4 block weights (GPTQ when calibration `windows` are given, else rounded to nearest)
+    and int8 per-row embeddings, with a copy of the model holding them. `model` is unchanged."""
     quantized = copy.deepcopy(model).eval()
     linears = [(n, m) for n, m in block_linears(quantized) if m.in_features % group == 0]
     skipped = [n for n, m in block_linears(quantized) if m.in_features % group]
     grams = input_grams(model, windows, {n for n, _ in linears}, progress) if windows is not None else {}
     weights = []
+    names = {id(m): n for n, m in quantized.named_modules()}
     with torch.no_grad():
         for name, module in linears:
             w = module.weight.detach().float()
@@ -64,17 +88,17 @@ def int4_decoder(model: nn.Module, group: int = 32, windows: torch.Tensor | None
             record = Int4Weight(name, f"{name}.weight", q, scale.float(), group)
             module.weight.copy_(record.dequantized().to(module.weight.dtype))
             weights.append(record)
-        embeddings = quantized.get_input_embeddings()
-        rows = embeddings.weight.detach().float()
-        scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-10) / 127
-        embeddings.weight.copy_((torch.round(rows / scale).clamp(-127, 127) * scale).to(embeddings.weight.dtype))
+        embedding = quantized.get_input_embeddings()
+        rows = int8_rows(names[id(embedding)], embedding.weight)
+        embedding.weight.copy_(rows.dequantized().to(embedding.weight.dtype))
         head = quantized.get_output_embeddings()
-        tied = head is not None and head.weight is embeddings.weight
+        tied = head is not None and head.weight is embedding.weight
+        head_rows = None
         if head is not None and not tied:  # an untied head: int8 per row too
-            rows = head.weight.detach().float()
-            scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-10) / 127
-            head.weight.copy_((torch.round(rows / scale).clamp(-127, 127) * scale).to(head.weight.dtype))
+            head_rows = int8_rows(names[id(head)], head.weight)
+            head.weight.copy_(head_rows.dequantized().to(head.weight.dtype))
     if skipped:
         log.warning("kept float (input channels not a multiple of %d): %s", group, ", ".join(skipped))
-    return quantized, weights, {"method": "gptq" if grams else "nearest", "group": group, "int4_layers": len(weights),
-                                "float_layers": skipped, "embeddings": "int8 per row", "tied_head": tied}
+    return Int4Decoder(quantized, weights, rows, head_rows,
+                       {"method": "gptq" if grams else "nearest", "group": group, "int4_layers": len(weights),
+                        "float_layers": skipped, "embeddings": "int8 per row", "tied_head": tied})
