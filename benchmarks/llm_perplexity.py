@@ -67,7 +67,7 @@ def main() -> None:
         begin = time.perf_counter()
         decoder = int4_decoder(lm.model, 32, windows)
         forms[name], record = decoder.model, decoder.record
-        print(f"{name}: {record['int4_layers']} layers in {time.perf_counter() - begin:.1f} s", flush=True)
+        print(f"{name}: {record['quantized_layers']} layers in {time.perf_counter() - begin:.1f} s", flush=True)
     rows = []
     for subject, text in subjects().items():
         windows = token_windows(lm.tokenizer, text, LENGTH, args.windows)

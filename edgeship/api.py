@@ -9,6 +9,10 @@ Each entry point is one flow in `edgeship/flows/`:
 
 - `export(model, target, calibration, ...) -> ExportResult`: the artifacts of one model for one device
   target, verified and timed, in `out/<model>/<target>/` (flows/export.py).
+- `export_language(model, target, calibration, eval_data={subject: text file}, ...) -> ExportResult`: a causal
+  language model's generation artifacts (KV cache), verified per subject (flows/language.py).
+- `generate(out_dir, prompt, ...) -> GenerateResult`: greedy text from a language-model artifact, run by its
+  runtime's own LLM runner (flows/language.py).
 - `analyze(model, calibration, ...) -> AnalyzeResult`: per-layer quantization sensitivity (flows/analyze.py).
 - `debug(out_dir, ...) -> DebugResult`: an int8 export compared layer by layer (flows/debug.py).
 - `bench(out_dir, ...) -> BenchResult`: every artifact timed here or on a device (flows/bench.py).
@@ -29,10 +33,11 @@ from edgeship.flows.analyze import AnalyzeResult, analyze
 from edgeship.flows.bench import BenchResult, bench
 from edgeship.flows.debug import DebugResult, debug
 from edgeship.flows.export import ExportResult, export
+from edgeship.flows.language import GenerateResult, export_language, generate
 from edgeship.flows.quantize import BudgetError
 
-__all__ = ["AnalyzeResult", "BenchResult", "BudgetError", "DebugResult", "ExportResult", "analyze", "bench",
-           "build", "debug", "export", "init_project", "list_targets"]
+__all__ = ["AnalyzeResult", "BenchResult", "BudgetError", "DebugResult", "ExportResult", "GenerateResult", "analyze",
+           "bench", "build", "debug", "export", "export_language", "generate", "init_project", "list_targets"]
 
 
 def list_targets():

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from edgeship import logs, render
+from edgeship import cli_options as options
 from edgeship.errors import ConfigError, EdgeshipError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -21,17 +21,6 @@ log = logging.getLogger("edgeship")
 _state = {"debug": False, "quiet": False}
 
 
-class Format(str, Enum):
-    table = "table"
-    json = "json"
-
-
-TargetOpt = Annotated[str, typer.Option("--target", "-t", help="Device profile name (see `edgeship targets`) "
-                                        "or a path to your own profile .toml.")]
-CalibrationOpt = Annotated[Path, typer.Option("--calibration", "-c", help="Image folder, .npz (one array per "
-                                              "input, first axis = samples) or folder of .npy files.")]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output root; artifacts go to OUT/<model>/<target>/.")]
-FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="table or json (json prints the manifest).")]
 
 
 @app.callback()
@@ -48,12 +37,16 @@ def _root(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, he
 @app.command(no_args_is_help=True)
 def export(
     model: Annotated[str, typer.Argument(help="path/to/file.py:callable or package.module:callable "
-                                         "returning an nn.Module.")],
-    target: TargetOpt,
-    calibration: CalibrationOpt,
-    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Verification samples (same "
-                         "formats); default: a held-out quarter of the calibration set.")] = None,
-    out: OutOpt = Path("out"),
+                                         "returning an nn.Module; or a causal language model: a Hugging Face "
+                                         "folder or a .gguf file.")],
+    target: options.TargetOpt,
+    calibration: options.CalibrationOpt,
+    eval_data: Annotated[Optional[list[str]], typer.Option("--eval-data", help="Verification samples (same "
+                         "formats); default: a held-out quarter of the calibration set. Language models: "
+                         "NAME=text.txt (or .jsonl), repeatable, one subject each.")] = None,
+    max_seq_len: Annotated[Optional[int], typer.Option("--max-seq-len", help="Language models: the KV cache's "
+                           "positions (default: 1024, or the model's limit).")] = None,
+    out: options.OutOpt = Path("out"),
     input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="e.g. 1x3x224x224; "
                            "repeat for several inputs.")] = None,
     input_dtype: Annotated[Optional[list[str]], typer.Option("--input-dtype", help="float32, int64, ...; "
@@ -71,7 +64,7 @@ def export(
     max_drop: Annotated[Optional[str], typer.Option(help="Budget: top-1 agreement drop, e.g. 0.5%.")] = None,
     require_all: Annotated[bool, typer.Option("--require-all", help="Fail (exit 1, nothing written) when "
                            "any runtime cannot make its artifacts, instead of exporting the others.")] = False,
-    format: FormatOpt = Format.table,
+    format: options.FormatOpt = options.Format.table,
 ) -> None:
     """Export MODEL for a device target: fp32 and int8 artifacts for each runtime, verified and timed.
 
@@ -79,31 +72,75 @@ def export(
     --calibration calibration_data/imagenet-sample
     """
     from edgeship import api
+    from edgeship.export.causal_lm import is_causal_lm_source
 
-    budget = {}
-    if min_cosine is not None:
-        budget["cosine"] = min_cosine
-    if min_sqnr is not None:
-        budget["sqnr_db"] = min_sqnr
-    if max_drop is not None:
-        budget["top1_agreement"] = 1.0 - _percent("--max-drop", max_drop)
-    preprocess = {"resize": resize, "crop": crop, "mean": _floats("--mean", mean),
-                  "std": _floats("--std", std), "layout": layout, "color": color}
+    if is_causal_lm_source(model):
+        _export_language(model, target, calibration, eval_data, out, recipe, max_seq_len, format)
+        return
+    _not_language_options(model, eval_data, max_seq_len)
+    budget = options.budget(min_cosine, min_sqnr, max_drop)
+    preprocess = {"resize": resize, "crop": crop, "mean": options.floats("--mean", mean),
+                  "std": options.floats("--std", std), "layout": layout, "color": color}
     logs.quiet_torch()
     with render.Stages(_state["quiet"]) as progress:
-        result = api.export(model, target, calibration, eval_data=eval_data, out=out,
+        result = api.export(model, target, calibration, eval_data=eval_data[0] if eval_data else None, out=out,
                             input_shapes=input_shape, input_dtypes=input_dtype, recipe=recipe,
-                            preprocess=preprocess, budget=budget or None, require_all=require_all,
+                            preprocess=preprocess, budget=budget, require_all=require_all,
                             progress=progress)
-    if format is Format.json:
+    if format is options.Format.json:
         typer.echo(json.dumps(result.manifest, indent=1))
         return
     render.export_table(result)
 
 
+def _not_language_options(model: str, eval_data: list[str] | None, max_seq_len: int | None) -> None:
+    if len(eval_data or []) > 1:
+        raise ConfigError("--eval-data is given more than once; a model that is not a language model takes one "
+                          "eval set (an image folder, .npz or folder of .npy files)")
+    if max_seq_len is not None:
+        raise ConfigError(f"--max-seq-len is for causal language models; {model} is not one (a language model "
+                          "is a Hugging Face folder with config.json, or a .gguf file)")
+
+
+def _export_language(model: str, target: str, calibration: Path, eval_data: list[str] | None, out: Path,
+                     recipe: str, max_seq_len: int | None, format: options.Format) -> None:
+    from edgeship import api
+
+    logs.quiet_torch()
+    with render.Stages(_state["quiet"]) as progress:
+        result = api.export_language(model, target, calibration, eval_data=options.subjects(eval_data), out=out,
+                                     recipe=recipe, max_seq_len=max_seq_len, progress=progress)
+    if format is options.Format.json:
+        typer.echo(json.dumps(result.manifest, indent=1))
+        return
+    render.language_table(result)
+
+
+@app.command(no_args_is_help=True)
+def generate(
+    out_dir: Annotated[Path, typer.Argument(help="A language-model export folder, out/<model>/<target>.")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The text to continue (in the model's chat "
+                      "template when its tokenizer has one).")],
+    runtime: Annotated[str, typer.Option("--runtime", help="Whose artifact runs it.")] = "executorch",
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens to generate.")] = 128,
+    raw: Annotated[bool, typer.Option("--raw", help="Send the prompt as it is, without the chat template.")] = False,
+) -> None:
+    """Stream greedy tokens from a language-model artifact, run by its runtime's own LLM runner.
+
+    Example: edgeship generate out/smollm2/android-arm64 --prompt "Name three colours."
+    """
+    from edgeship import api
+
+    result = api.generate(out_dir, prompt, runtime=runtime, max_new_tokens=max_new_tokens, chat=not raw,
+                          stream=True)
+    typer.echo("")
+    if not _state["quiet"]:
+        typer.echo(f"{result.tokens} tokens, {result.decode_tokens_per_s:.1f} tokens/s", err=True)
+
+
 @app.command()
 def targets(show: Annotated[Optional[str], typer.Option("--show", help="Show one profile in full.")] = None,
-            format: FormatOpt = Format.table) -> None:
+            format: options.FormatOpt = options.Format.table) -> None:
     """List the built-in device targets (or show one with --show NAME).
 
     Example: edgeship targets --show raspberry-pi-5
@@ -114,14 +151,14 @@ def targets(show: Annotated[Optional[str], typer.Option("--show", help="Show one
         from edgeship.targets.devices import load_device
 
         device = load_device(show)
-        if format is Format.json:
+        if format is options.Format.json:
             typer.echo(json.dumps(device.to_dict(), indent=1))
         else:
             for key, value in device.to_dict().items():
                 typer.echo(f"{key:12s} {', '.join(value) if isinstance(value, tuple) else value}")
         return
     devices = api.list_targets()
-    if format is Format.json:
+    if format is options.Format.json:
         typer.echo(json.dumps([d.to_dict() for d in devices], indent=1))
         return
     from rich.console import Console
@@ -134,36 +171,17 @@ def targets(show: Annotated[Optional[str], typer.Option("--show", help="Show one
     Console(width=160).print(table)
 
 
-def _percent(flag: str, text: str) -> float:
-    try:
-        value = float(text.rstrip("%")) / (100.0 if text.endswith("%") else 1.0)
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a number or a percentage like 0.5%", param_hint=flag)
-    if not 0.0 <= value <= 1.0:
-        raise typer.BadParameter(f"{text!r} must be between 0% and 100%", param_hint=flag)
-    return value
-
-
-def _floats(flag: str, text: str | None) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint=flag)
-
-
 @app.command(no_args_is_help=True)
 def analyze(
     model: Annotated[str, typer.Argument(help="path/to/file.py:callable or package.module:callable.")],
-    calibration: CalibrationOpt,
+    calibration: options.CalibrationOpt,
     eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Evaluation samples.")] = None,
     input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape")] = None,
     input_dtype: Annotated[Optional[list[str]], typer.Option("--input-dtype")] = None,
     recipe: Annotated[str, typer.Option("--recipe", "-r")] = "int8",
     metric: Annotated[str, typer.Option(help="Rank by sqnr_db, cosine or top1_agreement.")] = "sqnr_db",
     top: Annotated[int, typer.Option(help="Rows to show.")] = 20,
-    format: FormatOpt = Format.table,
+    format: options.FormatOpt = options.Format.table,
 ) -> None:
     """Rank the layers by how much int8 (or, with an int4 recipe, int4 weights) hurts them (simulated on
     the eval samples).
@@ -176,7 +194,7 @@ def analyze(
     with render.Stages(_state["quiet"]) as progress:
         result = api.analyze(model, calibration, eval_data=eval_data, input_shapes=input_shape,
                              input_dtypes=input_dtype, recipe=recipe, metric=metric, progress=progress)
-    if format is Format.json:
+    if format is options.Format.json:
         typer.echo(json.dumps({"model": result.model, "metric": result.metric, "precision": result.precision,
                                "all_int8": result.all_int8, "rows": result.rows}, indent=1))
         return
@@ -187,7 +205,7 @@ def analyze(
 def debug(
     out_dir: Annotated[Path, typer.Argument(help="An int8 export folder, out/<model>/<target>.")],
     samples: Annotated[int, typer.Option(min=1, help="Eval samples to compare on.")] = 8,
-    format: FormatOpt = Format.table,
+    format: options.FormatOpt = options.Format.table,
 ) -> None:
     """Layer by layer: float vs simulated int8 vs the ONNX Runtime artifact; names where the error jumps.
 
@@ -198,7 +216,7 @@ def debug(
     logs.quiet_torch()
     with render.Stages(_state["quiet"]) as progress:
         result = api.debug(out_dir, samples=samples, progress=progress)
-    if format is Format.json:
+    if format is options.Format.json:
         typer.echo(json.dumps({"artifact": result.artifact, "samples": result.samples, "rows": result.rows,
                                "worst": result.worst}, indent=1))
         return
@@ -229,7 +247,7 @@ def bench(
     setup: Annotated[bool, typer.Option("--setup", help="Install the runtime wheels on the device first, "
                      "(numpy, onnxruntime, ai-edge-litert wheels for its platform, downloaded here) into "
                      "~/.edgeship/site-MACHINE-cpXY there.")] = False,
-    format: FormatOpt = Format.table,
+    format: options.FormatOpt = options.Format.table,
 ) -> None:
     """Time every artifact of an export on this machine, one method for all runtimes.
 
@@ -240,10 +258,10 @@ def bench(
     with render.Stages(_state["quiet"]) as progress:
         result = api.bench(out_dir, artifacts=artifact, threads=threads, budget_s=seconds, baseline=baseline,
                            threshold=threshold, profile=profile, fail_on_fallback=fail_on_fallback,
-                           min_delegated=_percent("--min-delegated", min_delegated) if min_delegated else None,
+                           min_delegated=options.percent("--min-delegated", min_delegated) if min_delegated else None,
                            device=device, ssh_config=ssh_config, remote_python=remote_python, setup=setup,
-                           benchmark_tools=_pairs("--benchmark-tool", benchmark_tool), progress=progress)
-    if format is Format.json:
+                           benchmark_tools=options.pairs("--benchmark-tool", benchmark_tool), progress=progress)
+    if format is options.Format.json:
         typer.echo(json.dumps({"host": result.host, "rows": result.rows, "ratios": result.ratios,
                                "regressions": result.regressions}, indent=1))
     else:
@@ -252,26 +270,15 @@ def bench(
         raise typer.Exit(result.exit_code)
 
 
-def _pairs(option: str, values: list[str] | None) -> dict[str, str]:
-    pairs = {}
-    for value in values or []:
-        key, sep, path = value.partition("=")
-        if not sep or not key or not path:
-            raise typer.BadParameter(f"{value!r} is not RUNTIME=PATH, e.g. litert=./benchmark_model",
-                                     param_hint=option)
-        pairs[key] = path
-    return pairs
-
-
 @app.command()
-def recipes(format: FormatOpt = Format.table) -> None:
+def recipes(format: options.FormatOpt = options.Format.table) -> None:
     """List the built-in quantization recipes (a .toml/.json file with the same keys works too).
 
     Example: edgeship export m.py:build -t host -c data.npz --recipe int8-percentile
     """
     from edgeship.quantize.recipe import RECIPES
 
-    if format is Format.json:
+    if format is options.Format.json:
         typer.echo(json.dumps({n: r.to_dict() for n, r in RECIPES.items()}, indent=1))
         return
     from rich.console import Console
@@ -313,7 +320,7 @@ def build(
     force: Annotated[bool, typer.Option("--force", help="Rebuild cached jobs.")] = False,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop starting jobs after one fails.")] = False,
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Parallel exports.")] = None,
-    format: FormatOpt = Format.table,
+    format: options.FormatOpt = options.Format.table,
 ) -> None:
     """Export every model for every target of the project, check budgets, write reports.
 
@@ -334,7 +341,7 @@ def build(
     except ConfigError as exc:  # a project-file or usage problem: exit code 2
         exc.exit_code = 2
         raise
-    if format is Format.json:
+    if format is options.Format.json:
         typer.echo((result.out / "index.json").read_text())
     else:
         render.build_table(result)

@@ -28,6 +28,20 @@ def export_table(result) -> None:
         typer.echo(f"not produced: {n['runtime']} {n['precision']}: {n['reason']}", err=True)
 
 
+def language_table(result) -> None:
+    from edgeship.report.language import SUBJECT_COLUMNS, subject_rows
+
+    m = result.manifest
+    for artifact in m["artifacts"]:
+        table = Table(*SUBJECT_COLUMNS, title=f"{m['model']['name']} for {m['target']['name']}: "
+                      f"{result.out_dir / artifact['path']} ({artifact['size_bytes'] / 1e6:.1f} MB)")
+        for row in subject_rows(artifact, m["subjects"]):
+            table.add_row(*row)
+        Console(width=160).print(table)
+        typer.echo(f"lost the most: {artifact['worst_subject']}; greedy output equal to float's for the first 16 "
+                   f"tokens on {artifact['greedy_equal_prompts']} prompts")
+
+
 def analyze_table(result, top: int) -> None:
     m, p = result.metric, result.precision
     table = Table("rank", "layer", "op", "module", f"{m}: only this {p}", f"{m}: this in float",

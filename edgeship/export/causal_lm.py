@@ -39,7 +39,9 @@ def load_causal_lm(source: str) -> CausalLM:
     """The model and tokenizer at `source`, offline; ModelLoadError naming the fix when it is not a causal LM
     of a supported family, or has no tokenizer."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # the flows report their own progress
     path = Path(source)
     folder, gguf = (path.parent, path.name) if path.is_file() else (path, _gguf_in(path))
     kwargs = {"gguf_file": gguf} if gguf else {}

@@ -42,3 +42,26 @@ class LanguageScore:
 def perplexity_increase(candidate: dict, reference: dict) -> float:
     """The candidate's perplexity above the reference's, as a fraction (0.05: 5% higher)."""
     return round(candidate["perplexity"] / reference["perplexity"] - 1.0, 5)
+
+
+def first_divergence(tokens: list[int], reference: list[int]) -> int | None:
+    """The first position where `tokens` differ from `reference` (None: equal throughout)."""
+    for index, (a, b) in enumerate(zip(tokens, reference)):
+        if a != b:
+            return index
+    return None if len(tokens) == len(reference) else min(len(tokens), len(reference))
+
+
+def distinct(tokens: list[int], n: int = 2) -> float:
+    """Distinct n-grams over all n-grams of `tokens` (1.0: no n-gram repeats; low: a loop)."""
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return round(len(set(grams)) / len(grams), 4) if grams else 1.0
+
+
+def generation_record(prompt: str, tokens: list[int], reference: list[int], checked: int = 16) -> dict:
+    """Greedy tokens from one prompt against float's: where they first differ, whether the first
+    `checked` agree, and the repetition of each (distinct 2-grams)."""
+    diverges = first_divergence(tokens, reference)
+    return {"prompt": prompt, "tokens": len(tokens), "first_divergence": diverges,
+            f"equal_first_{checked}": diverges is None or diverges >= min(checked, len(reference)),
+            "distinct_2": distinct(tokens), "float_distinct_2": distinct(reference)}

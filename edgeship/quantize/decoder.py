@@ -71,21 +71,25 @@ class Int4Decoder:
         return [*self.linears, self.embeddings, *([self.head] if self.head is not None else [])]
 
 
-def int4_decoder(model: nn.Module, group: int = 32, windows: torch.Tensor | None = None,
-                 progress: Callable[[int], None] | None = None) -> Int4Decoder:
-    """`model`'s int4 block weights (GPTQ when calibration `windows` are given, else rounded to nearest)
-    and int8 per-row embeddings, with a copy of the model holding them. `model` is unchanged."""
+def int4_decoder(model: nn.Module, group: int | None = 32, windows: torch.Tensor | None = None,
+                 progress: Callable[[int], None] | None = None, bits: int = 4, search: bool = True) -> Int4Decoder:
+    """`model`'s int4 block weights (GPTQ when calibration `windows` are given, else rounded to nearest;
+    each group's scale clipped where that lowers its error, `search`) and int8 per-row embeddings, with a
+    copy of the model holding them. `bits` 8 with `group` None: int8 weights, one scale per output
+    channel. `model` is unchanged."""
     quantized = copy.deepcopy(model).eval()
-    linears = [(n, m) for n, m in block_linears(quantized) if m.in_features % group == 0]
-    skipped = [n for n, m in block_linears(quantized) if m.in_features % group]
+    size = {n: group or m.in_features for n, m in block_linears(quantized)}
+    linears = [(n, m) for n, m in block_linears(quantized) if m.in_features % size[n] == 0]
+    skipped = [n for n, m in block_linears(quantized) if m.in_features % size[n]]
     grams = input_grams(model, windows, {n for n, _ in linears}, progress) if windows is not None else {}
     weights = []
     names = {id(m): n for n, m in quantized.named_modules()}
     with torch.no_grad():
         for name, module in linears:
             w = module.weight.detach().float()
-            q, scale = gptq_weight(w, grams[name], group) if name in grams else quantize_weight(w, group)
-            record = Int4Weight(name, f"{name}.weight", q, scale.float(), group)
+            q, scale = (gptq_weight(w, grams[name], size[name], bits, search) if name in grams
+                        else quantize_weight(w, size[name], bits, search))
+            record = Int4Weight(name, f"{name}.weight", q, scale.float(), size[name], bits)
             module.weight.copy_(record.dequantized().to(module.weight.dtype))
             weights.append(record)
         embedding = quantized.get_input_embeddings()
@@ -100,5 +104,6 @@ def int4_decoder(model: nn.Module, group: int = 32, windows: torch.Tensor | None
     if skipped:
         log.warning("kept float (input channels not a multiple of %d): %s", group, ", ".join(skipped))
     return Int4Decoder(quantized, weights, rows, head_rows,
-                       {"method": "gptq" if grams else "nearest", "group": group, "int4_layers": len(weights),
+                       {"method": "gptq" if grams else "nearest", "bits": bits, "group": group, "clip_search": search,
+                        "quantized_layers": len(weights),
                         "float_layers": skipped, "embeddings": "int8 per row", "tied_head": tied})

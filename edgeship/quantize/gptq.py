@@ -38,14 +38,32 @@ from edgeship.quantize.quantizer import CONV_OPS, LINEAR_OPS
 aten = torch.ops.aten
 PATCH_CONVS = {aten.conv1d.default, aten.conv2d.default}  # numeric stride / padding / dilation
 DAMP = 0.01  # added to H's diagonal, as a fraction of its mean (the paper's 1%)
+CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)  # of max |w|, tried by `fit_scale(search=True)`
+
+
+def fit_scale(blocks: torch.Tensor, qmin: int, qmax: int, search: bool = False) -> torch.Tensor:
+    """The symmetric scale of each group of `blocks` (..., group): max |w| / qmax, or (`search`) the
+    clipped max (a ratio of CLIP_RATIOS) whose rounded group has the least squared error."""
+    amax = blocks.abs().amax(dim=-1).clamp(min=1e-10)
+    best, best_err = amax / qmax, None
+    for ratio in CLIP_RATIOS if search else ():
+        scale = amax * ratio / qmax
+        err = ((torch.round(blocks / scale[..., None]).clamp(qmin, qmax) * scale[..., None] - blocks) ** 2).sum(-1)
+        if best_err is None:
+            best, best_err = scale, err
+        else:
+            better = err < best_err
+            best, best_err = torch.where(better, scale, best), torch.where(better, err, best_err)
+    return best
 
 
 def gptq_columns(w: torch.Tensor, h: torch.Tensor, qmin: int, qmax: int, scale: torch.Tensor | None = None,
-                 group: int | None = None, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+                 group: int | None = None, block: int = 128, search: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GPTQ over `w` (G, rows, cols) with one H (G, cols, cols) per group of rows. `scale` (G, rows): a
     fixed scale per row; or None: a scale per `group` columns of each row, set from the updated weights
     when the group starts (int4). Returns (q as int8, scale as float32 of shape (G, rows, cols // group)
-    or `scale`'s)."""
+    or `scale`'s). `search`: each group's scale by `fit_scale`'s clipping search."""
     w = w.detach().double().clone()
     g, rows, cols = w.shape
     h = h.double().clone()
@@ -68,7 +86,7 @@ def gptq_columns(w: torch.Tensor, h: torch.Tensor, qmin: int, qmax: int, scale: 
         for i in range(end - start):
             col = start + i
             if scale is None and col % group == 0:
-                scales[:, :, col // group] = w1[:, :, i:i + group].abs().amax(dim=2).clamp(min=1e-10) / qmax
+                scales[:, :, col // group] = fit_scale(w1[:, :, i:i + group], qmin, qmax, search)
             s = scales[:, :, col // group if scale is None else 0]
             qi = torch.round(w1[:, :, i] / s).clamp(qmin, qmax)
             q[:, :, col] = qi.to(torch.int8)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from edgeship.quantize.gptq import gptq_columns
+from edgeship.quantize.gptq import fit_scale, gptq_columns
 
 QMIN, QMAX = -8, 7
 
@@ -33,19 +33,21 @@ class Int4Weight:
         return blocks.reshape(out, cols)
 
 
-def quantize_weight(weight: torch.Tensor, group: int, bits: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """Round-to-nearest block-wise symmetric int4 (or int8): (q, scale)."""
+def quantize_weight(weight: torch.Tensor, group: int, bits: int = 4, search: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Round-to-nearest block-wise symmetric int4 (or int8): (q, scale). `search`: each group's scale
+    clipped where that lowers its squared error (gptq.fit_scale)."""
     qmin, qmax = value_range(bits)
     out, cols = weight.shape
     blocks = weight.detach().float().reshape(out, cols // group, group)
-    scale = blocks.abs().amax(dim=-1).clamp(min=1e-10) / qmax
+    scale = fit_scale(blocks, qmin, qmax, search)
     q = torch.round(blocks / scale[..., None]).clamp(qmin, qmax).to(torch.int8)
     return q.reshape(out, cols), scale
 
 
-def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, group: int, bits: int = 4
+def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, group: int, bits: int = 4, search: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GPTQ (quantize/gptq.py) with one H = sum x^T x for all rows and a scale per `group` columns of each
     row, set from the updated weights when the group starts. Returns (q, scale) like `quantize_weight`."""
-    q, scale = gptq_columns(weight[None], hessian[None], *value_range(bits), group=group)
+    q, scale = gptq_columns(weight[None], hessian[None], *value_range(bits), group=group, search=search)
     return q[0], scale[0]

@@ -1,0 +1,193 @@
+"""A causal language model as ExecuTorch's LLM runner runs it: one `forward(tokens [1, n], input_pos [1])`
+method over a static KV cache held in the program (transformers' static-cache export wrapper), every
+linear layer lowered to XNNPACK with the int4 (or int8) block weights computed once by
+quantize/decoder.py and int8 dynamic activations, the head int8 per row, the token embeddings int8 per
+row (`quantized_decomposed::embedding_byte`), and the metadata the runner reads (`get_max_seq_len`,
+`get_bos_id`, `get_eos_ids`, `use_kv_cache`, `enable_dynamic_shape`, ...). Prefill takes up to
+`max_seq_len - 1` tokens in one call; each call returns the logits of every position it was given."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import ctypes
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from edgeship.quantize.decoder import Int4Decoder
+from edgeship.quantize.grid import Int4Weight
+
+QUANTIZED_KERNELS = "libexecutorch_kernels_quantized.so"  # the runtime's quantized_decomposed kernels
+
+
+class _Int8Rows(nn.Module):
+    """Token embeddings read from int8 rows and one scale per row (ExecuTorch's embedding_byte)."""
+
+    def __init__(self, rows: Int4Weight) -> None:
+        super().__init__()
+        self.register_buffer("q", rows.q.clone())
+        self.register_buffer("scale", rows.scale.reshape(-1).clone())
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized_decomposed.embedding_byte.default(self.q, self.scale, None, -127, 127, ids)
+
+
+def _packed(w: Int4Weight) -> torch.Tensor:
+    """`w` as torchao's integer tensor with per-token int8 activations: what XNNPACK's qd8 kernels take."""
+    from torchao.quantization.quantize_.workflows.intx.intx_unpacked_to_int8_tensor import (
+        IntxUnpackedToInt8Tensor,
+        IntxUnpackedToInt8TensorActivationQuantization,
+    )
+
+    return IntxUnpackedToInt8Tensor(w.q, w.scale.reshape(w.q.shape[0], -1), torch.zeros(w.q.shape[0], w.q.shape[1] // w.group,
+                                    dtype=torch.int8), torch.int4 if w.bits == 4 else torch.int8, (1, w.group),
+                                    torch.float32, IntxUnpackedToInt8TensorActivationQuantization.INT8_ASYM_PER_TOKEN)
+
+
+def with_integer_weights(decoder: Int4Decoder) -> nn.Module:
+    """A copy of the decoder's model whose linear layers, head and embeddings hold the integer weights."""
+    import executorch.exir.passes._quant_patterns_and_replacements  # noqa: F401  (registers embedding_byte)
+
+    model = copy.deepcopy(decoder.model).eval()
+    modules = dict(model.named_modules())
+    for w in decoder.linears:
+        modules[w.layer].weight = nn.Parameter(_packed(w), requires_grad=False)
+    head = model.get_output_embeddings()
+    if head is not None:  # a tied head reads the embeddings' int8 rows
+        head.weight = nn.Parameter(_packed(decoder.head or decoder.embeddings), requires_grad=False)
+    model.set_input_embeddings(_Int8Rows(decoder.embeddings))
+    return model
+
+
+def export_decoder(model: nn.Module, max_seq_len: int) -> torch.export.ExportedProgram:
+    """`model` (a transformers causal LM) with a static KV cache of `max_seq_len` positions, exported with
+    `tokens [1, n]` (1 <= n < max_seq_len) and `input_pos [1]` as inputs."""
+    from transformers.integrations.executorch import TorchExportableModuleWithStaticCache
+
+    model.generation_config.cache_implementation = "static"
+    wrapped = TorchExportableModuleWithStaticCache(model, 1, max_seq_len)
+    tokens = torch.tensor([[1, 2, 3]], dtype=torch.long)
+    length = torch.export.Dim("tokens", min=1, max=max_seq_len - 1)
+    with torch.no_grad():
+        return torch.export.export(wrapped, (), {"input_ids": tokens, "cache_position": torch.tensor([0])},
+                                   dynamic_shapes={"input_ids": {1: length}, "cache_position": None}, strict=True)
+
+
+def metadata(config, tokenizer, max_seq_len: int) -> dict:
+    """The constant methods ExecuTorch's LLM runner reads from the program."""
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else getattr(config, "eos_token_id", None)
+    eos_ids = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else getattr(config, "bos_token_id", None)
+    return {"get_max_seq_len": max_seq_len, "get_max_context_len": max_seq_len,
+            "get_vocab_size": int(config.vocab_size), "get_bos_id": int(bos if bos is not None else eos_ids[0]),
+            "get_eos_ids": eos_ids, "use_kv_cache": True, "use_sdpa_with_kv_cache": False,
+            "enable_dynamic_shape": True}
+
+
+def write_decoder(program: torch.export.ExportedProgram, constants: dict, path: Path) -> list[str]:
+    """Lower `program` to XNNPACK with the runner's `constants`, write the .pte; the ops left outside the
+    delegate."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+
+    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()], constant_methods=constants,
+                                       compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    outside = [str(n.target).split(":")[0].replace("<EdgeOpOverload", "").strip(" <>")
+               for n in edge.exported_program().graph.nodes
+               if n.op == "call_function" and "executorch_call_delegate" not in str(n.target)
+               and "getitem" not in str(n.target)]
+    path.write_bytes(edge.to_executorch().buffer)
+    return outside
+
+
+def load_quantized_kernels() -> None:
+    """Register ExecuTorch's quantized kernels (embedding_byte) with the runtime in this process, as an app
+    links them."""
+    import executorch
+
+    library = Path(list(executorch.__path__)[0]) / "lib" / QUANTIZED_KERNELS
+    if library.is_file():
+        ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+
+
+class DecoderSession:
+    """A decoder .pte through ExecuTorch's Module API: `logits(tokens)` teacher-forced from position 0,
+    `greedy(prompt, n)` one token per call over the KV cache."""
+
+    def __init__(self, path: Path) -> None:
+        from executorch.runtime import Runtime
+
+        load_quantized_kernels()
+        program = Runtime.get().load_program(str(path))
+        self._method = program.load_method("forward")
+        self.max_seq_len = int(program.load_method("get_max_seq_len").execute([])[0])
+
+    def step(self, tokens: list[int], position: int) -> torch.Tensor:
+        """The logits [n, vocab] of `tokens` placed at `position` onwards (earlier positions cached)."""
+        out = self._method.execute([torch.tensor([tokens], dtype=torch.long), torch.tensor([position])])[0]
+        return out[0].float()
+
+    def logits(self, tokens: list[int]) -> torch.Tensor:
+        return self.step(tokens, 0)
+
+    def greedy(self, prompt: list[int], count: int, stop: set[int] = frozenset(),
+               on_token: Callable[[int], None] | None = None) -> list[int]:
+        """Up to `count` tokens after `prompt`, each the argmax, ending early at a `stop` token."""
+        out, logits, position = [], self.step(prompt, 0)[-1], len(prompt)
+        while len(out) < count and position < self.max_seq_len:
+            token = int(logits.argmax())
+            out.append(token)
+            if on_token is not None:
+                on_token(token)
+            if token in stop:
+                break
+            logits, position = self.step([token], position)[-1], position + 1
+        return out
+
+
+def runner_generate(path: Path, tokenizer_json: Path, prompt: str, count: int, stream: bool = False
+                    ) -> tuple[str, dict]:
+    """Greedy text from ExecuTorch's own LLM runner (TextLLMRunner, as an app runs it): the text after
+    `prompt` and the runner's statistics (tokens, times in ms). The runner's own printing is silenced;
+    `stream`: each piece is written to standard output as it comes."""
+    import json
+
+    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+
+    load_quantized_kernels()
+    pieces, stats = [], {}
+    with _native_output_silenced() as stdout:
+        runner = TextLLMRunner(str(path), str(tokenizer_json))
+
+        def token(text: str) -> None:
+            pieces.append(text)
+            if stream:
+                os.write(stdout, text.encode())
+
+        runner.generate(prompt, GenerationConfig(max_new_tokens=count, temperature=0.0, echo=False),
+                        token_callback=token, stats_callback=lambda s: stats.update(json.loads(s.to_json_string())))
+    return "".join(pieces), stats | {"pieces": len(pieces)}
+
+
+@contextlib.contextmanager
+def _native_output_silenced():
+    """File descriptors 1 and 2 sent to the null device (the runner prints every token and its statistics
+    itself); yields a descriptor of the real standard output."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    try:
+        yield saved[0]
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)

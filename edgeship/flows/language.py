@@ -1,0 +1,315 @@
+"""The language-model export flow: a causal LM (a Hugging Face folder or a .gguf) and its own tokenizer;
+its decoder weights computed once (int4 block-wise by GPTQ over the calibration text, or int8 per
+channel; embeddings and a tied head int8 per row); lowered with a static KV cache for each runtime of
+the target that takes language models; each artifact verified through its runtime on every evaluation
+text (perplexity, next-token agreement and KL against float in PyTorch) and by greedy generation from
+fixed prompts against float's; written to `out/<model>/<target>/` atomically with a manifest and report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeship import outputs
+from edgeship.errors import ConfigError, ExportError
+from edgeship.flows import Progress, no_progress
+from edgeship.flows.export import ExportResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEQ_LEN = 1024  # the KV cache's positions, unless --max-seq-len (or the model's own limit) says less
+CALIBRATION_WINDOWS, CALIBRATION_LENGTH = 32, 512  # GPTQ's text: up to 32 windows of 512 tokens
+EVAL_WINDOWS, EVAL_LENGTH = 8, 256  # each evaluation text: up to 8 teacher-forced windows of 256 tokens
+NEW_TOKENS, CHECKED_TOKENS = 32, 16  # greedy generation per prompt; the tokens that must equal float's
+PROMPTS = ("The capital of France is", "Once upon a time, in a small village,", "def fibonacci(n):",
+           "The main causes of the First World War were", "To make a good cup of tea, you")
+LANGUAGE_RUNTIMES = ("executorch",)  # the runtimes whose language-model artifacts edgeship writes
+
+
+@dataclass(frozen=True)
+class LanguageRecipe:
+    """How a decoder's linear layers are quantized: `bits` 4 with one scale per `group` input channels,
+    or 8 with one per output channel (`group` None); `gptq` over the calibration text, else nearest."""
+
+    name: str
+    bits: int
+    group: int | None
+    gptq: bool
+
+    @property
+    def precision(self) -> str:
+        return "int4" if self.bits == 4 else "int8"
+
+
+def language_recipe(name: str) -> LanguageRecipe:
+    """The recipe named `name` as a decoder takes it: w4a8 recipes give int4, int8 ones per-channel int8
+    weights with dynamic activations; others are refused."""
+    from edgeship.quantize.recipe import recipe_by_name
+
+    recipe = recipe_by_name(name)
+    if recipe.scheme == "w4a8":
+        return LanguageRecipe(recipe.name, 4, recipe.group_size, "gptq" in recipe.algorithms)
+    if recipe.scheme in ("w8a8", "w8a8-dynamic") and recipe.name in ("int8", "int8-dynamic"):
+        return LanguageRecipe(recipe.name, 8, None, "gptq" in recipe.algorithms and recipe.scheme != "w8a8")
+    raise ConfigError(f"recipe {recipe.name} does not apply to a language model; use --recipe int4 (int4 "
+                      "block-wise weights) or --recipe int8 (int8 per-channel weights)")
+
+
+def export_language(model: str, target: str, calibration: str | Path, *,
+                    eval_data: dict[str, str | Path] | None = None, out: str | Path = "out", recipe: str = "int4",
+                    max_seq_len: int | None = None, progress: Progress = no_progress) -> ExportResult:
+    """Quantize the causal LM at `model` once on the `calibration` text, write each runtime's generation
+    artifact for `target`, verify it on every `eval_data` text ({subject: .txt or .jsonl}; default: the
+    calibration text past the windows GPTQ read) and write `out/<model>/<target>/` atomically."""
+    from edgeship.calibration.text import read_text
+    from edgeship.export.causal_lm import load_causal_lm
+    from edgeship.targets.devices import load_device
+
+    device = load_device(target)
+    runtimes = [r for r in device.runtimes if r in LANGUAGE_RUNTIMES]
+    if not runtimes:
+        raise ConfigError(f"target {device.name} runs {', '.join(device.runtimes)}; edgeship writes language "
+                          f"models for {', '.join(LANGUAGE_RUNTIMES)}: pick a target that has one")
+    chosen = language_recipe(recipe)
+    out = Path(out)
+    outputs.check_writable(out)
+    texts = {"calibration": read_text(calibration)} | {name: read_text(path) for name, path in (eval_data or {}).items()}
+    lm = load_causal_lm(model)
+    length = _sequence_length(max_seq_len, lm.max_positions)
+    needed = 2 * outputs.weight_bytes(lm.model) + (1 << 20)
+    outputs.check_space(out, needed)
+    calib, subjects = _windows(lm.tokenizer, texts, length, chosen.gptq)
+    final = out / lm.name / device.name
+    try:
+        with outputs.staging(final) as stage:
+            manifest = _export_into(stage, lm, device, chosen, length, calib, subjects, runtimes, progress,
+                                    {"calibration": str(Path(calibration).resolve()),
+                                     "eval_data": {k: str(Path(v).resolve()) for k, v in (eval_data or {}).items()}})
+    except Exception as exc:
+        full = outputs.out_of_space(exc, final.parent, needed)
+        if full is None:
+            raise
+        raise full from exc
+    return ExportResult(final, manifest)
+
+
+def _sequence_length(asked: int | None, limit: int) -> int:
+    if asked is not None and asked > limit:
+        raise ConfigError(f"--max-seq-len {asked} is longer than the model's {limit} positions; pass "
+                          f"--max-seq-len {limit} or less")
+    if asked is not None and asked < 16:
+        raise ConfigError(f"--max-seq-len {asked} is too short to generate with; pass 16 or more")
+    return asked or min(DEFAULT_SEQ_LEN, limit)
+
+
+def _windows(tokenizer, texts: dict[str, str], length: int, gptq: bool):
+    """GPTQ's calibration windows and each subject's evaluation windows (without --eval-data: the
+    calibration text after the windows GPTQ reads)."""
+    from edgeship.calibration.text import token_windows
+
+    calib_length, eval_length = min(CALIBRATION_LENGTH, length), min(EVAL_LENGTH, length - 1)
+    calib = token_windows(tokenizer, texts["calibration"], calib_length, CALIBRATION_WINDOWS) if gptq else None
+    subjects = {name: token_windows(tokenizer, text, eval_length, EVAL_WINDOWS)
+                for name, text in texts.items() if name != "calibration"}
+    if not subjects:
+        skip = (len(calib) * calib_length) // eval_length if calib is not None else 0
+        held = token_windows(tokenizer, texts["calibration"], eval_length, skip + EVAL_WINDOWS)[skip:]
+        if len(held) == 0:
+            raise ConfigError("the calibration text is all read by calibration; pass --eval-data name=file.txt "
+                              "with text to evaluate on, or more calibration text")
+        subjects = {"calibration (held out)": held}
+    return calib, subjects
+
+
+def _export_into(stage: Path, lm, device, recipe: LanguageRecipe, length: int, calib, subjects: dict,
+                 runtimes: list[str], progress: Progress, reproduce: dict) -> dict:
+    from edgeship.quantize.decoder import int4_decoder
+    from edgeship.report.language import language_report
+
+    started = time.perf_counter()
+    advance = progress(f"{recipe.precision} weights" + (" (GPTQ)" if calib is not None else ""),
+                       len(calib) if calib is not None else 1)
+    decoder = int4_decoder(lm.model, recipe.group, calib, advance if calib is not None else None, recipe.bits)
+    if calib is None:
+        advance(1)
+    lm.tokenizer.save_pretrained(stage / "tokenizer")
+    reference = _float_reference(lm, subjects, length, progress)
+    artifacts = [_executorch(stage, lm, decoder, recipe, length, subjects, reference, progress)
+                 for runtime in runtimes if runtime == "executorch"]
+    manifest = {
+        "kind": "language_model", "versions": _versions(),
+        "model": {"source": lm.source, "name": lm.name, "family": lm.family, "max_positions": lm.max_positions},
+        "target": device.to_dict(), "recipe": recipe.__dict__ | {"precision": recipe.precision},
+        "max_seq_len": length, "weights": decoder.record | {"encodings": _encodings(decoder)},
+        "calibration": {"windows": 0 if calib is None else len(calib),
+                        "tokens": 0 if calib is None else calib.numel()},
+        "subjects": {name: {"windows": len(w), "tokens": w.numel(), "float": reference["scores"][name]}
+                     for name, w in subjects.items()},
+        "artifacts": artifacts,
+        "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+                 "cpu_count": os.cpu_count()},
+        "export_seconds": round(time.perf_counter() - started, 1), "reproduce": reproduce}
+    (stage / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    (stage / "report.md").write_text(language_report(manifest))
+    return manifest
+
+
+def _float_reference(lm, subjects: dict, length: int, progress: Progress) -> dict:
+    """Float's logits on every evaluation window and its greedy tokens from every prompt, in PyTorch."""
+    import torch
+
+    from edgeship.metrics.language import LanguageScore
+
+    total = sum(len(w) for w in subjects.values()) + len(PROMPTS)
+    advance = progress("float reference (PyTorch)", total)
+    logits, scores = {}, {}
+    with torch.no_grad():
+        for name, windows in subjects.items():
+            score, logits[name] = LanguageScore(), []
+            for window in windows:
+                logits[name].append(lm.model(window[None]).logits.float())
+                score.add(logits[name][-1], window[None])
+                advance(1)
+            scores[name] = score.result()
+        greedy = {}
+        for prompt in PROMPTS:
+            greedy[prompt] = _float_greedy(lm, _prompt_ids(lm.tokenizer, prompt), length)
+            advance(1)
+    return {"logits": logits, "scores": scores, "greedy": greedy}
+
+
+def _prompt_ids(tokenizer, prompt: str) -> list[int]:
+    return list(tokenizer(prompt)["input_ids"])
+
+
+def _new_tokens(ids: list[int], length: int) -> int:
+    """Greedy tokens generated from a prompt of `ids`: NEW_TOKENS, or what the KV cache has room for."""
+    return max(0, min(NEW_TOKENS, length - len(ids)))
+
+
+def _float_greedy(lm, ids: list[int], length: int) -> list[int]:
+    import torch
+
+    count = _new_tokens(ids, length)
+    out = lm.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                            do_sample=False, max_new_tokens=count, min_new_tokens=count,
+                            pad_token_id=lm.tokenizer.eos_token_id)
+    return out[0, len(ids):].tolist()
+
+
+def _executorch(stage: Path, lm, decoder, recipe: LanguageRecipe, length: int, subjects: dict, reference: dict,
+                progress: Progress) -> dict:
+    """The .pte with its KV cache, checked through the Module API (scores, greedy) and ExecuTorch's
+    own LLM runner (the first prompt's text)."""
+    from edgeship.backends.executorch import decoder as et
+
+    advance = progress("lower for executorch (KV cache)", 2)
+    program = et.export_decoder(et.with_integer_weights(decoder), length)
+    advance(1)
+    path = stage / f"model.{recipe.precision}.pte"
+    outside = et.write_decoder(program, et.metadata(lm.model.config, lm.tokenizer, length), path)
+    advance(1)
+    session = et.DecoderSession(path)
+    record = {"runtime": "executorch", "precision": recipe.precision, "path": path.name,
+              "size_bytes": path.stat().st_size, "tokenizer": "tokenizer/tokenizer.json",
+              "ops_outside_delegate": sorted(set(outside))}
+    record |= _verify(session.logits, session.greedy, lm.tokenizer, subjects, reference, progress, "executorch")
+    text, stats = et.runner_generate(path, stage / "tokenizer" / "tokenizer.json", PROMPTS[0], NEW_TOKENS)
+    module_text = lm.tokenizer.decode(session.greedy(_prompt_ids(lm.tokenizer, PROMPTS[0]), NEW_TOKENS))
+    record["runner"] = {"name": "executorch.extension.llm.runner.TextLLMRunner", "prompt": PROMPTS[0],
+                        "text": text, "equals_module_api": text.strip() == module_text.strip(),
+                        "generated_tokens": stats["pieces"]}
+    if not record["runner"]["equals_module_api"]:
+        log.warning("executorch: the LLM runner's text differs from the Module API's greedy text")
+    return record
+
+
+def _verify(logits_of, greedy_of, tokenizer, subjects: dict, reference: dict, progress: Progress,
+            runtime: str) -> dict:
+    """One artifact's scores on every subject against float, and its greedy tokens from every prompt."""
+    from edgeship.metrics.language import LanguageScore, generation_record, perplexity_increase
+
+    advance = progress(f"verify {runtime} on text", sum(len(w) for w in subjects.values()) + len(PROMPTS))
+    scores = {}
+    for name, windows in subjects.items():
+        score = LanguageScore()
+        for window, expected in zip(windows, reference["logits"][name]):
+            score.add(logits_of(window.tolist())[None], window[None], expected)
+            advance(1)
+        result = score.result()
+        scores[name] = result | {"perplexity_increase": perplexity_increase(result, reference["scores"][name])}
+    worst = max(scores, key=lambda name: scores[name]["perplexity_increase"])
+    generations = []
+    for prompt in PROMPTS:
+        ids = _prompt_ids(tokenizer, prompt)
+        tokens = greedy_of(ids, len(reference["greedy"][prompt]))
+        record = generation_record(prompt, tokens, reference["greedy"][prompt], CHECKED_TOKENS)
+        generations.append(record | {"text": tokenizer.decode(tokens),
+                                     "float_text": tokenizer.decode(reference["greedy"][prompt])})
+        advance(1)
+    if not all(all(v == v for v in s.values() if isinstance(v, float)) for s in scores.values()):
+        raise ExportError(f"{runtime}: the artifact gives non-finite scores; it is not shipped")
+    matched = sum(g[f"equal_first_{CHECKED_TOKENS}"] for g in generations)
+    return {"subjects": scores, "worst_subject": worst, "generation": generations,
+            "greedy_equal_prompts": f"{matched}/{len(generations)}"}
+
+
+def _encodings(decoder) -> dict:
+    """Each quantized table's group, shape and content hashes: the values every runtime's artifact holds."""
+    import hashlib
+
+    return {w.layer: {"bits": w.bits, "group": w.group, "shape": list(w.q.shape),
+                      "values_sha256": hashlib.sha256(w.q.numpy().tobytes()).hexdigest(),
+                      "scales_sha256": hashlib.sha256(w.scale.numpy().tobytes()).hexdigest()}
+            for w in decoder.all_weights()}
+
+
+def _versions() -> dict:
+    from edgeship.report.manifest import versions
+
+    return versions()
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    text: str
+    tokens: int
+    decode_tokens_per_s: float
+    stats: dict
+
+
+def generate(out_dir: str | Path, prompt: str, *, runtime: str = "executorch", max_new_tokens: int = 128,
+             chat: bool = True, stream: bool = False) -> GenerateResult:
+    """Greedy text after `prompt` (in the tokenizer's chat template when it has one and `chat`) from the
+    `runtime` artifact of the language-model export at `out_dir`, run by that runtime's LLM runner;
+    `stream`: each piece written to standard output as it comes."""
+    from transformers import AutoTokenizer
+
+    from edgeship.backends.executorch.decoder import runner_generate
+
+    out_dir = Path(out_dir)
+    manifest_path = out_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    if manifest.get("kind") != "language_model":
+        raise ConfigError(f"{out_dir} is not a language-model export (no manifest.json of one); pass the folder "
+                          "`edgeship export` wrote for a language model, out/<model>/<target>")
+    found = [a for a in manifest["artifacts"] if a["runtime"] == runtime]
+    if not found:
+        raise ConfigError(f"{out_dir} has no {runtime} artifact; it has "
+                          f"{', '.join(a['runtime'] for a in manifest['artifacts'])}: pass one with --runtime")
+    tokenizer = AutoTokenizer.from_pretrained(out_dir / "tokenizer", local_files_only=True)
+    if chat and getattr(tokenizer, "chat_template", None):
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                               add_generation_prompt=True)
+    text, stats = runner_generate(out_dir / found[0]["path"], out_dir / found[0]["tokenizer"], prompt,
+                                  max_new_tokens, stream)
+    tokens = stats["pieces"]
+    decode_ms = stats.get("inference_end_ms", 0) - stats.get("first_token_ms", 0)
+    rate = stats.get("generated_tokens", 0) * 1000.0 / decode_ms if decode_ms > 0 else 0.0
+    return GenerateResult(text, tokens, rate, stats)

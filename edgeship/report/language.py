@@ -1,0 +1,47 @@
+"""A language-model export's report: per artifact, one row per evaluation subject (perplexity against
+float, its increase, next-token agreement, KL), the subject that lost the most, and greedy generation
+against float's."""
+
+from __future__ import annotations
+
+SUBJECT_COLUMNS = ("subject", "float ppl", "ppl", "increase", "top-1 vs float", "KL")
+
+
+def subject_rows(artifact: dict, floats: dict) -> list[list[str]]:
+    rows = []
+    for name, score in artifact["subjects"].items():
+        rows.append([name, f"{floats[name]['float']['perplexity']:.3f}", f"{score['perplexity']:.3f}",
+                     f"{score['perplexity_increase'] * 100:+.1f}%", f"{score['top1_agreement'] * 100:.1f}%",
+                     f"{score['kl_divergence']:.4f}"])
+    return rows
+
+
+def _table(header: tuple[str, ...], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def language_report(manifest: dict) -> str:
+    weights = manifest["weights"]
+    lines = [f"# {manifest['model']['name']} ({manifest['model']['family']}) for {manifest['target']['name']}", "",
+             f"- model: `{manifest['model']['source']}`",
+             f"- recipe: {manifest['recipe']['name']}: {weights['quantized_layers']} linear layers "
+             f"{manifest['recipe']['precision']} ({weights['method']}, group {weights['group'] or 'per channel'}), "
+             f"embeddings {weights['embeddings']}" + (", head tied to them" if weights["tied_head"] else ""),
+             f"- KV cache: {manifest['max_seq_len']} positions, float", ""]
+    for artifact in manifest["artifacts"]:
+        lines += [f"## {artifact['path']} ({artifact['runtime']}, {artifact['size_bytes'] / 1e6:.1f} MB)", "",
+                  *_table(SUBJECT_COLUMNS, subject_rows(artifact, manifest["subjects"])), "",
+                  f"Lost the most: **{artifact['worst_subject']}**. Greedy output equal to float's for the first "
+                  f"16 tokens on {artifact['greedy_equal_prompts']} prompts.", ""]
+        for g in artifact["generation"]:
+            where = "equal throughout" if g["first_divergence"] is None else f"differs from token {g['first_divergence']}"
+            lines += [f"- `{g['prompt']}` ({where}; distinct 2-grams {g['distinct_2']:.2f}, float "
+                      f"{g['float_distinct_2']:.2f})", f"  - {artifact['runtime']}: {g['text']!r}",
+                      f"  - float: {g['float_text']!r}"]
+        runner = artifact.get("runner")
+        if runner:
+            lines += ["", f"Run by `{runner['name']}`: {runner['text']!r} "
+                      f"({'the same as' if runner['equals_module_api'] else 'NOT the same as'} the Module API's)."]
+        lines.append("")
+    return "\n".join(lines)
