@@ -109,6 +109,21 @@ def llm_perplexity(data: dict) -> list[str]:
         ["subject", *forms], [[s] + [shown(cell[(s, f)]) for f in forms] for s in subjects])
 
 
+def llm_export(data: dict) -> list[str]:
+    lines = [f"{data['model']}, `{data['command']}`; KV cache {data['max_seq_len']} positions; weights "
+             f"{data['weights']['method']} ({data['weights']['quantized_layers']} linear layers, group "
+             f"{data['weights']['group']}).", ""]
+    for a in data["artifacts"]:
+        lines += [f"`{a['path']}` ({a['runtime']}): {a['size_bytes'] / 1e6:.1f} MB; greedy output equal to float's "
+                  f"for the first 16 tokens on {a['greedy_equal_prompts']} prompts; the LLM runner's text "
+                  f"{'equals' if a['runner']['equals_module_api'] else 'differs from'} the Module API's.", ""]
+        lines += _table(["subject", "float ppl", "ppl", "increase", "top-1 vs float", "KL"], [
+            [name, f"{data['subjects_float'][name]['float']['perplexity']:.2f}", f"{s['perplexity']:.2f}",
+             f"{100 * s['perplexity_increase']:+.1f}%", f"{100 * s['top1_agreement']:.1f}%",
+             f"{s['kl_divergence']:.3f}"] for name, s in a["subjects"].items()]) + [""]
+    return lines + ["Stages: " + "; ".join(data["stages"])]
+
+
 def agreement_ceiling(data: dict) -> list[str]:
     expected = data["expected_top1_agreement_by_sqnr_db"]
     return [f"{data['photos']} photos, {data['draws']} noise draws each: expected top-1 agreement with float "

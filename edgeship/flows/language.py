@@ -129,12 +129,12 @@ def _windows(tokenizer, texts: dict[str, str], length: int, gptq: bool):
 
 def _export_into(stage: Path, lm, device, recipe: LanguageRecipe, length: int, calib, subjects: dict,
                  runtimes: list[str], progress: Progress, reproduce: dict) -> dict:
-    from edgeship.quantize.decoder import int4_decoder
+    from edgeship.quantize.decoder import gptq_steps, int4_decoder
     from edgeship.report.language import language_report
 
     started = time.perf_counter()
     advance = progress(f"{recipe.precision} weights" + (" (GPTQ)" if calib is not None else ""),
-                       len(calib) if calib is not None else 1)
+                       gptq_steps(lm.model, calib) if calib is not None else 1)
     decoder = int4_decoder(lm.model, recipe.group, calib, advance if calib is not None else None, recipe.bits)
     if calib is None:
         advance(1)

@@ -1,6 +1,7 @@
 """int4 weights for a decoder language model, computed once: every linear layer of its blocks block-wise
 int4 (one scale per `group` input channels of a row: quantize/grid.py), rounded to nearest or by GPTQ
-with each layer's H = sum x^T x over calibration text; the token embeddings (and a head tied to them)
+block by block over calibration text (each layer's H = sum x^T x of the inputs the already quantized
+blocks give it); the token embeddings (and a head tied to them)
 int8 with one scale per row. The result is the float model with those values dequantized into it (what
 every runtime's artifact must compute) and the integer weights themselves (what each runtime's writer
 packs)."""
@@ -24,29 +25,6 @@ def block_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     """The linear layers int4 quantizes: every nn.Linear except the output head."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head]
-
-
-def input_grams(model: nn.Module, windows: torch.Tensor, names: set[str],
-                progress: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
-    """H = sum x^T x of each named linear layer's inputs over the calibration windows ([n, length] ids)."""
-    grams: dict[str, torch.Tensor] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        if name in names:
-            def record(mod, args, out, name=name):
-                x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-                grams[name] = grams.get(name, 0) + x.T @ x
-            hooks.append(module.register_forward_hook(record))
-    try:
-        with torch.no_grad():
-            for window in windows:
-                model(window[None])
-                if progress is not None:
-                    progress(1)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return grams
 
 
 def int8_rows(name: str, weight: torch.Tensor) -> Int4Weight:
@@ -73,37 +51,125 @@ class Int4Decoder:
 
 def int4_decoder(model: nn.Module, group: int | None = 32, windows: torch.Tensor | None = None,
                  progress: Callable[[int], None] | None = None, bits: int = 4, search: bool = True) -> Int4Decoder:
-    """`model`'s int4 block weights (GPTQ when calibration `windows` are given, else rounded to nearest;
-    each group's scale clipped where that lowers its error, `search`) and int8 per-row embeddings, with a
-    copy of the model holding them. `bits` 8 with `group` None: int8 weights, one scale per output
-    channel. `model` is unchanged."""
+    """`model`'s int4 block weights and int8 per-row embeddings (and untied head), with a copy of the model
+    holding them. With calibration `windows`, GPTQ block by block: each block's layers see the inputs the
+    blocks before it give once quantized (`progress(1)` per window read and per block); without, rounded
+    to nearest. `search`: each group's scale clipped where that lowers its error. `bits` 8 with `group`
+    None: int8 weights, one scale per output channel. `model` is unchanged."""
     quantized = copy.deepcopy(model).eval()
     size = {n: group or m.in_features for n, m in block_linears(quantized)}
     linears = [(n, m) for n, m in block_linears(quantized) if m.in_features % size[n] == 0]
     skipped = [n for n, m in block_linears(quantized) if m.in_features % size[n]]
-    grams = input_grams(model, windows, {n for n, _ in linears}, progress) if windows is not None else {}
-    weights = []
-    names = {id(m): n for n, m in quantized.named_modules()}
     with torch.no_grad():
-        for name, module in linears:
-            w = module.weight.detach().float()
-            q, scale = (gptq_weight(w, grams[name], size[name], bits, search) if name in grams
-                        else quantize_weight(w, size[name], bits, search))
-            record = Int4Weight(name, f"{name}.weight", q, scale.float(), size[name], bits)
-            module.weight.copy_(record.dequantized().to(module.weight.dtype))
-            weights.append(record)
-        embedding = quantized.get_input_embeddings()
-        rows = int8_rows(names[id(embedding)], embedding.weight)
-        embedding.weight.copy_(rows.dequantized().to(embedding.weight.dtype))
-        head = quantized.get_output_embeddings()
-        tied = head is not None and head.weight is embedding.weight
-        head_rows = None
-        if head is not None and not tied:  # an untied head: int8 per row too
-            head_rows = int8_rows(names[id(head)], head.weight)
-            head.weight.copy_(head_rows.dequantized().to(head.weight.dtype))
+        rows, head_rows, tied = _int8_tables(quantized)
+        if windows is not None:
+            weights = _sequential_gptq(quantized, linears, windows, size, bits, search, progress)
+        else:
+            weights = [_set(m, Int4Weight(n, f"{n}.weight", *quantize_weight(m.weight.detach().float(), size[n],
+                                                                              bits, search), size[n], bits))
+                       for n, m in linears]
     if skipped:
         log.warning("kept float (input channels not a multiple of %d): %s", group, ", ".join(skipped))
     return Int4Decoder(quantized, weights, rows, head_rows,
-                       {"method": "gptq" if grams else "nearest", "bits": bits, "group": group, "clip_search": search,
-                        "quantized_layers": len(weights),
+                       {"method": "gptq" if windows is not None else "nearest", "bits": bits, "group": group,
+                        "clip_search": search, "quantized_layers": len(weights),
                         "float_layers": skipped, "embeddings": "int8 per row", "tied_head": tied})
+
+
+def gptq_steps(model: nn.Module, windows: torch.Tensor) -> int:
+    """The `progress` ticks `int4_decoder` gives for GPTQ over `windows`."""
+    return len(windows) + len(_blocks(model))
+
+
+def _set(module: nn.Linear, record: Int4Weight) -> Int4Weight:
+    module.weight.copy_(record.dequantized().to(module.weight.dtype))
+    return record
+
+
+def _int8_tables(model: nn.Module) -> tuple[Int4Weight, Int4Weight | None, bool]:
+    """The token embeddings (and an untied head) int8 per row, set into `model`."""
+    names = {id(m): n for n, m in model.named_modules()}
+    embedding = model.get_input_embeddings()
+    rows = int8_rows(names[id(embedding)], embedding.weight)
+    embedding.weight.copy_(rows.dequantized().to(embedding.weight.dtype))
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight is embedding.weight
+    head_rows = None
+    if head is not None and not tied:
+        head_rows = int8_rows(names[id(head)], head.weight)
+        head.weight.copy_(head_rows.dequantized().to(head.weight.dtype))
+    return rows, head_rows, tied
+
+
+def _blocks(model: nn.Module) -> nn.ModuleList:
+    """The decoder's blocks: the module list holding the most linear layers."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise ValueError("the model has no list of decoder blocks")
+    return max(lists, key=lambda blocks: sum(isinstance(m, nn.Linear) for m in blocks.modules()))
+
+
+def _block_inputs(model: nn.Module, blocks: nn.ModuleList, windows: torch.Tensor, progress) -> tuple[list, list]:
+    """Each window's hidden states entering the first block, and the other arguments each block is called
+    with (position embeddings, masks), captured from one forward pass."""
+    first, calls = [], [[] for _ in blocks]
+
+    def capture(index: int):
+        def hook(module, args, kwargs):
+            if index == 0:
+                first.append(args[0] if args else kwargs["hidden_states"])
+            calls[index].append((args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"}))
+        return hook
+
+    handles = [block.register_forward_pre_hook(capture(i), with_kwargs=True) for i, block in enumerate(blocks)]
+    try:
+        for window in windows:
+            model(window[None], use_cache=False)
+            if progress is not None:
+                progress(1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return first, calls
+
+
+def _run_block(block: nn.Module, x: torch.Tensor, call: tuple) -> torch.Tensor:
+    out = block(x, *call[0], **call[1])
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _sequential_gptq(model: nn.Module, linears: list, windows: torch.Tensor, size: dict, bits: int, search: bool,
+                     progress) -> list[Int4Weight]:
+    """GPTQ one decoder block at a time: H of each of its layers from the inputs the quantized blocks before
+    it give; then the block quantized, and its outputs the next block's inputs. Layers outside the blocks
+    are rounded to nearest."""
+    blocks = _blocks(model)
+    xs, calls = _block_inputs(model, blocks, windows, progress)
+    done: dict[str, Int4Weight] = {}
+    for index, block in enumerate(blocks):
+        inside = [(n, m) for n, m in linears if any(m is b for b in block.modules())]
+        grams: dict[str, torch.Tensor] = {}
+        hooks = [m.register_forward_hook(lambda mod, args, out, n=n: grams.__setitem__(
+            n, grams.get(n, 0) + _gram(args[0]))) for n, m in inside]
+        try:
+            for x, call in zip(xs, calls[index]):
+                _run_block(block, x, call)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        for name, module in inside:
+            q, scale = gptq_weight(module.weight.detach().float(), grams[name], size[name], bits, search)
+            done[name] = _set(module, Int4Weight(name, f"{name}.weight", q, scale.float(), size[name], bits))
+        xs = [_run_block(block, x, call) for x, call in zip(xs, calls[index])]
+        if progress is not None:
+            progress(1)
+    for name, module in linears:
+        if name not in done:
+            done[name] = _set(module, Int4Weight(name, f"{name}.weight", *quantize_weight(
+                module.weight.detach().float(), size[name], bits, search), size[name], bits))
+    return [done[name] for name, _ in linears]
+
+
+def _gram(x: torch.Tensor) -> torch.Tensor:
+    x = x.detach().reshape(-1, x.shape[-1]).float()
+    return x.T @ x

