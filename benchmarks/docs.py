@@ -116,7 +116,7 @@ def llm_export(data: dict) -> list[str]:
     for a in data["artifacts"]:
         lines += [f"`{a['path']}` ({a['runtime']}): {a['size_bytes'] / 1e6:.1f} MB; greedy output equal to float's "
                   f"for the first 16 tokens on {a['greedy_equal_prompts']} prompts; the LLM runner's text "
-                  f"{'equals' if a['runner']['equals_module_api'] else 'differs from'} the Module API's.", ""]
+                  f"{'equals' if a['runner']['equals_greedy'] else 'differs from'} the verified greedy text.", ""]
         lines += _table(["subject", "float ppl", "ppl", "increase", "top-1 vs float", "KL"], [
             [name, f"{data['subjects_float'][name]['float']['perplexity']:.2f}", f"{s['perplexity']:.2f}",
              f"{100 * s['perplexity_increase']:+.1f}%", f"{100 * s['top1_agreement']:.1f}%",

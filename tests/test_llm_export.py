@@ -90,7 +90,7 @@ def test_the_pte_computes_the_integer_model_with_its_kv_cache(exported, lm_folde
     with torch.no_grad():
         expected = integer(torch.tensor([tokens])).logits[0]
         quantization = float((lm.model(torch.tensor([tokens])).logits[0] - expected).pow(2).mean().sqrt())
-    session = DecoderSession(folder / manifest["artifacts"][0]["path"])
+    session = DecoderSession(folder / _artifact(manifest, "executorch")["path"])
     whole = session.logits(tokens)
     stepped = torch.cat([session.step(tokens[:30], 0), *(session.step([t], 30 + i) for i, t in enumerate(tokens[30:]))])
     spread = float(expected.std())
@@ -101,14 +101,53 @@ def test_the_pte_computes_the_integer_model_with_its_kv_cache(exported, lm_folde
     assert session.max_seq_len == LENGTH
 
 
-def test_scores_per_subject_are_measured_against_float(exported, lm_folder: Path) -> None:
+def test_the_genai_model_computes_the_integer_model(exported, lm_folder: Path) -> None:
+    """The ONNX Runtime GenAI folder: every linear layer MatMulNBits with the int4 values (the head int8),
+    its logits through onnxruntime_genai against the same weights in PyTorch."""
+    import onnx
+
+    from edgeship.backends.onnxruntime.genai import GenaiSession
     from edgeship.calibration.text import read_text, token_windows
     from edgeship.export.causal_lm import load_causal_lm
-    from edgeship.metrics.language import LanguageScore
+    from edgeship.quantize.decoder import int4_decoder
+
+    folder, manifest = exported
+    artifact = _artifact(manifest, "onnxruntime")
+    graph = onnx.load(str(folder / artifact["path"] / "model.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert "MatMul" not in ops and ops.count("GatherBlockQuantized") == 1
+    assert not [n for n in graph.node if n.op_type == "Gather" and "input_ids" in n.input]
+    assert ops.count("MatMulNBits") == artifact["matmul_nbits"] + 1 and artifact["float_matmuls"] == []
+    lm = load_causal_lm(str(lm_folder / "tiny-llama"))
+    windows = token_windows(lm.tokenizer, read_text(lm_folder / "calibration.txt"), LENGTH, 32)
+    decoder = int4_decoder(lm.model, 32, windows)
+    tokens = windows[1, :40].tolist()
+    with torch.no_grad():
+        expected = decoder.model(torch.tensor([tokens])).logits[0]
+        quantization = float((lm.model(torch.tensor([tokens])).logits[0] - expected).pow(2).mean().sqrt())
+    got = GenaiSession(folder / artifact["path"]).logits(tokens)
+    assert float((got - expected).pow(2).mean().sqrt()) < 0.35 * quantization
+    assert float((got.argmax(-1) == expected.argmax(-1)).float().mean()) >= 0.95
+
+
+def _artifact(manifest: dict, runtime: str) -> dict:
+    return next(a for a in manifest["artifacts"] if a["runtime"] == runtime)
+
+
+def test_scores_per_subject_are_measured_against_float(exported, lm_folder: Path) -> None:
+    from edgeship.export.causal_lm import load_causal_lm
 
     _, manifest = exported
     lm = load_causal_lm(str(lm_folder / "tiny-llama"))
-    artifact = manifest["artifacts"][0]
+    assert sorted(a["runtime"] for a in manifest["artifacts"]) == ["executorch", "onnxruntime"]
+    for artifact in manifest["artifacts"]:
+        _subjects_against_float(artifact, manifest, lm, lm_folder)
+
+
+def _subjects_against_float(artifact: dict, manifest: dict, lm, lm_folder: Path) -> None:
+    from edgeship.calibration.text import read_text, token_windows
+    from edgeship.metrics.language import LanguageScore
+
     assert set(artifact["subjects"]) == set(manifest["subjects"]) == {"forward", "reversed"}
     for name, path in (("forward", "calibration.txt"), ("reversed", "reversed.txt")):
         windows = token_windows(lm.tokenizer, read_text(lm_folder / path), LENGTH - 1, 8)
@@ -129,27 +168,29 @@ def test_generation_is_checked_against_float_and_by_the_runtime_runner(exported,
     from transformers import AutoTokenizer
 
     folder, manifest = exported
-    artifact = manifest["artifacts"][0]
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-    for record in artifact["generation"]:
-        prompt = tokenizer(record["prompt"])["input_ids"]
-        assert record["tokens"] == min(32, LENGTH - len(prompt))
-    assert artifact["runner"]["equals_module_api"], artifact["runner"]
-    assert artifact["runner"]["text"] == artifact["generation"][0]["text"]
     report = (folder / "report.md").read_text()
-    assert f"Lost the most: **{artifact['worst_subject']}**" in report and "| reversed |" in report
+    for artifact in manifest["artifacts"]:
+        for record in artifact["generation"]:
+            prompt = tokenizer(record["prompt"])["input_ids"]
+            assert record["tokens"] == min(32, LENGTH - len(prompt))
+        assert artifact["runner"]["equals_greedy"], artifact["runner"]
+        assert artifact["runner"]["text"] == artifact["generation"][0]["text"]
+        assert f"Lost the most: **{artifact['worst_subject']}**" in report
+    assert "| reversed |" in report
 
 
 def test_generate_streams_from_the_runner(exported) -> None:
     from edgeship import api
 
     folder, manifest = exported
-    result = api.generate(folder, "the red cat", max_new_tokens=8)
-    assert result.tokens == 8
-    shown = subprocess.run([sys.executable, "-m", "edgeship", "generate", str(folder), "--prompt", "the red cat",
-                            "--max-new-tokens", "8"], capture_output=True, text=True)
-    assert shown.returncode == 0, shown.stderr
-    assert shown.stdout.strip() == result.text.strip() and result.text.strip()
+    for runtime in ("executorch", "onnxruntime"):
+        result = api.generate(folder, "the red cat", runtime=runtime, max_new_tokens=8)
+        assert result.tokens == 8
+        shown = subprocess.run([sys.executable, "-m", "edgeship", "generate", str(folder), "--prompt", "the red cat",
+                                "--runtime", runtime, "--max-new-tokens", "8"], capture_output=True, text=True)
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.strip() == result.text.strip() and result.text.strip()
 
 
 def test_generation_records() -> None:

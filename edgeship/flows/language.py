@@ -29,7 +29,7 @@ EVAL_WINDOWS, EVAL_LENGTH = 8, 256  # each evaluation text: up to 8 teacher-forc
 NEW_TOKENS, CHECKED_TOKENS = 32, 16  # greedy generation per prompt; the tokens that must equal float's
 PROMPTS = ("The capital of France is", "Once upon a time, in a small village,", "def fibonacci(n):",
            "The main causes of the First World War were", "To make a good cup of tea, you")
-LANGUAGE_RUNTIMES = ("executorch",)  # the runtimes whose language-model artifacts edgeship writes
+LANGUAGE_RUNTIMES = ("executorch", "onnxruntime")  # the runtimes whose language-model artifacts edgeship writes
 
 
 @dataclass(frozen=True)
@@ -140,8 +140,9 @@ def _export_into(stage: Path, lm, device, recipe: LanguageRecipe, length: int, c
         advance(1)
     lm.tokenizer.save_pretrained(stage / "tokenizer")
     reference = _float_reference(lm, subjects, length, progress)
-    artifacts = [_executorch(stage, lm, decoder, recipe, length, subjects, reference, progress)
-                 for runtime in runtimes if runtime == "executorch"]
+    writers = {"executorch": _executorch, "onnxruntime": _onnxruntime}
+    artifacts = [writers[runtime](stage, lm, decoder, recipe, length, subjects, reference, progress)
+                 for runtime in runtimes]
     manifest = {
         "kind": "language_model", "versions": _versions(),
         "model": {"source": lm.source, "name": lm.name, "family": lm.family, "max_positions": lm.max_positions},
@@ -221,13 +222,42 @@ def _executorch(stage: Path, lm, decoder, recipe: LanguageRecipe, length: int, s
               "ops_outside_delegate": sorted(set(outside))}
     record |= _verify(session.logits, session.greedy, lm.tokenizer, subjects, reference, progress, "executorch")
     text, stats = et.runner_generate(path, stage / "tokenizer" / "tokenizer.json", PROMPTS[0], NEW_TOKENS)
-    module_text = lm.tokenizer.decode(session.greedy(_prompt_ids(lm.tokenizer, PROMPTS[0]), NEW_TOKENS))
-    record["runner"] = {"name": "executorch.extension.llm.runner.TextLLMRunner", "prompt": PROMPTS[0],
-                        "text": text, "equals_module_api": text.strip() == module_text.strip(),
-                        "generated_tokens": stats["pieces"]}
-    if not record["runner"]["equals_module_api"]:
-        log.warning("executorch: the LLM runner's text differs from the Module API's greedy text")
-    return record
+    return record | {"runner": _runner("executorch.extension.llm.runner.TextLLMRunner", text, stats, record)}
+
+
+def _onnxruntime(stage: Path, lm, decoder, recipe: LanguageRecipe, length: int, subjects: dict, reference: dict,
+                 progress: Progress) -> dict:
+    """The ONNX Runtime GenAI model folder (the GenAI builder's float model with the integer weights
+    rewritten in), checked through onnxruntime_genai's Generator."""
+    import tempfile
+
+    from edgeship.backends.onnxruntime import genai
+
+    advance = progress("lower for onnxruntime (GenAI model builder)", 2)
+    folder = stage / "onnxruntime-genai"
+    with tempfile.TemporaryDirectory(dir=stage) as scratch:
+        decoder.model.save_pretrained(Path(scratch) / "float")
+        lm.tokenizer.save_pretrained(Path(scratch) / "float")
+        genai.build_float(Path(scratch) / "float", folder, Path(scratch) / "cache")
+    advance(1)
+    written = genai.rewrite(folder / "model.onnx", decoder)
+    genai.set_context(folder, length)
+    advance(1)
+    session = genai.GenaiSession(folder)
+    record = {"runtime": "onnxruntime", "precision": recipe.precision, "path": folder.name,
+              "size_bytes": sum(p.stat().st_size for p in folder.iterdir()), "tokenizer": f"{folder.name}/tokenizer.json",
+              "matmul_nbits": written["matmul_nbits"], "float_matmuls": written["float_matmuls"]}
+    record |= _verify(session.logits, session.greedy, lm.tokenizer, subjects, reference, progress, "onnxruntime")
+    text, stats = genai.genai_generate(folder, PROMPTS[0], NEW_TOKENS)
+    return record | {"runner": _runner("onnxruntime_genai.Generator", text, stats, record)}
+
+
+def _runner(name: str, text: str, stats: dict, record: dict) -> dict:
+    """The runtime's own LLM runner on the first prompt: its text against the verified greedy text."""
+    same = text.strip() == record["generation"][0]["text"].strip()
+    if not same:
+        log.warning("%s: the LLM runner's text differs from the verified greedy text", record["runtime"])
+    return {"name": name, "prompt": PROMPTS[0], "text": text, "equals_greedy": same, "generated_tokens": stats["pieces"]}
 
 
 def _verify(logits_of, greedy_of, tokenizer, subjects: dict, reference: dict, progress: Progress,
@@ -307,9 +337,15 @@ def generate(out_dir: str | Path, prompt: str, *, runtime: str = "executorch", m
     if chat and getattr(tokenizer, "chat_template", None):
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                add_generation_prompt=True)
-    text, stats = runner_generate(out_dir / found[0]["path"], out_dir / found[0]["tokenizer"], prompt,
-                                  max_new_tokens, stream)
+    if runtime == "onnxruntime":
+        from edgeship.backends.onnxruntime.genai import genai_generate
+
+        text, stats = genai_generate(out_dir / found[0]["path"], prompt, max_new_tokens, stream)
+        decode_ms = stats["decode_ms"]
+    else:
+        text, stats = runner_generate(out_dir / found[0]["path"], out_dir / found[0]["tokenizer"], prompt,
+                                      max_new_tokens, stream)
+        decode_ms = stats.get("inference_end_ms", 0) - stats.get("first_token_ms", 0)
     tokens = stats["pieces"]
-    decode_ms = stats.get("inference_end_ms", 0) - stats.get("first_token_ms", 0)
-    rate = stats.get("generated_tokens", 0) * 1000.0 / decode_ms if decode_ms > 0 else 0.0
+    rate = (tokens - 1) * 1000.0 / decode_ms if decode_ms > 0 and tokens > 1 else 0.0
     return GenerateResult(text, tokens, rate, stats)

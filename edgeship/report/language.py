@@ -42,6 +42,6 @@ def language_report(manifest: dict) -> str:
         runner = artifact.get("runner")
         if runner:
             lines += ["", f"Run by `{runner['name']}`: {runner['text']!r} "
-                      f"({'the same as' if runner['equals_module_api'] else 'NOT the same as'} the Module API's)."]
+                      f"({'the same as' if runner['equals_greedy'] else 'NOT the same as'} the verified greedy text)."]
         lines.append("")
     return "\n".join(lines)
