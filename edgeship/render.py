@@ -42,6 +42,18 @@ def language_table(result) -> None:
                    f"tokens on {artifact['greedy_equal_prompts']} prompts")
 
 
+def language_bench_table(result, out_dir) -> None:
+    host = result.host
+    table = Table("artifact", "runtime", "precision", "size MB", "load ms", "first token ms", "prefill tok/s",
+                  "decode tok/s", "peak MB", "threads",
+                  title=f"{out_dir} on {host.get('cpu_model')} ({host.get('cpu_count')} cpus)")
+    for r in result.rows:
+        table.add_row(r["path"], r["runtime"], r["precision"], f"{r['size_bytes'] / 1e6:.1f}", f"{r['load_ms']:.0f}",
+                      f"{r['time_to_first_token_ms']:.0f}", f"{r['prefill_tokens_per_s']:.1f}",
+                      f"{r['decode_tokens_per_s']:.1f}", f"{r['peak_rss_mb']:.0f}", str(r["threads"]))
+    Console(width=200).print(table)
+
+
 def analyze_table(result, top: int) -> None:
     m, p = result.metric, result.precision
     table = Table("rank", "layer", "op", "module", f"{m}: only this {p}", f"{m}: this in float",
@@ -75,6 +87,8 @@ def debug_table(result, out_dir) -> None:
 
 
 def bench_table(result, out_dir, compare: bool) -> None:
+    if result.rows and "decode_tokens_per_s" in result.rows[0]:
+        return language_bench_table(result, out_dir)
     host = result.host
     title = f"{out_dir} on {host.get('cpu_model')} ({host.get('cpu_count')} cpus, governor {host.get('governor')})"
     if host.get("emulated"):

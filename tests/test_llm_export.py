@@ -235,3 +235,17 @@ def test_bad_language_model_inputs(lm_folder: Path, tmp_path: Path, monkeypatch,
     untokenized = tmp_path / "no-tokenizer"
     shutil.copytree(model, untokenized, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens*"))
     assert "has no tokenizer" in _bad(monkeypatch, capsys, tmp_path, str(untokenized), text)
+
+
+def test_bench_times_every_language_artifact(exported) -> None:
+    """One method for both runtimes: a prefill of half the 64-position context, then greedy decode to its end."""
+    from edgeship import api
+
+    folder, _ = exported
+    result = api.bench(folder, threads=1)
+    assert sorted(r["runtime"] for r in result.rows) == ["executorch", "onnxruntime"]
+    for row in result.rows:
+        assert row["prompt_tokens"] == 32 and row["decode_tokens"] == 31
+        assert row["prefill_tokens_per_s"] > 0 and row["decode_tokens_per_s"] > 0 and row["peak_rss_mb"] > 0
+    assert json.loads((folder / "bench.json").read_text())["rows"] == result.rows
+    assert json.loads((folder / "manifest.json").read_text())["bench"]["rows"] == result.rows

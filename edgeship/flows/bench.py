@@ -50,6 +50,11 @@ def bench(out_dir: str | Path, *, artifacts: list[str] | None = None, threads: i
     out_dir = Path(out_dir)
     manifest_path = out_dir / "manifest.json"
     manifest = read_manifest(out_dir)
+    if manifest.get("kind") == "language_model":
+        from edgeship.flows.bench_language import bench_language
+
+        only_here = device is None and not (profile or baseline or fail_on_fallback) and min_delegated is None
+        return BenchResult(out_dir, *bench_language(out_dir, manifest, artifacts, threads, progress, only_here), {}, [])
     inputs = out_dir / "sample_inputs.npz"
     if not inputs.is_file():
         raise ConfigError(f"{out_dir} has no sample_inputs.npz (exported by an older edgeship); re-export it")

@@ -126,6 +126,7 @@ class DecoderSession:
         program = Runtime.get().load_program(str(path))
         self._method = program.load_method("forward")
         self.max_seq_len = int(program.load_method("get_max_seq_len").execute([])[0])
+        self.vocab_size = int(program.load_method("get_vocab_size").execute([])[0])
 
     def step(self, tokens: list[int], position: int) -> torch.Tensor:
         """The logits [n, vocab] of `tokens` placed at `position` onwards (earlier positions cached)."""
