@@ -41,6 +41,7 @@ class LanguageRecipe:
     bits: int
     group: int | None
     gptq: bool
+    asymmetric: bool = False  # int4: an offset per group too (values q * scale + offset)
 
     @property
     def precision(self) -> str:
@@ -54,7 +55,7 @@ def language_recipe(name: str) -> LanguageRecipe:
 
     recipe = recipe_by_name(name)
     if recipe.scheme == "w4a8":
-        return LanguageRecipe(recipe.name, 4, recipe.group_size, "gptq" in recipe.algorithms)
+        return LanguageRecipe(recipe.name, 4, recipe.group_size, "gptq" in recipe.algorithms, asymmetric=True)
     if recipe.scheme in ("w8a8", "w8a8-dynamic") and recipe.name in ("int8", "int8-dynamic"):
         return LanguageRecipe(recipe.name, 8, None, "gptq" in recipe.algorithms and recipe.scheme != "w8a8")
     raise ConfigError(f"recipe {recipe.name} does not apply to a language model; use --recipe int4 (int4 "
@@ -135,7 +136,8 @@ def _export_into(stage: Path, lm, device, recipe: LanguageRecipe, length: int, c
     started = time.perf_counter()
     advance = progress(f"{recipe.precision} weights" + (" (GPTQ)" if calib is not None else ""),
                        gptq_steps(lm.model, calib) if calib is not None else 1)
-    decoder = int4_decoder(lm.model, recipe.group, calib, advance if calib is not None else None, recipe.bits)
+    decoder = int4_decoder(lm.model, recipe.group, calib, advance if calib is not None else None, recipe.bits,
+                           asymmetric=recipe.asymmetric)
     if calib is None:
         advance(1)
     lm.tokenizer.save_pretrained(stage / "tokenizer")
@@ -294,9 +296,12 @@ def _encodings(decoder) -> dict:
     """Each quantized table's group, shape and content hashes: the values every runtime's artifact holds."""
     import hashlib
 
-    return {w.layer: {"bits": w.bits, "group": w.group, "shape": list(w.q.shape),
-                      "values_sha256": hashlib.sha256(w.q.numpy().tobytes()).hexdigest(),
-                      "scales_sha256": hashlib.sha256(w.scale.numpy().tobytes()).hexdigest()}
+    def digest(t) -> str:
+        return hashlib.sha256(t.numpy().tobytes()).hexdigest()
+
+    return {w.layer: {"bits": w.bits, "group": w.group, "shape": list(w.q.shape), "values_sha256": digest(w.q),
+                      "scales_sha256": digest(w.scale)} | ({"offsets_sha256": digest(w.offset)} if w.offset is not None
+                                                           else {})
             for w in decoder.all_weights()}
 
 

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from edgeship.quantize.grid import Int4Weight, gptq_weight, quantize_weight
+from edgeship.quantize.grid import Int4Weight, gptq_weight, quantize_affine, quantize_weight
 
 log = logging.getLogger(__name__)
 
@@ -50,35 +50,59 @@ class Int4Decoder:
 
 
 def int4_decoder(model: nn.Module, group: int | None = 32, windows: torch.Tensor | None = None,
-                 progress: Callable[[int], None] | None = None, bits: int = 4, search: bool = True) -> Int4Decoder:
+                 progress: Callable[[int], None] | None = None, bits: int = 4, search: bool = True,
+                 asymmetric: bool = False) -> Int4Decoder:
     """`model`'s int4 block weights and int8 per-row embeddings (and untied head), with a copy of the model
     holding them. With calibration `windows`, GPTQ block by block: each block's layers see the inputs the
     blocks before it give once quantized (`progress(1)` per window read and per block); without, rounded
-    to nearest. `search`: each group's scale clipped where that lowers its error. `bits` 8 with `group`
-    None: int8 weights, one scale per output channel. `model` is unchanged."""
+    to nearest. `search`: each group's scale clipped where that lowers its error. `asymmetric`: an offset
+    per group too (values q * scale + offset). `bits` 8 with `group` None: int8 weights, one scale per
+    output channel. `model` is unchanged."""
     quantized = copy.deepcopy(model).eval()
     size = {n: group or m.in_features for n, m in block_linears(quantized)}
     linears = [(n, m) for n, m in block_linears(quantized) if m.in_features % size[n] == 0]
     skipped = [n for n, m in block_linears(quantized) if m.in_features % size[n]]
     with torch.no_grad():
         rows, head_rows, tied = _int8_tables(quantized)
+        rule = _Rounding(size, bits, search, asymmetric)
         if windows is not None:
-            weights = _sequential_gptq(quantized, linears, windows, size, bits, search, progress)
+            weights = _sequential_gptq(quantized, linears, windows, rule, progress)
         else:
-            weights = [_set(m, Int4Weight(n, f"{n}.weight", *quantize_weight(m.weight.detach().float(), size[n],
-                                                                              bits, search), size[n], bits))
-                       for n, m in linears]
+            weights = [_set(m, rule.nearest(n, m)) for n, m in linears]
     if skipped:
         log.warning("kept float (input channels not a multiple of %d): %s", group, ", ".join(skipped))
     return Int4Decoder(quantized, weights, rows, head_rows,
                        {"method": "gptq" if windows is not None else "nearest", "bits": bits, "group": group,
-                        "clip_search": search, "quantized_layers": len(weights),
+                        "clip_search": search, "asymmetric": asymmetric, "quantized_layers": len(weights),
                         "float_layers": skipped, "embeddings": "int8 per row", "tied_head": tied})
 
 
 def gptq_steps(model: nn.Module, windows: torch.Tensor) -> int:
     """The `progress` ticks `int4_decoder` gives for GPTQ over `windows`."""
     return len(windows) + len(_blocks(model))
+
+
+@dataclass(frozen=True)
+class _Rounding:
+    """How each linear layer's weight goes on its grid: its group, the bits, the clipping search, offsets."""
+
+    size: dict
+    bits: int
+    search: bool
+    asymmetric: bool
+
+    def _record(self, name: str, values: tuple) -> Int4Weight:
+        q, scale, *offset = values
+        return Int4Weight(name, f"{name}.weight", q, scale.float(), self.size[name], self.bits,
+                          offset[0].float() if offset else None)
+
+    def nearest(self, name: str, module: nn.Linear) -> Int4Weight:
+        rounding = quantize_affine if self.asymmetric else quantize_weight
+        return self._record(name, rounding(module.weight.detach().float(), self.size[name], self.bits, self.search))
+
+    def gptq(self, name: str, module: nn.Linear, gram: torch.Tensor) -> Int4Weight:
+        return self._record(name, gptq_weight(module.weight.detach().float(), gram, self.size[name], self.bits,
+                                              self.search, self.asymmetric))
 
 
 def _set(module: nn.Linear, record: Int4Weight) -> Int4Weight:
@@ -138,7 +162,7 @@ def _run_block(block: nn.Module, x: torch.Tensor, call: tuple) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def _sequential_gptq(model: nn.Module, linears: list, windows: torch.Tensor, size: dict, bits: int, search: bool,
+def _sequential_gptq(model: nn.Module, linears: list, windows: torch.Tensor, rule: _Rounding,
                      progress) -> list[Int4Weight]:
     """GPTQ one decoder block at a time: H of each of its layers from the inputs the quantized blocks before
     it give; then the block quantized, and its outputs the next block's inputs. Layers outside the blocks
@@ -158,15 +182,13 @@ def _sequential_gptq(model: nn.Module, linears: list, windows: torch.Tensor, siz
             for hook in hooks:
                 hook.remove()
         for name, module in inside:
-            q, scale = gptq_weight(module.weight.detach().float(), grams[name], size[name], bits, search)
-            done[name] = _set(module, Int4Weight(name, f"{name}.weight", q, scale.float(), size[name], bits))
+            done[name] = _set(module, rule.gptq(name, module, grams[name]))
         xs = [_run_block(block, x, call) for x, call in zip(xs, calls[index])]
         if progress is not None:
             progress(1)
     for name, module in linears:
         if name not in done:
-            done[name] = _set(module, Int4Weight(name, f"{name}.weight", *quantize_weight(
-                module.weight.detach().float(), size[name], bits, search), size[name], bits))
+            done[name] = _set(module, rule.nearest(name, module))
     return [done[name] for name, _ in linears]
 
 

@@ -57,13 +57,35 @@ def fit_scale(blocks: torch.Tensor, qmin: int, qmax: int, search: bool = False) 
     return best
 
 
+def fit_affine(blocks: torch.Tensor, qmin: int, qmax: int, search: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scale and offset of each group of `blocks` (..., group) for values q * scale + offset, q in
+    [qmin, qmax]: the group's min and max on the two ends of the grid, or (`search`) the range shrunk
+    about its middle by the ratio of CLIP_RATIOS whose rounded group has the least squared error."""
+    low, high = blocks.amin(dim=-1), blocks.amax(dim=-1)
+    middle, half = (high + low) / 2, (high - low) / 2
+    best = best_err = None
+    for ratio in CLIP_RATIOS if search else (1.0,):
+        scale = (2 * half * ratio / (qmax - qmin)).clamp(min=1e-10)
+        offset = middle - half * ratio - qmin * scale
+        values = torch.round((blocks - offset[..., None]) / scale[..., None]).clamp(qmin, qmax)
+        err = ((values * scale[..., None] + offset[..., None] - blocks) ** 2).sum(-1)
+        if best is None:
+            best, best_err = (scale, offset), err
+        else:
+            better = err < best_err
+            best = (torch.where(better, scale, best[0]), torch.where(better, offset, best[1]))
+            best_err = torch.where(better, err, best_err)
+    return best
+
+
 def gptq_columns(w: torch.Tensor, h: torch.Tensor, qmin: int, qmax: int, scale: torch.Tensor | None = None,
-                 group: int | None = None, block: int = 128, search: bool = False
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 group: int | None = None, block: int = 128, search: bool = False, asymmetric: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """GPTQ over `w` (G, rows, cols) with one H (G, cols, cols) per group of rows. `scale` (G, rows): a
     fixed scale per row; or None: a scale per `group` columns of each row, set from the updated weights
     when the group starts (int4). Returns (q as int8, scale as float32 of shape (G, rows, cols // group)
-    or `scale`'s). `search`: each group's scale by `fit_scale`'s clipping search."""
+    or `scale`'s, offset of the scale's shape or None). `search`: each group's range by a clipping
+    search; `asymmetric`: values q * scale + offset with an offset per group (`fit_affine`)."""
     w = w.detach().double().clone()
     g, rows, cols = w.shape
     h = h.double().clone()
@@ -79,22 +101,26 @@ def gptq_columns(w: torch.Tensor, h: torch.Tensor, qmin: int, qmax: int, scale: 
         block = max(group, block - block % group)
     else:
         scales = scale.double().reshape(g, rows, 1).clone()
+    offsets = torch.zeros_like(scales)
     for start in range(0, cols, block):
         end = min(start + block, cols)
         w1, hinv1 = w[:, :, start:end].clone(), hinv[:, start:end, start:end]
         err1 = torch.zeros_like(w1)
         for i in range(end - start):
             col = start + i
-            if scale is None and col % group == 0:
+            if scale is None and col % group == 0 and asymmetric:
+                scales[:, :, col // group], offsets[:, :, col // group] = fit_affine(
+                    w1[:, :, i:i + group], qmin, qmax, search)
+            elif scale is None and col % group == 0:
                 scales[:, :, col // group] = fit_scale(w1[:, :, i:i + group], qmin, qmax, search)
-            s = scales[:, :, col // group if scale is None else 0]
-            qi = torch.round(w1[:, :, i] / s).clamp(qmin, qmax)
+            s, o = scales[:, :, col // group if scale is None else 0], offsets[:, :, col // group if scale is None else 0]
+            qi = torch.round((w1[:, :, i] - o) / s).clamp(qmin, qmax)
             q[:, :, col] = qi.to(torch.int8)
-            err = (w1[:, :, i] - qi * s) / hinv1[:, i, i][:, None]
+            err = (w1[:, :, i] - qi * s - o) / hinv1[:, i, i][:, None]
             w1[:, :, i:] -= err[:, :, None] * hinv1[:, i, i:][:, None, :]
             err1[:, :, i] = err
         w[:, :, end:] -= torch.einsum("grk,gkc->grc", err1, hinv[:, start:end, end:])
-    return q, (scales if scale is None else scale).float()
+    return q, (scales if scale is None else scale).float(), offsets.float() if asymmetric else None
 
 
 def patches(node: Node, x: torch.Tensor, weight_shape: torch.Size) -> torch.Tensor:
@@ -174,7 +200,7 @@ def round_weights(prepared: GraphModule, samples: Samples, progress: Callable[[i
             scale, _ = observer.calculate_qparams()
             gram = grams.pop(weight_attr)
             groups, rows = gram.shape[0], weight.shape[0] // gram.shape[0]
-            q, _ = gptq_columns(weight.reshape(groups, rows, -1), gram, int(observer.quant_min),
+            q, *_ = gptq_columns(weight.reshape(groups, rows, -1), gram, int(observer.quant_min),
                                 int(observer.quant_max), scale.reshape(-1, 1).expand(weight.shape[0], 1).reshape(groups, rows))
             values[weight_attr] = q.reshape(weight.shape)
         if memo is not None:

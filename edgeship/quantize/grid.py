@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from edgeship.quantize.gptq import fit_scale, gptq_columns
+from edgeship.quantize.gptq import fit_affine, fit_scale, gptq_columns
 
 QMIN, QMAX = -8, 7
 
@@ -26,10 +26,13 @@ class Int4Weight:
     scale: torch.Tensor  # float32, shape (out, in // group)
     group: int
     bits: int = 4
+    offset: torch.Tensor | None = None  # float32 like `scale`: asymmetric values q * scale + offset
 
     def dequantized(self) -> torch.Tensor:
         out, cols = self.q.shape
         blocks = self.q.reshape(out, cols // self.group, self.group).float() * self.scale[..., None]
+        if self.offset is not None:
+            blocks = blocks + self.offset[..., None]
         return blocks.reshape(out, cols)
 
 
@@ -45,9 +48,22 @@ def quantize_weight(weight: torch.Tensor, group: int, bits: int = 4, search: boo
     return q.reshape(out, cols), scale
 
 
-def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, group: int, bits: int = 4, search: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_affine(weight: torch.Tensor, group: int, bits: int = 4, search: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round-to-nearest block-wise asymmetric int4 (or int8): (q, scale, offset), values q * scale + offset."""
+    qmin, qmax = value_range(bits)
+    out, cols = weight.shape
+    blocks = weight.detach().float().reshape(out, cols // group, group)
+    scale, offset = fit_affine(blocks, qmin, qmax, search)
+    q = torch.round((blocks - offset[..., None]) / scale[..., None]).clamp(qmin, qmax).to(torch.int8)
+    return q.reshape(out, cols), scale, offset
+
+
+def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, group: int, bits: int = 4, search: bool = False,
+                asymmetric: bool = False):
     """GPTQ (quantize/gptq.py) with one H = sum x^T x for all rows and a scale per `group` columns of each
-    row, set from the updated weights when the group starts. Returns (q, scale) like `quantize_weight`."""
-    q, scale = gptq_columns(weight[None], hessian[None], *value_range(bits), group=group, search=search)
-    return q[0], scale[0]
+    row, set from the updated weights when the group starts. Returns (q, scale) like `quantize_weight`, or
+    (`asymmetric`) (q, scale, offset) like `quantize_affine`."""
+    q, scale, offset = gptq_columns(weight[None], hessian[None], *value_range(bits), group=group, search=search,
+                                    asymmetric=asymmetric)
+    return (q[0], scale[0], offset[0]) if asymmetric else (q[0], scale[0])

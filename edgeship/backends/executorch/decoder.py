@@ -49,6 +49,22 @@ def _packed(w: Int4Weight) -> torch.Tensor:
                                     torch.float32, IntxUnpackedToInt8TensorActivationQuantization.INT8_ASYM_PER_TOKEN)
 
 
+class _AffineLinear(nn.Module):
+    """A linear layer with asymmetric block weights (q * scale + offset): the symmetric part q * scale in
+    XNNPACK's int4 kernels, the offsets as a small float linear over the sums of each group of inputs."""
+
+    def __init__(self, w: Int4Weight, bias: nn.Parameter | None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(_packed(w), requires_grad=False)
+        self.offset = nn.Parameter(w.offset.clone(), requires_grad=False)
+        self.bias = bias
+        self.group = w.group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sums = x.reshape(*x.shape[:-1], -1, self.group).sum(-1)
+        return nn.functional.linear(x, self.weight, self.bias) + nn.functional.linear(sums, self.offset)
+
+
 def with_integer_weights(decoder: Int4Decoder) -> nn.Module:
     """A copy of the decoder's model whose linear layers, head and embeddings hold the integer weights."""
     import executorch.exir.passes._quant_patterns_and_replacements  # noqa: F401  (registers embedding_byte)
@@ -56,7 +72,11 @@ def with_integer_weights(decoder: Int4Decoder) -> nn.Module:
     model = copy.deepcopy(decoder.model).eval()
     modules = dict(model.named_modules())
     for w in decoder.linears:
-        modules[w.layer].weight = nn.Parameter(_packed(w), requires_grad=False)
+        if w.offset is not None:
+            parent, _, name = w.layer.rpartition(".")
+            setattr(modules[parent], name, _AffineLinear(w, modules[w.layer].bias))
+        else:
+            modules[w.layer].weight = nn.Parameter(_packed(w), requires_grad=False)
     head = model.get_output_embeddings()
     if head is not None:  # a tied head reads the embeddings' int8 rows
         head.weight = nn.Parameter(_packed(decoder.head or decoder.embeddings), requires_grad=False)

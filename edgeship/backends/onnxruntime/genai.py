@@ -84,8 +84,10 @@ def _merged(parts: list[Int4Weight]) -> Int4Weight:
 
     if len(parts) == 1:
         return parts[0]
+    offsets = [p.offset for p in parts]
     return Int4Weight("+".join(p.layer for p in parts), parts[0].attr, torch.cat([p.q for p in parts]),
-                      torch.cat([p.scale for p in parts]), parts[0].group, parts[0].bits)
+                      torch.cat([p.scale for p in parts]), parts[0].group, parts[0].bits,
+                      None if offsets[0] is None else torch.cat(offsets))
 
 
 def rewrite(path: Path, decoder: Int4Decoder) -> dict:
@@ -122,7 +124,10 @@ def rewrite(path: Path, decoder: Int4Decoder) -> dict:
         base = f"{node.name.strip('/').replace('/', '.')}.int{merged.bits}"
         graph.initializer.extend([numpy_helper.from_array(packed, f"{base}.B"),
                                   numpy_helper.from_array(scales, f"{base}.scales")])
-        nodes.append(_nbits(node, base, merged.q.shape, merged.bits, block))
+        if merged.offset is None:
+            nodes.append(_nbits(node, base, merged.q.shape, merged.bits, block))
+        else:
+            nodes += _affine(graph, node, base, merged, block)
         drop.add(node.input[1])
         record["matmul_nbits"] += 1
         record["layers"] += len(parts)
@@ -147,11 +152,32 @@ def _add_table(graph, table: Int4Weight) -> str:
     return name
 
 
-def _nbits(node, base: str, shape, bits: int, block: int):
+def _affine(graph, node, base: str, w: Int4Weight, block: int) -> list:
+    """Asymmetric block weights (q * scale + offset): MatMulNBits of the symmetric part q * scale, plus
+    the sums of each group of inputs times the offsets (a small float MatMul)."""
+    from onnx import helper, numpy_helper
+
+    n, k = w.q.shape
+    graph.initializer.extend([
+        numpy_helper.from_array(np.ascontiguousarray(w.offset.numpy().T.astype(np.float32)), f"{base}.offsets"),
+        numpy_helper.from_array(np.array([0, 0, k // w.group, w.group], np.int64), f"{base}.groups_shape"),
+        numpy_helper.from_array(np.array([-1], np.int64), f"{base}.last_axis")])
+    x, y, name = node.input[0], node.output[0], node.name
+    return [_nbits(node, base, w.q.shape, w.bits, block, f"{name}/symmetric"),
+            helper.make_node("Reshape", [x, f"{base}.groups_shape"], [f"{name}/groups"], name=f"{name}/Groups"),
+            helper.make_node("ReduceSum", [f"{name}/groups", f"{base}.last_axis"], [f"{name}/sums"],
+                             name=f"{name}/Sums", keepdims=0),
+            helper.make_node("MatMul", [f"{name}/sums", f"{base}.offsets"], [f"{name}/offsets"],
+                             name=f"{name}/Offsets"),
+            helper.make_node("Add", [f"{name}/symmetric", f"{name}/offsets"], [y], name=f"{name}/Add")]
+
+
+def _nbits(node, base: str, shape, bits: int, block: int, output: str | None = None):
     from onnx import helper
 
     n, k = shape
-    return helper.make_node("MatMulNBits", [node.input[0], f"{base}.B", f"{base}.scales"], list(node.output),
+    return helper.make_node("MatMulNBits", [node.input[0], f"{base}.B", f"{base}.scales"],
+                            [output] if output else list(node.output),
                             name=node.name + "NBits", domain="com.microsoft", K=k, N=n, bits=bits,
                             block_size=block, accuracy_level=4)
 
