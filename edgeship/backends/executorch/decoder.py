@@ -12,6 +12,7 @@ import contextlib
 import copy
 import ctypes
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -51,18 +52,25 @@ def _packed(w: Int4Weight) -> torch.Tensor:
 
 class _AffineLinear(nn.Module):
     """A linear layer with asymmetric block weights (q * scale + offset): the symmetric part q * scale in
-    XNNPACK's int4 kernels, the offsets as a small float linear over the sums of each group of inputs."""
+    XNNPACK's int4 kernels, the offsets as a small float linear over the sums of each group of inputs
+    (themselves a linear with a 0/1 matrix, `sums`, one tied parameter for every layer of that width, so
+    that all of it stays in the XNNPACK delegate)."""
 
-    def __init__(self, w: Int4Weight, bias: nn.Parameter | None) -> None:
+    def __init__(self, w: Int4Weight, bias: nn.Parameter | None, sums: nn.Parameter) -> None:
         super().__init__()
         self.weight = nn.Parameter(_packed(w), requires_grad=False)
         self.offset = nn.Parameter(w.offset.clone(), requires_grad=False)
         self.bias = bias
-        self.group = w.group
+        self.sums = sums
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        sums = x.reshape(*x.shape[:-1], -1, self.group).sum(-1)
+        sums = nn.functional.linear(x, self.sums)
         return nn.functional.linear(x, self.weight, self.bias) + nn.functional.linear(sums, self.offset)
+
+
+def _group_sums(width: int, group: int) -> nn.Parameter:
+    """The [width / group, width] 0/1 matrix whose product with an input sums each group of it."""
+    return nn.Parameter(torch.block_diag(*[torch.ones(1, group)] * (width // group)), requires_grad=False)
 
 
 def with_integer_weights(decoder: Int4Decoder) -> nn.Module:
@@ -71,10 +79,12 @@ def with_integer_weights(decoder: Int4Decoder) -> nn.Module:
 
     model = copy.deepcopy(decoder.model).eval()
     modules = dict(model.named_modules())
+    sums: dict[tuple[int, int], nn.Parameter] = {}
     for w in decoder.linears:
         if w.offset is not None:
             parent, _, name = w.layer.rpartition(".")
-            setattr(modules[parent], name, _AffineLinear(w, modules[w.layer].bias))
+            shared = sums.setdefault((w.q.shape[1], w.group), _group_sums(w.q.shape[1], w.group))
+            setattr(modules[parent], name, _AffineLinear(w, modules[w.layer].bias, shared))
         else:
             modules[w.layer].weight = nn.Parameter(_packed(w), requires_grad=False)
     head = model.get_output_embeddings()
@@ -117,7 +127,7 @@ def write_decoder(program: torch.export.ExportedProgram, constants: dict, path: 
 
     edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()], constant_methods=constants,
                                        compile_config=EdgeCompileConfig(_check_ir_validity=False))
-    outside = [str(n.target).split(":")[0].replace("<EdgeOpOverload", "").strip(" <>")
+    outside = [re.sub(r"^<EdgeOpOverload: ([\w.]+)>.*$", r"\1", str(n.target))
                for n in edge.exported_program().graph.nodes
                if n.op == "call_function" and "executorch_call_delegate" not in str(n.target)
                and "getitem" not in str(n.target)]
