@@ -121,6 +121,13 @@ def llm_export(data: dict) -> list[str]:
             [name, f"{data['subjects_float'][name]['float']['perplexity']:.2f}", f"{s['perplexity']:.2f}",
              f"{100 * s['perplexity_increase']:+.1f}%", f"{100 * s['top1_agreement']:.1f}%",
              f"{s['kl_divergence']:.3f}"] for name, s in a["subjects"].items()]) + [""]
+    if data.get("bench"):
+        lines += ["Timed by `edgeship bench` on this machine:", ""] + _table(
+            ["artifact", "runtime", "size MB", "load ms", "first token ms", "prefill tok/s", "decode tok/s",
+             "peak MB", "threads"],
+            [[r["path"], r["runtime"], f"{r['size_bytes'] / 1e6:.1f}", f"{r['load_ms']:.0f}",
+              f"{r['time_to_first_token_ms']:.0f}", r["prefill_tokens_per_s"], r["decode_tokens_per_s"],
+              f"{r['peak_rss_mb']:.0f}", r["threads"]] for r in data["bench"]]) + [""]
     return lines + ["Stages: " + "; ".join(data["stages"])]
 
 

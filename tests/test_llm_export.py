@@ -251,3 +251,34 @@ def test_bench_times_every_language_artifact(exported) -> None:
         assert row["prefill_tokens_per_s"] > 0 and row["decode_tokens_per_s"] > 0 and row["peak_rss_mb"] > 0
     assert json.loads((folder / "bench.json").read_text())["rows"] == result.rows
     assert json.loads((folder / "manifest.json").read_text())["bench"]["rows"] == result.rows
+
+
+def test_a_family_one_runtime_cannot_take_is_exported_for_the_others(lm_folder: Path, tmp_path: Path) -> None:
+    """GPT-2 (its linear layers stored as Conv1D, taken as nn.Linear with the same values): ExecuTorch takes
+    it; onnxruntime-genai's builder has no GPT-2, so that runtime is listed as not produced, with why."""
+    from tokenizers import Tokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from edgeship import api
+    from edgeship.export.causal_lm import load_causal_lm
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_file(str(lm_folder / "tiny-llama" / "tokenizer.json")),
+                                        bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=1, n_head=2, n_positions=64)).eval()
+    model.save_pretrained(tmp_path / "tiny-gpt2")
+    tokenizer.save_pretrained(tmp_path / "tiny-gpt2")
+    lm = load_causal_lm(str(tmp_path / "tiny-gpt2"))
+    ids = torch.tensor([[5, 9, 17, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model(ids).logits, model(ids).logits)
+    assert not any(type(m).__name__ == "Conv1D" for m in lm.model.modules())
+    result = api.export_language(str(tmp_path / "tiny-gpt2"), "host", lm_folder / "calibration.txt",
+                                 out=tmp_path / "out", max_seq_len=64)
+    manifest = result.manifest
+    assert [a["runtime"] for a in manifest["artifacts"]] == ["executorch"]
+    assert manifest["weights"]["quantized_layers"] == 4
+    assert [n["runtime"] for n in manifest["not_produced"]] == ["onnxruntime"]
+    assert "model builder" in manifest["not_produced"][0]["reason"]
+    assert manifest["artifacts"][0]["runner"]["equals_greedy"]
+    assert not (result.out_dir / "onnxruntime-genai").exists()

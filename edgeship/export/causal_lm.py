@@ -63,6 +63,7 @@ def load_causal_lm(source: str) -> CausalLM:
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32, **kwargs)
     if gguf:
         model = _plain(model)
+    _conv1d_as_linear(model)
     positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 0)
     return CausalLM(model.eval(), tokenizer, folder.name if not path.is_file() else path.stem, str(source), family,
                     int(positions))
@@ -87,3 +88,21 @@ def _plain(model: torch.nn.Module) -> torch.nn.Module:
     plain = type(model)(config)
     plain.load_state_dict(model.state_dict())
     return plain.to(torch.float32)
+
+
+def _conv1d_as_linear(model: torch.nn.Module) -> int:
+    """GPT-2's `Conv1D` layers (a linear layer whose weight is stored [in, out]) as nn.Linear computing the
+    same values, so that every family's linear layers are nn.Linear; returns how many were replaced."""
+    from transformers.pytorch_utils import Conv1D
+
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, Conv1D)]
+    modules = dict(model.named_modules())
+    for name, conv in found:
+        linear = torch.nn.Linear(conv.weight.shape[0], conv.weight.shape[1], bias=conv.bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(conv.weight.T)
+            if conv.bias is not None:
+                linear.bias.copy_(conv.bias)
+        parent, _, attr = name.rpartition(".")
+        setattr(modules[parent] if parent else model, attr, linear)
+    return len(found)

@@ -142,9 +142,7 @@ def _export_into(stage: Path, lm, device, recipe: LanguageRecipe, length: int, c
         advance(1)
     lm.tokenizer.save_pretrained(stage / "tokenizer")
     reference = _float_reference(lm, subjects, length, progress)
-    writers = {"executorch": _executorch, "onnxruntime": _onnxruntime}
-    artifacts = [writers[runtime](stage, lm, decoder, recipe, length, subjects, reference, progress)
-                 for runtime in runtimes]
+    artifacts, not_produced = _write_all(stage, lm, decoder, recipe, length, subjects, reference, runtimes, progress)
     manifest = {
         "kind": "language_model", "versions": _versions(),
         "model": {"source": lm.source, "name": lm.name, "family": lm.family, "max_positions": lm.max_positions},
@@ -154,13 +152,38 @@ def _export_into(stage: Path, lm, device, recipe: LanguageRecipe, length: int, c
                         "tokens": 0 if calib is None else calib.numel()},
         "subjects": {name: {"windows": len(w), "tokens": w.numel(), "float": reference["scores"][name]}
                      for name, w in subjects.items()},
-        "artifacts": artifacts,
+        "artifacts": artifacts, "not_produced": not_produced,
         "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                  "cpu_count": os.cpu_count()},
         "export_seconds": round(time.perf_counter() - started, 1), "reproduce": reproduce}
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     (stage / "report.md").write_text(language_report(manifest))
     return manifest
+
+
+def _write_all(stage: Path, lm, decoder, recipe: LanguageRecipe, length: int, subjects: dict, reference: dict,
+               runtimes: list[str], progress: Progress) -> tuple[list[dict], list[dict]]:
+    """Each runtime's artifact, verified; a runtime that cannot take the model is listed with its reason
+    (its files removed) and the others are still made."""
+    import shutil
+
+    writers = {"executorch": _executorch, "onnxruntime": _onnxruntime}
+    artifacts, not_produced = [], []
+    for runtime in runtimes:
+        before = set(stage.iterdir())
+        try:
+            artifacts.append(writers[runtime](stage, lm, decoder, recipe, length, subjects, reference, progress))
+        except ExportError as exc:
+            if outputs.out_of_space(exc, stage, 0):
+                raise
+            for path in set(stage.iterdir()) - before:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            log.warning("no %s artifact: %s", runtime, exc)
+            not_produced.append({"runtime": runtime, "precision": recipe.precision, "reason": str(exc)})
+    if not artifacts:
+        raise ExportError("no runtime could take the model: " + "; ".join(
+            f"{n['runtime']}: {n['reason']}" for n in not_produced))
+    return artifacts, not_produced
 
 
 def _float_reference(lm, subjects: dict, length: int, progress: Progress) -> dict:
@@ -181,8 +204,10 @@ def _float_reference(lm, subjects: dict, length: int, progress: Progress) -> dic
                 advance(1)
             scores[name] = score.result()
         greedy = {}
-        for prompt in PROMPTS:
-            greedy[prompt] = _float_greedy(lm, _prompt_ids(lm.tokenizer, prompt), length)
+        for prompt in PROMPTS:  # those that leave half the KV cache to generate into
+            ids = _prompt_ids(lm.tokenizer, prompt)
+            if len(ids) <= length // 2:
+                greedy[prompt] = _float_greedy(lm, ids, length)
             advance(1)
     return {"logits": logits, "scores": scores, "greedy": greedy}
 
@@ -223,7 +248,10 @@ def _executorch(stage: Path, lm, decoder, recipe: LanguageRecipe, length: int, s
               "size_bytes": path.stat().st_size, "tokenizer": "tokenizer/tokenizer.json",
               "ops_outside_delegate": sorted(set(outside))}
     record |= _verify(session.logits, session.greedy, lm.tokenizer, subjects, reference, progress, "executorch")
-    text, stats = et.runner_generate(path, stage / "tokenizer" / "tokenizer.json", PROMPTS[0], NEW_TOKENS)
+    if not record["generation"]:
+        return record
+    first = record["generation"][0]
+    text, stats = et.runner_generate(path, stage / "tokenizer" / "tokenizer.json", first["prompt"], first["tokens"])
     return record | {"runner": _runner("executorch.extension.llm.runner.TextLLMRunner", text, stats, record)}
 
 
@@ -250,7 +278,10 @@ def _onnxruntime(stage: Path, lm, decoder, recipe: LanguageRecipe, length: int, 
               "size_bytes": sum(p.stat().st_size for p in folder.iterdir()), "tokenizer": f"{folder.name}/tokenizer.json",
               "matmul_nbits": written["matmul_nbits"], "float_matmuls": written["float_matmuls"]}
     record |= _verify(session.logits, session.greedy, lm.tokenizer, subjects, reference, progress, "onnxruntime")
-    text, stats = genai.genai_generate(folder, PROMPTS[0], NEW_TOKENS)
+    if not record["generation"]:
+        return record
+    first = record["generation"][0]
+    text, stats = genai.genai_generate(folder, first["prompt"], first["tokens"])
     return record | {"runner": _runner("onnxruntime_genai.Generator", text, stats, record)}
 
 
@@ -259,7 +290,8 @@ def _runner(name: str, text: str, stats: dict, record: dict) -> dict:
     same = text.strip() == record["generation"][0]["text"].strip()
     if not same:
         log.warning("%s: the LLM runner's text differs from the verified greedy text", record["runtime"])
-    return {"name": name, "prompt": PROMPTS[0], "text": text, "equals_greedy": same, "generated_tokens": stats["pieces"]}
+    return {"name": name, "prompt": record["generation"][0]["prompt"], "text": text, "equals_greedy": same,
+            "generated_tokens": stats["pieces"]}
 
 
 def _verify(logits_of, greedy_of, tokenizer, subjects: dict, reference: dict, progress: Progress,
@@ -267,7 +299,7 @@ def _verify(logits_of, greedy_of, tokenizer, subjects: dict, reference: dict, pr
     """One artifact's scores on every subject against float, and its greedy tokens from every prompt."""
     from edgeship.metrics.language import LanguageScore, generation_record, perplexity_increase
 
-    advance = progress(f"verify {runtime} on text", sum(len(w) for w in subjects.values()) + len(PROMPTS))
+    advance = progress(f"verify {runtime} on text", sum(len(w) for w in subjects.values()) + len(reference["greedy"]))
     scores = {}
     for name, windows in subjects.items():
         score = LanguageScore()
@@ -278,7 +310,7 @@ def _verify(logits_of, greedy_of, tokenizer, subjects: dict, reference: dict, pr
         scores[name] = result | {"perplexity_increase": perplexity_increase(result, reference["scores"][name])}
     worst = max(scores, key=lambda name: scores[name]["perplexity_increase"])
     generations = []
-    for prompt in PROMPTS:
+    for prompt in reference["greedy"]:
         ids = _prompt_ids(tokenizer, prompt)
         tokens = greedy_of(ids, len(reference["greedy"][prompt]))
         record = generation_record(prompt, tokens, reference["greedy"][prompt], CHECKED_TOKENS)

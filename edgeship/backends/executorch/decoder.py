@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from edgeship.errors import ExportError
 from edgeship.quantize.decoder import Int4Decoder
 from edgeship.quantize.grid import Int4Weight
 
@@ -103,9 +104,13 @@ def export_decoder(model: nn.Module, max_seq_len: int) -> torch.export.ExportedP
     wrapped = TorchExportableModuleWithStaticCache(model, 1, max_seq_len)
     tokens = torch.tensor([[1, 2, 3]], dtype=torch.long)
     length = torch.export.Dim("tokens", min=1, max=max_seq_len - 1)
-    with torch.no_grad():
-        return torch.export.export(wrapped, (), {"input_ids": tokens, "cache_position": torch.tensor([0])},
-                                   dynamic_shapes={"input_ids": {1: length}, "cache_position": None}, strict=True)
+    try:
+        with torch.no_grad():
+            return torch.export.export(wrapped, (), {"input_ids": tokens, "cache_position": torch.tensor([0])},
+                                       dynamic_shapes={"input_ids": {1: length}, "cache_position": None}, strict=True)
+    except Exception as exc:  # torch.export's failures have many types; the user sees one line
+        raise ExportError(f"torch.export cannot capture this model with a static KV cache "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
 
 
 def metadata(config, tokenizer, max_seq_len: int) -> dict:
@@ -125,8 +130,12 @@ def write_decoder(program: torch.export.ExportedProgram, constants: dict, path: 
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
-    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()], constant_methods=constants,
-                                       compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    try:
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()], constant_methods=constants,
+                                           compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    except Exception as exc:
+        raise ExportError(f"ExecuTorch cannot lower this model to XNNPACK ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200]})") from exc
     outside = [re.sub(r"^<EdgeOpOverload: ([\w.]+)>.*$", r"\1", str(n.target))
                for n in edge.exported_program().graph.nodes
                if n.op == "call_function" and "executorch_call_delegate" not in str(n.target)
