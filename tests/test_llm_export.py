@@ -16,6 +16,8 @@ from conftest import run_cli
 
 from edgeship.metrics.language import distinct, first_divergence, generation_record
 
+pytestmark = pytest.mark.xdist_group("test_llm_export")  # one worker builds the module's export once
+
 TEXT = " ".join(f"the {a} {b} sat on the {c} mat ." for a in ("red", "big", "old", "shy") for b in ("cat", "dog", "owl")
                 for c in ("blue", "flat", "warm", "soft", "new")) * 4
 LENGTH = 64
