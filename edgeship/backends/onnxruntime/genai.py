@@ -96,6 +96,8 @@ def rewrite(path: Path, decoder: Int4Decoder) -> dict:
     import onnx
     from onnx import numpy_helper
 
+    from edgeship.backends.onnxruntime.int4 import replace_nodes
+
     model = onnx.load(str(path))
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
@@ -132,7 +134,7 @@ def rewrite(path: Path, decoder: Int4Decoder) -> dict:
         record["matmul_nbits"] += 1
         record["layers"] += len(parts)
     nodes = _embeddings(graph, nodes, inits, decoder, table_name, drop)
-    _replace(model, nodes, drop)
+    replace_nodes(model, nodes, drop)
     if record["layers"] != len(decoder.linears):
         raise ExportError(f"the ONNX Runtime GenAI model holds {record['layers']} of the {len(decoder.linears)} "
                           "int4 layers; the builder wrote the others in a form edgeship does not match")
@@ -217,20 +219,6 @@ def _embeddings(graph, nodes: list, inits: dict, decoder: Int4Decoder, table_nam
 
 def _input_ids(graph) -> str:
     return next(i.name for i in graph.input if i.name == "input_ids")
-
-
-def _replace(model, nodes: list, drop: set) -> None:
-    from onnx import helper
-
-    graph = model.graph
-    still = {i for n in nodes for i in n.input}
-    kept = [i for i in graph.initializer if i.name not in drop or i.name in still]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    if not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
 
 def set_context(folder: Path, max_seq_len: int) -> None:

@@ -95,13 +95,22 @@ def to_matmul_nbits(path: Path, weights: list[Int4Weight]) -> list[str]:
                                       block_size=match.group, accuracy_level=4))
         if out != node.output[0]:  # Gemm's bias
             nodes.append(helper.make_node("Add", [out, bias], [node.output[0]], name=f"{call}_bias"))
+    replace_nodes(model, nodes, used_inits)
+    onnx.save(model, str(path))
+    return sorted({w.layer for w in weights} - found)
+
+
+def replace_nodes(model, nodes: list, replaced: set[str]) -> None:
+    """`model`'s nodes become `nodes`; the `replaced` initializers no node reads any more are dropped; the
+    com.microsoft domain is imported."""
+    from onnx import helper
+
+    graph = model.graph
     still_read = {i for n in nodes for i in n.input}
-    kept = [i for i in graph.initializer if i.name not in used_inits or i.name in still_read]
+    kept = [i for i in graph.initializer if i.name not in replaced or i.name in still_read]
     del graph.initializer[:]
     graph.initializer.extend(kept)
     del graph.node[:]
     graph.node.extend(nodes)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    onnx.save(model, str(path))
-    return sorted({w.layer for w in weights} - found)
