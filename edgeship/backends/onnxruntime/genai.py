@@ -30,7 +30,8 @@ def build_float(hf_folder: Path, out: Path, cache: Path) -> None:
                            "--extra_options", "hf_token=false"], capture_output=True, text=True)
     if done.returncode or not (out / "model.onnx").is_file():
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no model.onnx written"]
-        raise ExportError(f"onnxruntime-genai's model builder failed on this model: {tail[0][:300]}")
+        reason = tail[0].replace(f"The {hf_folder} model", "This model").replace(str(hf_folder), "the model")
+        raise ExportError(f"onnxruntime-genai's model builder failed on this model: {reason[:300]}")
 
 
 def _table_weight(rows: Int4Weight) -> tuple[np.ndarray, np.ndarray]:
