@@ -111,8 +111,8 @@ def llm_perplexity(data: dict) -> list[str]:
 
 def llm_export(data: dict) -> list[str]:
     lines = [f"{data['model']}, `{data['command']}`; KV cache {data['max_seq_len']} positions; weights "
-             f"{data['weights']['method']} ({data['weights']['quantized_layers']} linear layers, group "
-             f"{data['weights']['group']}).", ""]
+             + (f"{data['weights']['method']} ({data['weights']['quantized_layers']} linear layers, group "
+                f"{data['weights']['group']})." if data["weights"]["quantized_layers"] else "float32."), ""]
     for a in data["artifacts"]:
         lines += [f"`{a['path']}` ({a['runtime']}): {a['size_bytes'] / 1e6:.1f} MB; greedy output equal to float's "
                   f"for the first 16 tokens on {a['greedy_equal_prompts']} prompts; the LLM runner's text "
@@ -145,9 +145,9 @@ def render() -> str:
              "script prints its results and writes that JSON; rerun a script, then this one.", ""]
     for path in sorted(RESULTS.glob("*.json")):
         data = json.loads(path.read_text())
-        name = data.get("benchmark", path.stem)
+        name = data.get("benchmark", path.stem)  # the script; the file's name tells runs of it apart
         renderer = globals().get(name)
-        lines += [f"## {name}", ""] + _about(name) + [""]
+        lines += [f"## {path.stem}", ""] + _about(name) + [""]
         if renderer is not None:
             lines += renderer(data) + [""]
         lines += [_machine(data), ""]

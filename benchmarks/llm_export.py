@@ -3,7 +3,7 @@ on WikiText-2 valid), verified on three subjects (WikiText-2 test, Python standa
 licence texts), then timed by `edgeship bench` on this machine; each artifact's size, the per-subject
 table, the greedy comparison, tokens per second and the time of each stage, saved as JSON.
 
-    .venv/bin/python benchmarks/llm_export.py [--recipe int4] [--max-seq-len 1024]
+    .venv/bin/python benchmarks/llm_export.py [--recipe int4|int8|fp32] [--max-seq-len 1024]
 """
 
 from __future__ import annotations
@@ -33,8 +33,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="int4")
     parser.add_argument("--max-seq-len", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "llm_export.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: results/llm_export.json (int4), results/llm_export_<recipe>.json (others)")
     args = parser.parse_args()
+    results = ROOT / "benchmarks" / "results"
+    args.out = args.out or results / ("llm_export.json" if args.recipe == "int4" else f"llm_export_{args.recipe}.json")
     with tempfile.TemporaryDirectory() as tmp:
         texts = Path(tmp)
         eval_data = []

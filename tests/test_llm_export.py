@@ -284,3 +284,18 @@ def test_a_family_one_runtime_cannot_take_is_exported_for_the_others(lm_folder: 
     assert "model builder" in manifest["not_produced"][0]["reason"]
     assert manifest["artifacts"][0]["runner"]["equals_greedy"]
     assert not (result.out_dir / "onnxruntime-genai").exists()
+
+
+def test_the_fp32_reference_artifacts_match_float(lm_folder: Path, tmp_path: Path) -> None:
+    """`--recipe fp32`: both runtimes' float artifacts, which score as PyTorch does (what int4 is compared to)."""
+    from edgeship import api
+
+    result = api.export_language(str(lm_folder / "tiny-llama"), "host", lm_folder / "calibration.txt",
+                                 out=tmp_path / "out", recipe="fp32", max_seq_len=64)
+    manifest = result.manifest
+    assert sorted(a["path"] for a in manifest["artifacts"]) == ["model.fp32.pte", "onnxruntime-genai"]
+    for artifact in manifest["artifacts"]:
+        for score in artifact["subjects"].values():
+            assert abs(score["perplexity_increase"]) < 1e-3 and score["top1_agreement"] == 1.0
+        assert all(g["first_divergence"] is None for g in artifact["generation"])
+    assert manifest["weights"] == {"method": "float", "quantized_layers": 0}

@@ -45,7 +45,7 @@ class LanguageRecipe:
 
     @property
     def precision(self) -> str:
-        return "int4" if self.bits == 4 else "int8"
+        return {4: "int4", 8: "int8"}.get(self.bits, "fp32")
 
 
 def language_recipe(name: str) -> LanguageRecipe:
@@ -53,13 +53,15 @@ def language_recipe(name: str) -> LanguageRecipe:
     weights with dynamic activations; others are refused."""
     from edgeship.quantize.recipe import recipe_by_name
 
+    if name == "fp32":  # the float reference artifacts, for comparing sizes and speeds
+        return LanguageRecipe("fp32", 32, None, False)
     recipe = recipe_by_name(name)
     if recipe.scheme == "w4a8":
         return LanguageRecipe(recipe.name, 4, recipe.group_size, "gptq" in recipe.algorithms, asymmetric=True)
     if recipe.scheme in ("w8a8", "w8a8-dynamic") and recipe.name in ("int8", "int8-dynamic"):
         return LanguageRecipe(recipe.name, 8, None, "gptq" in recipe.algorithms and recipe.scheme != "w8a8")
     raise ConfigError(f"recipe {recipe.name} does not apply to a language model; use --recipe int4 (int4 "
-                      "block-wise weights) or --recipe int8 (int8 per-channel weights)")
+                      "block-wise weights), --recipe int8 (int8 per-channel weights) or --recipe fp32")
 
 
 def export_language(model: str, target: str, calibration: str | Path, *,
@@ -134,12 +136,14 @@ def _export_into(stage: Path, lm, device, recipe: LanguageRecipe, length: int, c
     from edgeship.report.language import language_report
 
     started = time.perf_counter()
-    advance = progress(f"{recipe.precision} weights" + (" (GPTQ)" if calib is not None else ""),
-                       gptq_steps(lm.model, calib) if calib is not None else 1)
-    decoder = int4_decoder(lm.model, recipe.group, calib, advance if calib is not None else None, recipe.bits,
-                           asymmetric=recipe.asymmetric)
-    if calib is None:
-        advance(1)
+    decoder = None  # fp32: the model as it is
+    if recipe.bits < 32:
+        advance = progress(f"{recipe.precision} weights" + (" (GPTQ)" if calib is not None else ""),
+                           gptq_steps(lm.model, calib) if calib is not None else 1)
+        decoder = int4_decoder(lm.model, recipe.group, calib, advance if calib is not None else None, recipe.bits,
+                               asymmetric=recipe.asymmetric)
+        if calib is None:
+            advance(1)
     lm.tokenizer.save_pretrained(stage / "tokenizer")
     reference = _float_reference(lm, subjects, length, progress)
     artifacts, not_produced = _write_all(stage, lm, decoder, recipe, length, subjects, reference, runtimes, progress)
@@ -147,7 +151,8 @@ def _export_into(stage: Path, lm, device, recipe: LanguageRecipe, length: int, c
         "kind": "language_model", "versions": _versions(),
         "model": {"source": lm.source, "name": lm.name, "family": lm.family, "max_positions": lm.max_positions},
         "target": device.to_dict(), "recipe": recipe.__dict__ | {"precision": recipe.precision},
-        "max_seq_len": length, "weights": decoder.record | {"encodings": _encodings(decoder)},
+        "max_seq_len": length, "weights": decoder.record | {"encodings": _encodings(decoder)} if decoder is not None
+        else {"method": "float", "quantized_layers": 0},
         "calibration": {"windows": 0 if calib is None else len(calib),
                         "tokens": 0 if calib is None else calib.numel()},
         "subjects": {name: {"windows": len(w), "tokens": w.numel(), "float": reference["scores"][name]}
@@ -235,10 +240,13 @@ def _executorch(stage: Path, lm, decoder, recipe: LanguageRecipe, length: int, s
                 progress: Progress) -> dict:
     """The .pte with its KV cache, checked through the Module API (scores, greedy) and ExecuTorch's
     own LLM runner (the first prompt's text)."""
+    import copy
+
     from edgeship.backends.executorch import decoder as et
 
     advance = progress("lower for executorch (KV cache)", 2)
-    program = et.export_decoder(et.with_integer_weights(decoder), length)
+    program = et.export_decoder(et.with_integer_weights(decoder) if decoder is not None
+                                else copy.deepcopy(lm.model), length)
     advance(1)
     path = stage / f"model.{recipe.precision}.pte"
     outside = et.write_decoder(program, et.metadata(lm.model.config, lm.tokenizer, length), path)
@@ -266,11 +274,12 @@ def _onnxruntime(stage: Path, lm, decoder, recipe: LanguageRecipe, length: int, 
     advance = progress("lower for onnxruntime (GenAI model builder)", 2)
     folder = stage / "onnxruntime-genai"
     with tempfile.TemporaryDirectory(dir=stage) as scratch:
-        decoder.model.save_pretrained(Path(scratch) / "float")
+        (decoder.model if decoder is not None else lm.model).save_pretrained(Path(scratch) / "float")
         lm.tokenizer.save_pretrained(Path(scratch) / "float")
         genai.build_float(Path(scratch) / "float", folder, Path(scratch) / "cache")
     advance(1)
-    written = genai.rewrite(folder / "model.onnx", decoder)
+    written = (genai.rewrite(folder / "model.onnx", decoder) if decoder is not None
+               else {"matmul_nbits": 0, "float_matmuls": "all (fp32)"})
     genai.set_context(folder, length)
     advance(1)
     session = genai.GenaiSession(folder)

@@ -23,11 +23,11 @@ def _table(header: tuple[str, ...], rows: list[list[str]]) -> list[str]:
 
 def language_report(manifest: dict) -> str:
     weights = manifest["weights"]
+    recipe = (f"{weights['quantized_layers']} linear layers {manifest['recipe']['precision']} ({weights['method']}, "
+              f"group {weights['group'] or 'per channel'}), embeddings {weights['embeddings']}"
+              + (", head tied to them" if weights["tied_head"] else "")) if weights["quantized_layers"] else "float32"
     lines = [f"# {manifest['model']['name']} ({manifest['model']['family']}) for {manifest['target']['name']}", "",
-             f"- model: `{manifest['model']['source']}`",
-             f"- recipe: {manifest['recipe']['name']}: {weights['quantized_layers']} linear layers "
-             f"{manifest['recipe']['precision']} ({weights['method']}, group {weights['group'] or 'per channel'}), "
-             f"embeddings {weights['embeddings']}" + (", head tied to them" if weights["tied_head"] else ""),
+             f"- model: `{manifest['model']['source']}`", f"- recipe: {manifest['recipe']['name']}: {recipe}",
              f"- KV cache: {manifest['max_seq_len']} positions, float", ""]
     for artifact in manifest["artifacts"]:
         lines += [f"## {artifact['path']} ({artifact['runtime']}, {artifact['size_bytes'] / 1e6:.1f} MB)", "",
