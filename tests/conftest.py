@@ -23,6 +23,22 @@ IMAGES = ROOT / "calibration_data" / "imagenet-sample"
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """Under `--dist loadgroup` a file marked `xdist_group` must run on one worker: its module fixtures
+    are built once and its tests share state outside the test's folder (the ssh device's home). xdist
+    says so by a suffix on each test's id; a pytest / pytest-xdist pair that drops it splits the file
+    across workers, so that is refused here rather than left to race."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if lost:
+        message = (f"pytest-xdist did not group {lost[0]} (and {len(lost) - 1} more): this pytest and "
+                   "pytest-xdist do not work together; install the versions pyproject.toml pins")
+        print(message, file=sys.__stderr__, flush=True)  # a worker's exception reaches the user only as a crash
+        raise pytest.UsageError(message)
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     """Eight real photographs from the shipped calibration set."""

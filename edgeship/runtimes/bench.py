@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeship.errors import DeviceError, RuntimeFailure
+from edgeship.runtimes.runner import SITE_MARKER
 from edgeship.runtimes.runner import host_info  # noqa: F401  (one reading of the machine, here and on devices)
 
 RUNNER = Path(__file__).with_name("runner.py")
@@ -96,13 +97,24 @@ class SSHDevice:
     def setup(self, runtimes: list[str], probe: dict) -> None:
         """Installs this machine's versions of numpy and the runtimes, as wheels for the device's platform,
         into the runner's private folder there (~/.edgeship/site-MACHINE-cpXY). The wheels are downloaded
-        here: the device needs no index access and no pip."""
+        here: the device needs no index access and no pip.
+        The folder is filled beside the old one and swapped in whole, its marker written last: an
+        interrupted setup leaves the old folder, never half of a new one."""
         wheels = device_wheels(runtimes, probe)
         site = shlex.quote(probe["site"])
-        self._ssh(f"mkdir -p {self.work}/wheels {site}")
+        stage = shlex.quote(f"{probe['site']}.partial-{os.getpid()}")
+        self._ssh(f"mkdir -p {self.work}/wheels && rm -rf {stage} && mkdir -p {stage}")
         self._scp([str(w) for w in wheels], f"{self.host}:{self.work}/wheels/")
-        self._ssh(" && ".join(f"{self.python} -m zipfile -e {self.work}/wheels/{w.name} {site}/"
-                              for w in wheels))
+        unpack = [f"{self.python} -m zipfile -e {self.work}/wheels/{w.name} {stage}/" for w in wheels]
+        marker = shlex.quote(" ".join(w.name for w in wheels))
+        swap = [f"echo {marker} > {stage}/{SITE_MARKER}", f"rm -rf {site}.old",
+                f"{{ [ ! -e {site} ] || mv {site} {site}.old; }}", f"mv {stage} {site}", f"rm -rf {site}.old"]
+        run = self._ssh(" && ".join(unpack + swap), check=False)
+        if run.returncode != 0:
+            self._ssh(f"rm -rf {stage}", check=False)
+            raise DeviceError(f"installing the runtimes on {self.host} failed ({run.returncode}): "
+                              f"{(run.stderr.strip().splitlines() or ['no output'])[-1][:300]}; "
+                              "check the device's free space and run again with --setup")
 
     def bench(self, runtime: str, artifact: str, inputs: str, threads: int, budget_s: float,
               outputs_dir: Path, config: dict) -> dict:

@@ -21,17 +21,19 @@ from pathlib import Path
 # `edgeship bench --setup` installs numpy and the runtimes here on a device, per machine and Python
 SITE = os.path.join(os.path.expanduser("~"), ".edgeship",
                     "site-%s-cp%d%d" % (platform.machine(), *sys.version_info[:2]))
+SITE_MARKER = "EDGESHIP-SITE"  # written last by --setup: a folder without it is not used
 if __name__ == "__main__":
     # run as a script, this file's folder comes first on sys.path; next to it in edgeship's sources
     # sit modules named like the runtimes' packages (onnxruntime.py), which must not shadow them
     _here = os.path.dirname(os.path.abspath(__file__))
     sys.path = [p for p in sys.path if os.path.abspath(p or ".") != _here]
-    if os.path.isdir(SITE):
+    if os.path.isfile(os.path.join(SITE, SITE_MARKER)):
         sys.path.insert(0, SITE)
 
 try:
     import numpy as np
-except ImportError:  # only --probe runs without numpy, to say that it is missing
+    np.__version__
+except (ImportError, AttributeError):  # only --probe runs without numpy (or a broken one), to say so
     np = None
 
 MIN_RUNS, MAX_RUNS, WARMUP = 10, 2000, 5
