@@ -1,8 +1,9 @@
 """A causal language model as ExecuTorch's LLM runner runs it: one `forward(tokens [1, n], input_pos [1])`
-method over a static KV cache held in the program (transformers' static-cache export wrapper), every
-linear layer lowered to XNNPACK with the int4 (or int8) block weights computed once by
-quantize/decoder.py and int8 dynamic activations, the head int8 per row, the token embeddings int8 per
-row (`quantized_decomposed::embedding_byte`), and the metadata the runner reads (`get_max_seq_len`,
+method over a static KV cache held in the program (ExecuTorch's own cache update and attention ops,
+kv_cache.py; transformers' static-cache wrapper for a family they cannot take), every linear layer
+lowered to XNNPACK with the int4 (or int8) block weights computed once by quantize/decoder.py and int8
+dynamic activations, the head int8 per row, the token embeddings int8 per row
+(`quantized_decomposed::embedding_byte`), and the metadata the runner reads (`get_max_seq_len`,
 `get_bos_id`, `get_eos_ids`, `use_kv_cache`, `enable_dynamic_shape`, ...). Prefill takes up to
 `max_seq_len - 1` tokens in one call; each call returns the logits of every position it was given."""
 
@@ -24,7 +25,8 @@ from edgeship.errors import ExportError
 from edgeship.quantize.decoder import Int4Decoder
 from edgeship.quantize.grid import Int4Weight
 
-QUANTIZED_KERNELS = "libexecutorch_kernels_quantized.so"  # the runtime's quantized_decomposed kernels
+# kernels an app links beside the runtime: quantized_decomposed (embedding_byte), llama (custom_sdpa, update_cache)
+KERNEL_LIBRARIES = ("lib/libexecutorch_kernels_quantized.so", "extension/llm/custom_ops/libcustom_ops_aot_lib.so")
 
 
 class _Int8Rows(nn.Module):
@@ -100,8 +102,13 @@ def export_decoder(model: nn.Module, max_seq_len: int) -> torch.export.ExportedP
     `tokens [1, n]` (1 <= n < max_seq_len) and `input_pos [1]` as inputs."""
     from transformers.integrations.executorch import TorchExportableModuleWithStaticCache
 
-    model.generation_config.cache_implementation = "static"
-    wrapped = TorchExportableModuleWithStaticCache(model, 1, max_seq_len)
+    from edgeship.backends.executorch import kv_cache
+
+    if kv_cache.applies(model):
+        wrapped = kv_cache.CustomCacheDecoder(model, max_seq_len)
+    else:
+        model.generation_config.cache_implementation = "static"
+        wrapped = TorchExportableModuleWithStaticCache(model, 1, max_seq_len)
     tokens = torch.tensor([[1, 2, 3]], dtype=torch.long)
     length = torch.export.Dim("tokens", min=1, max=max_seq_len - 1)
     try:
@@ -144,14 +151,15 @@ def write_decoder(program: torch.export.ExportedProgram, constants: dict, path: 
     return outside
 
 
-def load_quantized_kernels() -> None:
-    """Register ExecuTorch's quantized kernels (embedding_byte) with the runtime in this process, as an app
-    links them."""
+def load_kernels() -> None:
+    """Register ExecuTorch's quantized and LLM kernels with the runtime in this process, as an app links
+    them (after the runtime itself is loaded)."""
     import executorch
 
-    library = Path(list(executorch.__path__)[0]) / "lib" / QUANTIZED_KERNELS
-    if library.is_file():
-        ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+    for name in KERNEL_LIBRARIES:
+        library = Path(list(executorch.__path__)[0]) / name
+        if library.is_file():
+            ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
 
 
 class DecoderSession:
@@ -161,7 +169,7 @@ class DecoderSession:
     def __init__(self, path: Path) -> None:
         from executorch.runtime import Runtime
 
-        load_quantized_kernels()
+        load_kernels()
         program = Runtime.get().load_program(str(path))
         self._method = program.load_method("forward")
         self.max_seq_len = int(program.load_method("get_max_seq_len").execute([])[0])
@@ -199,7 +207,7 @@ def runner_generate(path: Path, tokenizer_json: Path, prompt: str, count: int, s
 
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
-    load_quantized_kernels()
+    load_kernels()
     pieces, stats = [], {}
     with _native_output_silenced() as stdout:
         runner = TextLLMRunner(str(path), str(tokenizer_json))
