@@ -33,7 +33,8 @@ from edgeship.flows.analyze import AnalyzeResult, analyze
 from edgeship.flows.bench import BenchResult, bench
 from edgeship.flows.debug import DebugResult, debug
 from edgeship.flows.export import ExportResult, export
-from edgeship.flows.language import GenerateResult, export_language, generate
+from edgeship.flows.generate import GenerateResult, generate
+from edgeship.flows.language import export_language
 from edgeship.flows.quantize import BudgetError
 
 __all__ = ["AnalyzeResult", "BenchResult", "BudgetError", "DebugResult", "ExportResult", "GenerateResult", "analyze",

@@ -46,6 +46,9 @@ def export(
                          "NAME=text.txt (or .jsonl), repeatable, one subject each.")] = None,
     max_seq_len: Annotated[Optional[int], typer.Option("--max-seq-len", help="Language models: the KV cache's "
                            "positions (default: 1024, or the model's limit).")] = None,
+    max_ppl_increase: Annotated[Optional[str], typer.Option("--max-ppl-increase", help="Language models, "
+                                "int4: budget on the worst subject's perplexity increase, e.g. 5%; the most "
+                                "sensitive layers stay int8 until it holds.")] = None,
     out: options.OutOpt = Path("out"),
     input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="e.g. 1x3x224x224; "
                            "repeat for several inputs.")] = None,
@@ -75,9 +78,13 @@ def export(
     from edgeship.export.causal_lm import is_causal_lm_source
 
     if is_causal_lm_source(model):
-        _export_language(model, target, calibration, eval_data, out, recipe, max_seq_len, format)
+        limit = options.percent("--max-ppl-increase", max_ppl_increase) if max_ppl_increase is not None else None
+        _export_language(model, target, calibration, eval_data, out, recipe, max_seq_len, limit, format)
         return
     _not_language_options(model, eval_data, max_seq_len)
+    if max_ppl_increase is not None:
+        raise ConfigError(f"--max-ppl-increase is for causal language models; {model} is not one: use --min-cosine, "
+                          "--min-sqnr or --max-drop")
     budget = options.budget(min_cosine, min_sqnr, max_drop)
     preprocess = {"resize": resize, "crop": crop, "mean": options.floats("--mean", mean),
                   "std": options.floats("--std", std), "layout": layout, "color": color}
@@ -103,13 +110,15 @@ def _not_language_options(model: str, eval_data: list[str] | None, max_seq_len: 
 
 
 def _export_language(model: str, target: str, calibration: Path, eval_data: list[str] | None, out: Path,
-                     recipe: str, max_seq_len: int | None, format: options.Format) -> None:
+                     recipe: str, max_seq_len: int | None, max_ppl_increase: float | None,
+                     format: options.Format) -> None:
     from edgeship import api
 
     logs.quiet_torch()
     with render.Stages(_state["quiet"]) as progress:
         result = api.export_language(model, target, calibration, eval_data=options.subjects(eval_data), out=out,
-                                     recipe=recipe, max_seq_len=max_seq_len, progress=progress)
+                                     recipe=recipe, max_seq_len=max_seq_len, max_ppl_increase=max_ppl_increase,
+                                     progress=progress)
     if format is options.Format.json:
         typer.echo(json.dumps(result.manifest, indent=1))
         return

@@ -156,3 +156,85 @@ def test_asymmetric_groups_reproduce_a_grid_with_offsets() -> None:
     gptq = affine(gptq_weight(weight, x.T @ x, 32, asymmetric=True))
     error = {name: float(((x @ (w.dequantized() - weight).T) ** 2).sum()) for name, w in (("rtn", rounded), ("gptq", gptq))}
     assert error["gptq"] < 0.9 * error["rtn"], error
+
+
+def test_a_perplexity_budget_keeps_the_fewest_most_sensitive_layers_int8(tiny_lm) -> None:
+    from edgeship.quantize.mixed import meet_budget, sensitive_units, with_int8
+
+    _, model, tokenizer = tiny_lm
+    windows = token_windows(tokenizer, TEXT, 32, count=8)
+    decoder = int4_decoder(model, group=32)  # nearest: int4 loses more than GPTQ, so int8 layers matter
+    units = sensitive_units(model, decoder, windows[:2])
+    # layers reading one input change together: q, k, v and gate, up in each block; o and down alone
+    assert sorted(len(u) for u, _ in units) == [1, 1, 1, 1, 2, 2, 3, 3]
+    assert all(u[0].rsplit(".", 1)[0] == n.rsplit(".", 1)[0] for u, _ in units for n in u)
+    assert [s for _, s in units] == sorted((s for _, s in units), reverse=True) and units[-1][1] > 0
+
+    def kl(candidate) -> float:  # a measure that only int4's error raises
+        score = LanguageScore()
+        with torch.no_grad():
+            for window in windows[6:]:
+                score.add(candidate(window[None]).logits, window[None], model(window[None]).logits)
+        return score.result()["kl_divergence"]
+
+    int4_kl = kl(decoder.model)
+    assert meet_budget(decoder, model, windows[:2], kl, limit=1.0)[1]["int8_units"] == 0  # int4 meets a loose one
+    with pytest.raises(ValueError):  # every layer int8 still differs from float
+        meet_budget(decoder, model, windows[:2], kl, limit=0.0)
+    all_int8_kl = kl(with_int8(decoder, model, {w.layer for w in decoder.linears}).model)
+    assert 0 < all_int8_kl < int4_kl
+    limit = (int4_kl + all_int8_kl) / 2
+    chosen, record = meet_budget(decoder, model, windows[:2], kl, limit)
+    count = record["int8_units"]
+    assert 0 < count < len(units) and kl(chosen.model) <= limit
+    assert kl(with_int8(decoder, model, {n for u, _ in units[:count - 1] for n in u}).model) > limit  # fewest
+    assert record["int8_layers"] == sorted(n for u, _ in units[:count] for n in u) == chosen.record["int8_layers"]
+    layers = dict(chosen.model.named_modules())
+    for w in chosen.linears:
+        if w.layer in record["int8_layers"]:  # int8, one scale per output channel
+            assert w.bits == 8 and w.group == w.q.shape[1] and w.offset is None and int(w.q.abs().max()) <= 127
+        else:
+            assert w.bits == 4 and any(w is v for v in decoder.linears)
+        assert torch.equal(layers[w.layer].weight.detach(), w.dequantized())
+    assert kl(decoder.model) == int4_kl  # the int4 decoder itself is unchanged
+
+
+def test_artifacts_over_the_perplexity_budget_fail_the_export() -> None:
+    from edgeship.flows.language_budget import check
+    from edgeship.flows.quantize import BudgetError
+
+    budget = {"max_ppl_increase": 0.02, "int8_units": 3, "units": 10,
+              "simulated": [{"int8_units": 0, "ppl_increase": 0.05}, {"int8_units": 3, "ppl_increase": 0.015}]}
+
+    def artifact(path: str, increase: float) -> dict:
+        return {"path": path, "worst_subject": "legal", "subjects": {"legal": {"perplexity_increase": increase}}}
+
+    rows = check([artifact("model.int4.pte", 0.019), artifact("onnxruntime-genai", 0.01)], budget)
+    assert [r["ppl_increase"] for r in rows] == [0.019, 0.01]
+    with pytest.raises(BudgetError) as error:
+        check([artifact("model.int4.pte", 0.031), artifact("onnxruntime-genai", 0.01)], budget)
+    message = str(error.value)
+    assert "model.int4.pte +3.10% on legal" in message and "onnxruntime-genai" not in message
+    assert "+1.50% with 3 of 10" in message
+
+
+def test_budget_search_sees_per_token_int8_activations() -> None:
+    from edgeship.quantize.mixed import per_token_int8_inputs
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8))
+    seen = []
+    x = torch.randn(1, 5, 16) * torch.tensor([1.0, 10.0, 0.1, 3.0, 0.5])[None, :, None]
+    with per_token_int8_inputs(model, ["0"]):
+        hook = model[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))  # runs after it
+        inside = model(x)
+        hook.remove()
+    outside = model(x)
+    assert torch.equal(outside, model[0](x)) and not torch.equal(inside, outside)
+    rounded = seen[0]
+    for token in range(5):  # each token on its own grid: 255 steps over its range (with 0)
+        low, high = min(float(x[0, token].min()), 0.0), max(float(x[0, token].max()), 0.0)
+        step = (high - low) / 255
+        steps = rounded[0, token] / step
+        torch.testing.assert_close(steps, steps.round(), rtol=0, atol=1e-3)
+        assert float((rounded[0, token] - x[0, token]).abs().max()) <= step / 2 + 1e-6

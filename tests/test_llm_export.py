@@ -231,6 +231,11 @@ def test_bad_language_model_inputs(lm_folder: Path, tmp_path: Path, monkeypatch,
                                                         "--recipe", "int8-percentile")
     assert "NAME=file.txt" in _bad(monkeypatch, capsys, tmp_path, model, text, "--eval-data", "=x.txt")
     assert "no such text file" in _bad(monkeypatch, capsys, tmp_path, model, tmp_path / "missing.txt")
+    assert "has no int4 layers" in _bad(monkeypatch, capsys, tmp_path, model, text, "--recipe", "int8",
+                                        "--max-ppl-increase", "5%")
+    conv = f"{Path(__file__).parent / 'models.py'}:tiny_conv_net"
+    assert "--max-ppl-increase is for causal language models" in _bad(monkeypatch, capsys, tmp_path, conv, text,
+                                                                      "--max-ppl-increase", "5%")
     bert = tmp_path / "bert"
     BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                intermediate_size=64).save_pretrained(bert)

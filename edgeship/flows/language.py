@@ -18,7 +18,7 @@ from pathlib import Path
 
 from edgeship import outputs
 from edgeship.errors import ConfigError, ExportError
-from edgeship.flows import Progress, no_progress
+from edgeship.flows import Progress, language_budget, no_progress
 from edgeship.flows.export import ExportResult
 
 log = logging.getLogger(__name__)
@@ -66,10 +66,13 @@ def language_recipe(name: str) -> LanguageRecipe:
 
 def export_language(model: str, target: str, calibration: str | Path, *,
                     eval_data: dict[str, str | Path] | None = None, out: str | Path = "out", recipe: str = "int4",
-                    max_seq_len: int | None = None, progress: Progress = no_progress) -> ExportResult:
+                    max_seq_len: int | None = None, max_ppl_increase: float | None = None,
+                    progress: Progress = no_progress) -> ExportResult:
     """Quantize the causal LM at `model` once on the `calibration` text, write each runtime's generation
     artifact for `target`, verify it on every `eval_data` text ({subject: .txt or .jsonl}; default: the
-    calibration text past the windows GPTQ read) and write `out/<model>/<target>/` atomically."""
+    calibration text past the windows GPTQ read) and write `out/<model>/<target>/` atomically.
+    `max_ppl_increase` (a fraction, int4 only): the most sensitive layers are kept int8 until the worst
+    subject's perplexity increase is within it, and every artifact must measure within it (BudgetError)."""
     from edgeship.calibration.text import read_text
     from edgeship.export.causal_lm import load_causal_lm
     from edgeship.targets.devices import load_device
@@ -80,6 +83,9 @@ def export_language(model: str, target: str, calibration: str | Path, *,
         raise ConfigError(f"target {device.name} runs {', '.join(device.runtimes)}; edgeship writes language "
                           f"models for {', '.join(LANGUAGE_RUNTIMES)}: pick a target that has one")
     chosen = language_recipe(recipe)
+    if max_ppl_increase is not None and chosen.bits != 4:
+        raise ConfigError(f"--max-ppl-increase keeps layers of an int4 recipe at int8; recipe {chosen.name} has "
+                          "no int4 layers: drop it or use --recipe int4")
     out = Path(out)
     outputs.check_writable(out)
     texts = {"calibration": read_text(calibration)} | {name: read_text(path) for name, path in (eval_data or {}).items()}
@@ -92,7 +98,7 @@ def export_language(model: str, target: str, calibration: str | Path, *,
     try:
         with outputs.staging(final) as stage:
             manifest = _export_into(stage, lm, device, chosen, length, calib, subjects, runtimes, progress,
-                                    {"calibration": str(Path(calibration).resolve()),
+                                    max_ppl_increase, {"calibration": str(Path(calibration).resolve()),
                                      "eval_data": {k: str(Path(v).resolve()) for k, v in (eval_data or {}).items()}})
     except Exception as exc:
         full = outputs.out_of_space(exc, final.parent, needed)
@@ -131,7 +137,7 @@ def _windows(tokenizer, texts: dict[str, str], length: int, gptq: bool):
 
 
 def _export_into(stage: Path, lm, device, recipe: LanguageRecipe, length: int, calib, subjects: dict,
-                 runtimes: list[str], progress: Progress, reproduce: dict) -> dict:
+                 runtimes: list[str], progress: Progress, limit: float | None, reproduce: dict) -> dict:
     from edgeship.quantize.decoder import gptq_steps, int4_decoder
     from edgeship.report.language import language_report
 
@@ -146,14 +152,20 @@ def _export_into(stage: Path, lm, device, recipe: LanguageRecipe, length: int, c
             advance(1)
     lm.tokenizer.save_pretrained(stage / "tokenizer")
     reference = _float_reference(lm, subjects, length, progress)
+    budget = None
+    if limit is not None:
+        decoder, budget = language_budget.meet(lm, decoder, calib, subjects, reference, limit, runtimes,
+                                                progress)
     artifacts, not_produced = _write_all(stage, lm, decoder, recipe, length, subjects, reference, runtimes, progress)
+    if budget is not None:
+        budget["artifacts"] = language_budget.check(artifacts, budget)
     manifest = {
         "kind": "language_model", "versions": _versions(),
         "model": {"source": lm.source, "name": lm.name, "family": lm.family, "max_positions": lm.max_positions},
         "target": device.to_dict(), "recipe": recipe.__dict__ | {"precision": recipe.precision},
         "max_seq_len": length, "weights": decoder.record | {"encodings": _encodings(decoder)} if decoder is not None
         else {"method": "float", "quantized_layers": 0},
-        "calibration": {"windows": 0 if calib is None else len(calib),
+        "budget": budget, "calibration": {"windows": 0 if calib is None else len(calib),
                         "tokens": 0 if calib is None else calib.numel()},
         "subjects": {name: {"windows": len(w), "tokens": w.numel(), "float": reference["scores"][name]}
                      for name, w in subjects.items()},
@@ -351,48 +363,3 @@ def _versions() -> dict:
     from edgeship.report.manifest import versions
 
     return versions()
-
-
-@dataclass(frozen=True)
-class GenerateResult:
-    text: str
-    tokens: int
-    decode_tokens_per_s: float
-    stats: dict
-
-
-def generate(out_dir: str | Path, prompt: str, *, runtime: str = "executorch", max_new_tokens: int = 128,
-             chat: bool = True, stream: bool = False) -> GenerateResult:
-    """Greedy text after `prompt` (in the tokenizer's chat template when it has one and `chat`) from the
-    `runtime` artifact of the language-model export at `out_dir`, run by that runtime's LLM runner;
-    `stream`: each piece written to standard output as it comes."""
-    from transformers import AutoTokenizer
-
-    from edgeship.backends.executorch.decoder import runner_generate
-
-    out_dir = Path(out_dir)
-    manifest_path = out_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    if manifest.get("kind") != "language_model":
-        raise ConfigError(f"{out_dir} is not a language-model export (no manifest.json of one); pass the folder "
-                          "`edgeship export` wrote for a language model, out/<model>/<target>")
-    found = [a for a in manifest["artifacts"] if a["runtime"] == runtime]
-    if not found:
-        raise ConfigError(f"{out_dir} has no {runtime} artifact; it has "
-                          f"{', '.join(a['runtime'] for a in manifest['artifacts'])}: pass one with --runtime")
-    tokenizer = AutoTokenizer.from_pretrained(out_dir / "tokenizer", local_files_only=True)
-    if chat and getattr(tokenizer, "chat_template", None):
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                               add_generation_prompt=True)
-    if runtime == "onnxruntime":
-        from edgeship.backends.onnxruntime.genai import genai_generate
-
-        text, stats = genai_generate(out_dir / found[0]["path"], prompt, max_new_tokens, stream)
-        decode_ms = stats["decode_ms"]
-    else:
-        text, stats = runner_generate(out_dir / found[0]["path"], out_dir / found[0]["tokenizer"], prompt,
-                                      max_new_tokens, stream)
-        decode_ms = stats.get("inference_end_ms", 0) - stats.get("first_token_ms", 0)
-    tokens = stats["pieces"]
-    rate = (tokens - 1) * 1000.0 / decode_ms if decode_ms > 0 and tokens > 1 else 0.0
-    return GenerateResult(text, tokens, rate, stats)

@@ -28,7 +28,7 @@ def language_report(manifest: dict) -> str:
               + (", head tied to them" if weights["tied_head"] else "")) if weights["quantized_layers"] else "float32"
     lines = [f"# {manifest['model']['name']} ({manifest['model']['family']}) for {manifest['target']['name']}", "",
              f"- model: `{manifest['model']['source']}`", f"- recipe: {manifest['recipe']['name']}: {recipe}",
-             f"- KV cache: {manifest['max_seq_len']} positions, float", ""]
+             f"- KV cache: {manifest['max_seq_len']} positions, float", *_budget_lines(manifest.get("budget")), ""]
     for artifact in manifest["artifacts"]:
         lines += [f"## {artifact['path']} ({artifact['runtime']}, {artifact['size_bytes'] / 1e6:.1f} MB)", "",
                   *_table(SUBJECT_COLUMNS, subject_rows(artifact, manifest["subjects"])), "",
@@ -45,3 +45,12 @@ def language_report(manifest: dict) -> str:
                       f"({'the same as' if runner['equals_greedy'] else 'NOT the same as'} the verified greedy text)."]
         lines.append("")
     return "\n".join(lines)
+
+
+def _budget_lines(budget: dict | None) -> list[str]:
+    if not budget:
+        return []
+    measured = ", ".join(f"{a['path']} {a['ppl_increase'] * 100:+.2f}%" for a in budget.get("artifacts", []))
+    return [f"- perplexity budget: at most {budget['max_ppl_increase'] * 100:+g}% on the worst subject; "
+            f"{budget['int8_units']} of {budget['units']} layer groups kept int8 "
+            f"({len(budget['int8_layers'])} linear layers); measured: {measured}"]
