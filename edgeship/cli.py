@@ -81,10 +81,7 @@ def export(
         limit = options.percent("--max-ppl-increase", max_ppl_increase) if max_ppl_increase is not None else None
         _export_language(model, target, calibration, eval_data, out, recipe, max_seq_len, limit, format)
         return
-    _not_language_options(model, eval_data, max_seq_len)
-    if max_ppl_increase is not None:
-        raise ConfigError(f"--max-ppl-increase is for causal language models; {model} is not one: use --min-cosine, "
-                          "--min-sqnr or --max-drop")
+    _not_language_options(model, eval_data, max_seq_len, max_ppl_increase)
     budget = options.budget(min_cosine, min_sqnr, max_drop)
     preprocess = {"resize": resize, "crop": crop, "mean": options.floats("--mean", mean),
                   "std": options.floats("--std", std), "layout": layout, "color": color}
@@ -100,7 +97,11 @@ def export(
     render.export_table(result)
 
 
-def _not_language_options(model: str, eval_data: list[str] | None, max_seq_len: int | None) -> None:
+def _not_language_options(model: str, eval_data: list[str] | None, max_seq_len: int | None,
+                          max_ppl_increase: str | None) -> None:
+    if max_ppl_increase is not None:
+        raise ConfigError(f"--max-ppl-increase is for causal language models; {model} is not one: use --min-cosine, "
+                          "--min-sqnr or --max-drop")
     if len(eval_data or []) > 1:
         raise ConfigError("--eval-data is given more than once; a model that is not a language model takes one "
                           "eval set (an image folder, .npz or folder of .npy files)")
