@@ -3,7 +3,7 @@ on WikiText-2 valid), verified on three subjects (WikiText-2 test, Python standa
 licence texts), then timed by `edgeship bench` on this machine; each artifact's size, the per-subject
 table, the greedy comparison, tokens per second and the time of each stage, saved as JSON.
 
-    .venv/bin/python benchmarks/llm_export.py [--recipe int4|int8|fp32] [--max-seq-len 1024]
+    .venv/bin/python benchmarks/llm_export.py [--recipe int4|int8|fp32] [--max-seq-len 1024] [--max-ppl-increase 1%]
 """
 
 from __future__ import annotations
@@ -33,11 +33,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="int4")
     parser.add_argument("--max-seq-len", type=int, default=None)
+    parser.add_argument("--max-ppl-increase", default=None, help="the export's perplexity budget (results/"
+                        "llm_export_budget.json)")
     parser.add_argument("--out", type=Path, default=None,
                         help="default: results/llm_export.json (int4), results/llm_export_<recipe>.json (others)")
     args = parser.parse_args()
     results = ROOT / "benchmarks" / "results"
-    args.out = args.out or results / ("llm_export.json" if args.recipe == "int4" else f"llm_export_{args.recipe}.json")
+    args.out = args.out or results / ("llm_export_budget.json" if args.max_ppl_increase else "llm_export.json"
+                                      if args.recipe == "int4" else f"llm_export_{args.recipe}.json")
     with tempfile.TemporaryDirectory() as tmp:
         texts = Path(tmp)
         eval_data = []
@@ -49,6 +52,8 @@ def main() -> None:
                    "--out", str(texts / "out"), "--format", "json"]
         if args.max_seq_len:
             command += ["--max-seq-len", str(args.max_seq_len)]
+        if args.max_ppl_increase:
+            command += ["--max-ppl-increase", args.max_ppl_increase]
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
         seconds = time.perf_counter() - started
@@ -71,7 +76,7 @@ def main() -> None:
               "max_seq_len": manifest["max_seq_len"], "weights": {k: v for k, v in manifest["weights"].items()
                                                                  if k != "encodings"},
               "quantized_weights_fp32_bytes": float_size,
-              "subjects_float": manifest["subjects"],
+              "subjects_float": manifest["subjects"], "budget": manifest.get("budget"),
               "artifacts": [{k: v for k, v in a.items()} for a in manifest["artifacts"]],
               "bench": bench["rows"], "bench_host": bench["host"]}
     args.out.write_text(json.dumps(result, indent=1) + "\n")
