@@ -4,6 +4,8 @@ float32: the float reference), loaded offline with transformers, with their own 
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,13 +62,31 @@ def load_causal_lm(source: str) -> CausalLM:
         raise ModelLoadError(f"{source} has no tokenizer edgeship can read ({str(exc).splitlines()[0][:200]}); "
                              "put the model's tokenizer files (tokenizer.json, tokenizer_config.json) beside "
                              "it") from exc
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32, **kwargs)
+    with _gguf_bar_silenced():
+        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=torch.float32, **kwargs)
     if gguf:
         model = _plain(model)
     _conv1d_as_linear(model)
     positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 0)
     return CausalLM(model.eval(), tokenizer, folder.name if not path.is_file() else path.stem, str(source), family,
                     int(positions))
+
+
+@contextlib.contextmanager
+def _gguf_bar_silenced():
+    """transformers' GGUF reader draws its own tqdm bar (not under disable_progress_bar): off while loading."""
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
 
 
 def _gguf_in(folder: Path) -> str | None:
