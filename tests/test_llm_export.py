@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import run_cli
@@ -70,7 +71,8 @@ def test_the_manifest_records_the_weights_every_artifact_holds(exported, lm_fold
     assert json.loads((folder / "manifest.json").read_text()) == manifest
     lm = load_causal_lm(str(lm_folder / "tiny-llama"))
     windows = token_windows(lm.tokenizer, read_text(lm_folder / "calibration.txt"), LENGTH, 32)
-    again = int4_decoder(lm.model, 32, windows, asymmetric=True)
+    assert manifest["recipe"]["asymmetric"] is False  # LiteRT is a runtime of the target: one symmetric grid
+    again = int4_decoder(lm.model, 32, windows, asymmetric=False)
     assert manifest["weights"]["encodings"] == _encodings(again)
     assert manifest["weights"]["method"] == "gptq" and manifest["weights"]["quantized_layers"] == 14
     assert manifest["calibration"] == {"windows": len(windows), "tokens": windows.numel()}
@@ -87,7 +89,7 @@ def test_the_pte_computes_the_integer_model_with_its_kv_cache(exported, lm_folde
     folder, manifest = exported
     lm = load_causal_lm(str(lm_folder / "tiny-llama"))
     windows = token_windows(lm.tokenizer, read_text(lm_folder / "calibration.txt"), LENGTH, 32)
-    integer = with_integer_weights(int4_decoder(lm.model, 32, windows, asymmetric=True))
+    integer = with_integer_weights(int4_decoder(lm.model, 32, windows))
     tokens = windows[1, :40].tolist()
     with torch.no_grad():
         expected = integer(torch.tensor([tokens])).logits[0]
@@ -117,14 +119,13 @@ def test_the_genai_model_computes_the_integer_model(exported, lm_folder: Path) -
     artifact = _artifact(manifest, "onnxruntime")
     graph = onnx.load(str(folder / artifact["path"] / "model.onnx")).graph
     ops = [n.op_type for n in graph.node]
-    float_matmuls = [n for n in graph.node if n.op_type == "MatMul"]  # only the offsets over group sums
-    assert all(n.name.endswith("/Offsets") for n in float_matmuls) and len(float_matmuls) == artifact["matmul_nbits"]
+    assert not [n for n in graph.node if n.op_type == "MatMul"]  # symmetric: no offsets over group sums
     assert ops.count("GatherBlockQuantized") == 1
     assert not [n for n in graph.node if n.op_type == "Gather" and "input_ids" in n.input]
     assert ops.count("MatMulNBits") == artifact["matmul_nbits"] + 1 and artifact["float_matmuls"] == []
     lm = load_causal_lm(str(lm_folder / "tiny-llama"))
     windows = token_windows(lm.tokenizer, read_text(lm_folder / "calibration.txt"), LENGTH, 32)
-    decoder = int4_decoder(lm.model, 32, windows, asymmetric=True)
+    decoder = int4_decoder(lm.model, 32, windows)
     tokens = windows[1, :40].tolist()
     with torch.no_grad():
         expected = decoder.model(torch.tensor([tokens])).logits[0]
@@ -132,6 +133,42 @@ def test_the_genai_model_computes_the_integer_model(exported, lm_folder: Path) -
     got = GenaiSession(folder / artifact["path"]).logits(tokens)
     assert float((got - expected).pow(2).mean().sqrt()) < 0.35 * quantization
     assert float((got.argmax(-1) == expected.argmax(-1)).float().mean()) >= 0.95
+
+
+def test_the_litertlm_computes_the_integer_model(exported, lm_folder: Path, tmp_path: Path) -> None:
+    """The .litertlm's model: every linear layer and the embeddings the integer values (int4 block-wise,
+    int8 rows), its logits through the LiteRT interpreter against the same weights in PyTorch."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from edgeship.backends.litert.decoder import DecoderSession, unpacked_tflite
+    from edgeship.backends.litert.int4 import unpack
+    from edgeship.calibration.text import read_text, token_windows
+    from edgeship.export.causal_lm import load_causal_lm
+    from edgeship.quantize.decoder import int4_decoder
+
+    folder, manifest = exported
+    artifact = _artifact(manifest, "litert")
+    tflite = unpacked_tflite(folder / artifact["path"], tmp_path)
+    lm = load_causal_lm(str(lm_folder / "tiny-llama"))
+    windows = token_windows(lm.tokenizer, read_text(lm_folder / "calibration.txt"), LENGTH, 32)
+    decoder = int4_decoder(lm.model, 32, windows)
+    model = flatbuffer_utils.read_model(str(tflite))
+    int4 = {np.asarray(model.buffers[t.buffer].data, np.uint8).tobytes() for g in model.subgraphs
+            for t in g.tensors if t.type == schema.TensorType.INT4}
+    assert {unpack(np.frombuffer(b, np.uint8), w.q.shape).tobytes() for b in int4 for w in decoder.linears
+            if len(b) * 2 == w.q.numel()} == {w.q.numpy().astype(np.int8).tobytes() for w in decoder.linears}
+    assert not [t for g in model.subgraphs for t in g.tensors if t.type == schema.TensorType.FLOAT32
+                and model.buffers[t.buffer].data is not None and len(t.shape) == 2 and min(t.shape) >= 32]
+    tokens = windows[1, :40].tolist()
+    with torch.no_grad():
+        expected = decoder.model(torch.tensor([tokens])).logits[0]
+        quantization = float((lm.model(torch.tensor([tokens])).logits[0] - expected).pow(2).mean().sqrt())
+    session = DecoderSession(tflite)
+    got = session.logits(tokens)
+    assert float((got - expected).pow(2).mean().sqrt()) < 0.35 * quantization
+    assert float((got.argmax(-1) == expected.argmax(-1)).float().mean()) >= 0.95
+    assert session.max_seq_len == LENGTH and artifact["integer_layers"] == len(decoder.all_weights())
 
 
 def _artifact(manifest: dict, runtime: str) -> dict:
@@ -143,7 +180,7 @@ def test_scores_per_subject_are_measured_against_float(exported, lm_folder: Path
 
     _, manifest = exported
     lm = load_causal_lm(str(lm_folder / "tiny-llama"))
-    assert sorted(a["runtime"] for a in manifest["artifacts"]) == ["executorch", "onnxruntime"]
+    assert sorted(a["runtime"] for a in manifest["artifacts"]) == ["executorch", "litert", "onnxruntime"]
     for artifact in manifest["artifacts"]:
         _subjects_against_float(artifact, manifest, lm, lm_folder)
 
@@ -188,7 +225,7 @@ def test_generate_streams_from_the_runner(exported) -> None:
     from edgeship import api
 
     folder, manifest = exported
-    for runtime in ("executorch", "onnxruntime"):
+    for runtime in ("executorch", "onnxruntime", "litert"):
         result = api.generate(folder, "the red cat", runtime=runtime, max_new_tokens=8)
         assert result.tokens == 8
         shown = subprocess.run([sys.executable, "-m", "edgeship", "generate", str(folder), "--prompt", "the red cat",
@@ -247,14 +284,15 @@ def test_bad_language_model_inputs(lm_folder: Path, tmp_path: Path, monkeypatch,
 
 
 def test_bench_times_every_language_artifact(exported) -> None:
-    """One method for both runtimes: a prefill of half the 64-position context, then greedy decode to its end."""
+    """A prefill of half the 64-position context, then greedy decode to its end; LiteRT-LM's benchmark counts
+    the first token (from the prefill) among its decode tokens."""
     from edgeship import api
 
     folder, _ = exported
     result = api.bench(folder, threads=1)
-    assert sorted(r["runtime"] for r in result.rows) == ["executorch", "onnxruntime"]
+    assert sorted(r["runtime"] for r in result.rows) == ["executorch", "litert", "onnxruntime"]
     for row in result.rows:
-        assert row["prompt_tokens"] == 32 and row["decode_tokens"] == 31
+        assert row["prompt_tokens"] == 32 and row["decode_tokens"] == (32 if row["runtime"] == "litert" else 31)
         assert row["prefill_tokens_per_s"] > 0 and row["decode_tokens_per_s"] > 0 and row["peak_rss_mb"] > 0
     assert json.loads((folder / "bench.json").read_text())["rows"] == result.rows
     assert json.loads((folder / "manifest.json").read_text())["bench"]["rows"] == result.rows
@@ -262,7 +300,8 @@ def test_bench_times_every_language_artifact(exported) -> None:
 
 def test_a_family_one_runtime_cannot_take_is_exported_for_the_others(lm_folder: Path, tmp_path: Path) -> None:
     """GPT-2 (its linear layers stored as Conv1D, taken as nn.Linear with the same values): ExecuTorch takes
-    it; onnxruntime-genai's builder has no GPT-2, so that runtime is listed as not produced, with why."""
+    it; onnxruntime-genai's builder has no GPT-2 and litert-torch's generative export reloads the folder
+    with other shapes, so those runtimes are listed as not produced, with why."""
     from tokenizers import Tokenizer
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -285,10 +324,11 @@ def test_a_family_one_runtime_cannot_take_is_exported_for_the_others(lm_folder: 
     manifest = result.manifest
     assert [a["runtime"] for a in manifest["artifacts"]] == ["executorch"]
     assert manifest["weights"]["quantized_layers"] == 4
-    assert [n["runtime"] for n in manifest["not_produced"]] == ["onnxruntime"]
+    assert [n["runtime"] for n in manifest["not_produced"]] == ["onnxruntime", "litert"]
     assert "model builder" in manifest["not_produced"][0]["reason"]
+    assert "litert-torch's generative export failed" in manifest["not_produced"][1]["reason"]
     assert manifest["artifacts"][0]["runner"]["equals_greedy"]
-    assert not (result.out_dir / "onnxruntime-genai").exists()
+    assert not (result.out_dir / "onnxruntime-genai").exists() and not list(result.out_dir.glob("*.litertlm"))
 
 
 def test_the_fp32_reference_artifacts_match_float(lm_folder: Path, tmp_path: Path) -> None:
@@ -298,7 +338,7 @@ def test_the_fp32_reference_artifacts_match_float(lm_folder: Path, tmp_path: Pat
     result = api.export_language(str(lm_folder / "tiny-llama"), "host", lm_folder / "calibration.txt",
                                  out=tmp_path / "out", recipe="fp32", max_seq_len=64)
     manifest = result.manifest
-    assert sorted(a["path"] for a in manifest["artifacts"]) == ["model.fp32.pte", "onnxruntime-genai"]
+    assert sorted(a["path"] for a in manifest["artifacts"]) == ["model.fp32.litertlm", "model.fp32.pte", "onnxruntime-genai"]
     for artifact in manifest["artifacts"]:
         for score in artifact["subjects"].values():
             assert abs(score["perplexity_increase"]) < 1e-3 and score["top1_agreement"] == 1.0

@@ -35,7 +35,7 @@ def bench_language(out_dir: Path, manifest: dict, artifacts: list[str] | None, t
     for artifact in chosen:
         rows.append({"path": artifact["path"], "runtime": artifact["runtime"], "precision": artifact["precision"],
                      "size_bytes": artifact["size_bytes"], "threads": threads}
-                    | _measure(artifact["runtime"], out_dir / artifact["path"], threads))
+                    | _measure(artifact["runtime"], out_dir / artifact["path"], threads, manifest["max_seq_len"]))
         advance(1)
     host = host_info()
     record = {"host": host, "rows": rows}
@@ -44,9 +44,9 @@ def bench_language(out_dir: Path, manifest: dict, artifacts: list[str] | None, t
     return host, rows
 
 
-def _measure(runtime: str, path: Path, threads: int) -> dict:
-    done = subprocess.run([sys.executable, "-m", "edgeship.runtimes.llm_bench", runtime, str(path), str(threads)],
-                          capture_output=True, text=True)
+def _measure(runtime: str, path: Path, threads: int, context: int) -> dict:
+    done = subprocess.run([sys.executable, "-m", "edgeship.runtimes.llm_bench", runtime, str(path), str(threads),
+                           str(context)], capture_output=True, text=True)
     if done.returncode:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise EdgeshipError(f"{path.name} ({runtime}) could not be timed: {tail[:300]}; re-export it")

@@ -24,8 +24,6 @@ def generate(out_dir: str | Path, prompt: str, *, runtime: str = "executorch", m
     `stream`: each piece written to standard output as it comes."""
     from transformers import AutoTokenizer
 
-    from edgeship.backends.executorch.decoder import runner_generate
-
     out_dir = Path(out_dir)
     manifest_path = out_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
@@ -45,7 +43,15 @@ def generate(out_dir: str | Path, prompt: str, *, runtime: str = "executorch", m
 
         text, stats = genai_generate(out_dir / found[0]["path"], prompt, max_new_tokens, stream)
         decode_ms = stats["decode_ms"]
+    elif runtime == "litert":
+        from edgeship.backends.litert.decoder import runner_generate as litert_generate
+
+        text, stats = litert_generate(out_dir / found[0]["path"], prompt, max_new_tokens, manifest["max_seq_len"],
+                                      stream)
+        decode_ms = stats["decode_ms"]
     else:
+        from edgeship.backends.executorch.decoder import runner_generate
+
         text, stats = runner_generate(out_dir / found[0]["path"], out_dir / found[0]["tokenizer"], prompt,
                                       max_new_tokens, stream)
         decode_ms = stats.get("inference_end_ms", 0) - stats.get("first_token_ms", 0)

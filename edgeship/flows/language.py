@@ -9,27 +9,24 @@ fixed prompts against float's; written to `out/<model>/<target>/` atomically wit
 from __future__ import annotations
 
 import json
-import logging
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgeship import outputs
-from edgeship.errors import ConfigError, ExportError
-from edgeship.flows import Progress, language_budget, no_progress
+from edgeship.errors import ConfigError
+from edgeship.flows import Progress, language_artifacts, language_budget, no_progress
 from edgeship.flows.export import ExportResult
-
-log = logging.getLogger(__name__)
 
 DEFAULT_SEQ_LEN = 1024  # the KV cache's positions, unless --max-seq-len (or the model's own limit) says less
 CALIBRATION_WINDOWS, CALIBRATION_LENGTH = 32, 512  # GPTQ's text: up to 32 windows of 512 tokens
 EVAL_WINDOWS, EVAL_LENGTH = 8, 256  # each evaluation text: up to 8 teacher-forced windows of 256 tokens
-NEW_TOKENS, CHECKED_TOKENS = 32, 16  # greedy generation per prompt; the tokens that must equal float's
+NEW_TOKENS = 32  # greedy generation per prompt
 PROMPTS = ("The capital of France is", "Once upon a time, in a small village,", "def fibonacci(n):",
            "The main causes of the First World War were", "To make a good cup of tea, you")
-LANGUAGE_RUNTIMES = ("executorch", "onnxruntime")  # the runtimes whose language-model artifacts edgeship writes
+LANGUAGE_RUNTIMES = ("executorch", "onnxruntime", "litert")  # the runtimes whose language-model artifacts edgeship writes
 
 
 @dataclass(frozen=True)
@@ -83,6 +80,8 @@ def export_language(model: str, target: str, calibration: str | Path, *,
         raise ConfigError(f"target {device.name} runs {', '.join(device.runtimes)}; edgeship writes language "
                           f"models for {', '.join(LANGUAGE_RUNTIMES)}: pick a target that has one")
     chosen = language_recipe(recipe)
+    if chosen.asymmetric and "litert" in runtimes:  # one set of int4 values for every runtime
+        chosen = replace(chosen, asymmetric=False)  # LiteRT's block-wise int4 kernels take no offset
     if max_ppl_increase is not None and chosen.bits != 4:
         raise ConfigError(f"--max-ppl-increase keeps layers of an int4 recipe at int8; recipe {chosen.name} has "
                           "no int4 layers: drop it or use --recipe int4")
@@ -156,7 +155,8 @@ def _export_into(stage: Path, lm, device, recipe: LanguageRecipe, length: int, c
     if limit is not None:
         decoder, budget = language_budget.meet(lm, decoder, calib, subjects, reference, limit, runtimes,
                                                 progress)
-    artifacts, not_produced = _write_all(stage, lm, decoder, recipe, length, subjects, reference, runtimes, progress)
+    artifacts, not_produced = language_artifacts.write_all(stage, lm, decoder, recipe, length, subjects, reference,
+                                                                runtimes, progress)
     if budget is not None:
         budget["artifacts"] = language_budget.check(artifacts, budget)
     manifest = {
@@ -178,31 +178,6 @@ def _export_into(stage: Path, lm, device, recipe: LanguageRecipe, length: int, c
     return manifest
 
 
-def _write_all(stage: Path, lm, decoder, recipe: LanguageRecipe, length: int, subjects: dict, reference: dict,
-               runtimes: list[str], progress: Progress) -> tuple[list[dict], list[dict]]:
-    """Each runtime's artifact, verified; a runtime that cannot take the model is listed with its reason
-    (its files removed) and the others are still made."""
-    import shutil
-
-    writers = {"executorch": _executorch, "onnxruntime": _onnxruntime}
-    artifacts, not_produced = [], []
-    for runtime in runtimes:
-        before = set(stage.iterdir())
-        try:
-            artifacts.append(writers[runtime](stage, lm, decoder, recipe, length, subjects, reference, progress))
-        except ExportError as exc:
-            if outputs.out_of_space(exc, stage, 0):
-                raise
-            for path in set(stage.iterdir()) - before:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-            log.warning("no %s artifact: %s", runtime, exc)
-            not_produced.append({"runtime": runtime, "precision": recipe.precision, "reason": str(exc)})
-    if not artifacts:
-        raise ExportError("no runtime could take the model: " + "; ".join(
-            f"{n['runtime']}: {n['reason']}" for n in not_produced))
-    return artifacts, not_produced
-
-
 def _float_reference(lm, subjects: dict, length: int, progress: Progress) -> dict:
     """Float's logits on every evaluation window and its greedy tokens from every prompt, in PyTorch."""
     import torch
@@ -222,15 +197,11 @@ def _float_reference(lm, subjects: dict, length: int, progress: Progress) -> dic
             scores[name] = score.result()
         greedy = {}
         for prompt in PROMPTS:  # those that leave half the KV cache to generate into
-            ids = _prompt_ids(lm.tokenizer, prompt)
+            ids = language_artifacts.prompt_ids(lm.tokenizer, prompt)
             if len(ids) <= length // 2:
                 greedy[prompt] = _float_greedy(lm, ids, length)
             advance(1)
     return {"logits": logits, "scores": scores, "greedy": greedy}
-
-
-def _prompt_ids(tokenizer, prompt: str) -> list[int]:
-    return list(tokenizer(prompt)["input_ids"])
 
 
 def _new_tokens(ids: list[int], length: int) -> int:
@@ -246,104 +217,6 @@ def _float_greedy(lm, ids: list[int], length: int) -> list[int]:
                             do_sample=False, max_new_tokens=count, min_new_tokens=count,
                             pad_token_id=lm.tokenizer.eos_token_id)
     return out[0, len(ids):].tolist()
-
-
-def _executorch(stage: Path, lm, decoder, recipe: LanguageRecipe, length: int, subjects: dict, reference: dict,
-                progress: Progress) -> dict:
-    """The .pte with its KV cache, checked through the Module API (scores, greedy) and ExecuTorch's
-    own LLM runner (the first prompt's text)."""
-    import copy
-
-    from edgeship.backends.executorch import decoder as et
-
-    advance = progress("lower for executorch (KV cache)", 2)
-    program = et.export_decoder(et.with_integer_weights(decoder) if decoder is not None
-                                else copy.deepcopy(lm.model), length)
-    advance(1)
-    path = stage / f"model.{recipe.precision}.pte"
-    outside = et.write_decoder(program, et.metadata(lm.model.config, lm.tokenizer, length), path)
-    advance(1)
-    session = et.DecoderSession(path)
-    record = {"runtime": "executorch", "precision": recipe.precision, "path": path.name,
-              "size_bytes": path.stat().st_size, "tokenizer": "tokenizer/tokenizer.json",
-              "ops_outside_delegate": sorted(set(outside))}
-    record |= _verify(session.logits, session.greedy, lm.tokenizer, subjects, reference, progress, "executorch")
-    if not record["generation"]:
-        return record
-    first = record["generation"][0]
-    text, stats = et.runner_generate(path, stage / "tokenizer" / "tokenizer.json", first["prompt"], first["tokens"])
-    return record | {"runner": _runner("executorch.extension.llm.runner.TextLLMRunner", text, stats, record)}
-
-
-def _onnxruntime(stage: Path, lm, decoder, recipe: LanguageRecipe, length: int, subjects: dict, reference: dict,
-                 progress: Progress) -> dict:
-    """The ONNX Runtime GenAI model folder (the GenAI builder's float model with the integer weights
-    rewritten in), checked through onnxruntime_genai's Generator."""
-    import tempfile
-
-    from edgeship.backends.onnxruntime import genai
-
-    advance = progress("lower for onnxruntime (GenAI model builder)", 2)
-    folder = stage / "onnxruntime-genai"
-    with tempfile.TemporaryDirectory(dir=stage) as scratch:
-        (decoder.model if decoder is not None else lm.model).save_pretrained(Path(scratch) / "float")
-        lm.tokenizer.save_pretrained(Path(scratch) / "float")
-        genai.build_float(Path(scratch) / "float", folder, Path(scratch) / "cache")
-    advance(1)
-    written = (genai.rewrite(folder / "model.onnx", decoder) if decoder is not None
-               else {"matmul_nbits": 0, "float_matmuls": "all (fp32)"})
-    genai.set_context(folder, length)
-    advance(1)
-    session = genai.GenaiSession(folder)
-    record = {"runtime": "onnxruntime", "precision": recipe.precision, "path": folder.name,
-              "size_bytes": sum(p.stat().st_size for p in folder.iterdir()), "tokenizer": f"{folder.name}/tokenizer.json",
-              "matmul_nbits": written["matmul_nbits"], "float_matmuls": written["float_matmuls"]}
-    record |= _verify(session.logits, session.greedy, lm.tokenizer, subjects, reference, progress, "onnxruntime")
-    if not record["generation"]:
-        return record
-    first = record["generation"][0]
-    text, stats = genai.genai_generate(folder, first["prompt"], first["tokens"])
-    return record | {"runner": _runner("onnxruntime_genai.Generator", text, stats, record)}
-
-
-def _runner(name: str, text: str, stats: dict, record: dict) -> dict:
-    """The runtime's own LLM runner on the first prompt: its text against the verified greedy text (which
-    goes on past an end-of-sequence token where the runner stops)."""
-    same = bool(text.strip()) and record["generation"][0]["text"].strip().startswith(text.strip())
-    if not same:
-        log.warning("%s: the LLM runner's text differs from the verified greedy text", record["runtime"])
-    return {"name": name, "prompt": record["generation"][0]["prompt"], "text": text, "equals_greedy": same,
-            "generated_tokens": stats["pieces"]}
-
-
-def _verify(logits_of, greedy_of, tokenizer, subjects: dict, reference: dict, progress: Progress,
-            runtime: str) -> dict:
-    """One artifact's scores on every subject against float, and its greedy tokens from every prompt."""
-    from edgeship.metrics.language import LanguageScore, generation_record, perplexity_increase
-
-    advance = progress(f"verify {runtime} on text", sum(len(w) for w in subjects.values()) + len(reference["greedy"]))
-    scores = {}
-    for name, windows in subjects.items():
-        score = LanguageScore()
-        for window, expected in zip(windows, reference["logits"][name]):
-            score.add(logits_of(window.tolist())[None], window[None], expected)
-            advance(1)
-        result = score.result()
-        scores[name] = result | {"perplexity_increase": perplexity_increase(result, reference["scores"][name])}
-    worst = max(scores, key=lambda name: scores[name]["perplexity_increase"])
-    generations = []
-    for prompt in reference["greedy"]:
-        ids = _prompt_ids(tokenizer, prompt)
-        tokens = greedy_of(ids, len(reference["greedy"][prompt]))
-        record = generation_record(prompt, tokens, reference["greedy"][prompt], CHECKED_TOKENS)
-        generations.append(record | {"text": tokenizer.decode(tokens),
-                                     "float_text": tokenizer.decode(reference["greedy"][prompt])})
-        advance(1)
-    if not all(all(v == v for v in s.values() if isinstance(v, float)) for s in scores.values()):
-        raise ExportError(f"{runtime}: the artifact gives non-finite scores; it is not shipped")
-    matched = sum(g[f"equal_first_{CHECKED_TOKENS}"] for g in generations)
-    return {"subjects": scores, "worst_subject": worst, "generation": generations,
-            "greedy_equal_prompts": f"{matched}/{len(generations)}"}
 
 
 def _encodings(decoder) -> dict:

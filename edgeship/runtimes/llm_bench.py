@@ -1,6 +1,6 @@
 """Time one language-model artifact the same way for every runtime, in a fresh process: load time, a
 PROMPT-token prefill (time to first token, prefill tokens/s), NEW greedy tokens one at a time (decode
-tokens/s), peak resident memory (a context shorter than PROMPT + NEW: half of it each). Run as `python -m edgeship.runtimes.llm_bench RUNTIME PATH THREADS`;
+tokens/s), peak resident memory (a context shorter than PROMPT + NEW: half of it each). Run as `python -m edgeship.runtimes.llm_bench RUNTIME PATH THREADS [CONTEXT]`;
 prints one JSON object. Token ids are fixed (timing does not depend on the text); end-of-sequence never
 stops the decode."""
 
@@ -71,6 +71,23 @@ def _onnxruntime(path: Path, threads: int) -> dict:
     return _timing(started, loaded, first, time.perf_counter(), prompt, tokens)
 
 
+def _litert(path: Path, threads: int, context: int) -> dict:
+    """LiteRT-LM's own benchmark (its Engine, its timers: the C API reports load, prefill and decode
+    rates, not the times between calls), over the same prompt and decode lengths."""
+    import litert_lm
+
+    prompt, new = _lengths(context)
+    info = litert_lm.Benchmark(str(path), backend=litert_lm.Backend.CPU(thread_count=threads), prefill_tokens=prompt,
+                               decode_tokens=new, max_num_tokens=context,
+                               activation_data_type=litert_lm.ActivationDataType.FLOAT32).run()
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"load_ms": round(1000 * info.init_time_in_second, 1), "prompt_tokens": info.last_prefill_token_count,
+            "time_to_first_token_ms": round(1000 * info.time_to_first_token_in_second, 1),
+            "prefill_tokens_per_s": round(info.last_prefill_tokens_per_second, 1),
+            "decode_tokens": info.last_decode_token_count,
+            "decode_tokens_per_s": round(info.last_decode_tokens_per_second, 2), "peak_rss_mb": round(rss_kb / 1024, 1)}
+
+
 def _timing(started: float, loaded: float, first: float, ended: float, prompt: int, tokens: int) -> dict:
     """`tokens`: the decode steps after the first token (which the prefill gives)."""
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -83,6 +100,9 @@ def _timing(started: float, loaded: float, first: float, ended: float, prompt: i
 
 def main() -> None:
     runtime, path, threads = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    if runtime == "litert":  # the .litertlm does not say its context: the manifest's, passed on
+        print(json.dumps(_litert(path, threads, int(sys.argv[4]))))
+        return
     measure = {"executorch": _executorch, "onnxruntime": _onnxruntime}[runtime]
     print(json.dumps(measure(path, threads)))
 

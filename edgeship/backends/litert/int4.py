@@ -51,13 +51,14 @@ def to_blockwise_int4(path: Path, weights: list[Int4Weight]) -> list[str]:
 
     model = flatbuffer_utils.read_model(str(path))
     by_bytes = {w.dequantized().numpy().astype(np.float32).tobytes(): w for w in weights}
-    fully_connected = {i for i, code in enumerate(model.operatorCodes)
-                       if flatbuffer_utils.get_builtin_code_from_operator_code(code)
-                       == schema.BuiltinOperator.FULLY_CONNECTED}
-    found = set()
+    reads_weight = {i: flatbuffer_utils.get_builtin_code_from_operator_code(code) for i, code in
+                    enumerate(model.operatorCodes)}
+    reads_weight = {i: code for i, code in reads_weight.items()
+                    if code in (schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.EMBEDDING_LOOKUP)}
+    found, written = set(), {}
     for graph in model.subgraphs:
         for op in graph.operators:
-            if op.opcodeIndex not in fully_connected or len(op.inputs) < 2 or op.inputs[1] < 0:
+            if op.opcodeIndex not in reads_weight or len(op.inputs) < 2 or op.inputs[1] < 0:
                 continue
             tensor = graph.tensors[op.inputs[1]]
             data = model.buffers[tensor.buffer].data
@@ -68,9 +69,10 @@ def to_blockwise_int4(path: Path, weights: list[Int4Weight]) -> list[str]:
             if match is None:
                 match, rows = _row_scaled(np.frombuffer(raw, np.float32).reshape(tensor.shape),
                                           [w for w in weights if w.layer not in found])
-            if match is None or list(tensor.shape) != list(match.q.shape):
+            lookup = reads_weight[op.opcodeIndex] == schema.BuiltinOperator.EMBEDDING_LOOKUP
+            if match is None or list(tensor.shape) != list(match.q.shape) or (lookup and match.bits != 8):
                 continue
-            _quantize_tensor(model, graph, tensor, match, schema, rows)
+            _quantize_tensor(model, graph, tensor, match, schema, rows, written)
             found.add(match.layer)
     _drop_unread_buffers(model)
     flatbuffer_utils.write_model(model, str(path))
@@ -103,25 +105,33 @@ def _drop_unread_buffers(model) -> None:
             buffer.data = None
 
 
-def _quantize_tensor(model, graph, tensor, w: Int4Weight, schema, rows: np.ndarray | None) -> None:
+def _quantize_tensor(model, graph, tensor, w: Int4Weight, schema, rows: np.ndarray | None,
+                     written: dict[int, tuple[int, int | None]]) -> None:
+    """`tensor` as `w`'s integer values; `written` maps a float buffer already rewritten (the same weight
+    read by another signature's graph) to its integer buffers, so each is stored once."""
+    original = tensor.buffer
+    first = written.get(original)
     if w.bits == 8:
-        _per_channel_int8(model, tensor, w, schema, rows)
+        _per_channel_int8(model, tensor, w, schema, rows, first)
+        written.setdefault(original, (tensor.buffer, None))
         return
-    buffer = schema.BufferT()
-    buffer.data = pack(w.q.numpy())
-    model.buffers.append(buffer)
-    tensor.buffer = len(model.buffers) - 1  # a fresh buffer: the float one may be shared
+    if first is None:
+        buffer = schema.BufferT()
+        buffer.data = pack(w.q.numpy())
+        model.buffers.append(buffer)
+        scale_buffer = schema.BufferT()
+        scale = w.scale.numpy() if rows is None else w.scale.numpy() * rows[:, None]
+        scale_buffer.data = np.frombuffer(scale.astype(np.float16).tobytes(), dtype=np.uint8)
+        model.buffers.append(scale_buffer)
+        first = written[original] = (len(model.buffers) - 2, len(model.buffers) - 1)
+    tensor.buffer = first[0]  # a fresh buffer: the float one may be shared
     tensor.type = schema.TensorType.INT4
 
     scales = schema.TensorT()
     scales.name = (tensor.name or b"weight") + b"_scales"
     scales.shape = list(w.scale.shape)
     scales.type = schema.TensorType.FLOAT16
-    scale_buffer = schema.BufferT()
-    scale = w.scale.numpy() if rows is None else w.scale.numpy() * rows[:, None]
-    scale_buffer.data = np.frombuffer(scale.astype(np.float16).tobytes(), dtype=np.uint8)
-    model.buffers.append(scale_buffer)
-    scales.buffer = len(model.buffers) - 1
+    scales.buffer = first[1]
     graph.tensors.append(scales)
 
     details = schema.BlockwiseQuantizationT()
@@ -134,12 +144,17 @@ def _quantize_tensor(model, graph, tensor, w: Int4Weight, schema, rows: np.ndarr
     tensor.quantization = quantization
 
 
-def _per_channel_int8(model, tensor, w: Int4Weight, schema, rows: np.ndarray | None) -> None:
-    """INT8 weights with one scale per output channel: LiteRT's hybrid (dynamic range) kernels."""
-    buffer = schema.BufferT()
-    buffer.data = np.frombuffer(w.q.numpy().astype(np.int8).tobytes(), dtype=np.uint8)
-    model.buffers.append(buffer)
-    tensor.buffer = len(model.buffers) - 1
+def _per_channel_int8(model, tensor, w: Int4Weight, schema, rows: np.ndarray | None,
+                      first: tuple[int, int | None] | None) -> None:
+    """INT8 weights with one scale per output channel (per row of an embedding table): LiteRT's hybrid
+    (dynamic range) kernels; `first`: the buffer already holding them."""
+    if first is None:
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(w.q.numpy().astype(np.int8).tobytes(), dtype=np.uint8)
+        model.buffers.append(buffer)
+        tensor.buffer = len(model.buffers) - 1
+    else:
+        tensor.buffer = first[0]
     tensor.type = schema.TensorType.INT8
     scale = w.scale.numpy().reshape(-1) * (1.0 if rows is None else rows)
     quantization = schema.QuantizationParametersT()
