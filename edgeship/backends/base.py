@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -118,3 +118,19 @@ def count_ops(names: list[str], reason: str) -> list[dict]:
     for name in names:
         counts[name] = counts.get(name, 0) + 1
     return [{"op": op, "count": n, "reason": reason} for op, n in sorted(counts.items())]
+
+
+def greedy_tokens(logits, position: int, count: int, max_seq_len: int, step: Callable[[int, int], object],
+                  stop: set[int], on_token: Callable[[int], None] | None) -> list[int]:
+    """A decoder's greedy loop: from the prompt's last `logits` at `position`, up to `count` argmax tokens,
+    each fed back by `step(token, position)` (its logits), ending at a `stop` token or the cache's end."""
+    out = []
+    while len(out) < count and position < max_seq_len:
+        token = int(logits.argmax())
+        out.append(token)
+        if on_token is not None:
+            on_token(token)
+        if token in stop:
+            break
+        logits, position = step(token, position), position + 1
+    return out

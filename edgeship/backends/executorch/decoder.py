@@ -186,16 +186,10 @@ class DecoderSession:
     def greedy(self, prompt: list[int], count: int, stop: set[int] = frozenset(),
                on_token: Callable[[int], None] | None = None) -> list[int]:
         """Up to `count` tokens after `prompt`, each the argmax, ending early at a `stop` token."""
-        out, logits, position = [], self.step(prompt, 0)[-1], len(prompt)
-        while len(out) < count and position < self.max_seq_len:
-            token = int(logits.argmax())
-            out.append(token)
-            if on_token is not None:
-                on_token(token)
-            if token in stop:
-                break
-            logits, position = self.step([token], position)[-1], position + 1
-        return out
+        from edgeship.backends.base import greedy_tokens
+
+        return greedy_tokens(self.step(prompt, 0)[-1], len(prompt), count, self.max_seq_len,
+                             lambda token, position: self.step([token], position)[-1], stop, on_token)
 
 
 def runner_generate(path: Path, tokenizer_json: Path, prompt: str, count: int, stream: bool = False

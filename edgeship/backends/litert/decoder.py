@@ -140,19 +140,12 @@ class DecoderSession:
     def greedy(self, prompt: list[int], count: int, stop: set[int] = frozenset(),
                on_token: Callable[[int], None] | None = None) -> list[int]:
         """Up to `count` tokens after `prompt`, each the argmax, ending early at a `stop` token."""
+        from edgeship.backends.base import greedy_tokens
+
         self._reset()
         for position, token in enumerate(prompt):
             logits = self.step(token, position)
-        out, position = [], len(prompt)
-        while len(out) < count and position < self.max_seq_len:
-            token = int(logits.argmax())
-            out.append(token)
-            if on_token is not None:
-                on_token(token)
-            if token in stop:
-                break
-            logits, position = self.step(token, position), position + 1
-        return out
+        return greedy_tokens(logits, len(prompt), count, self.max_seq_len, self.step, stop, on_token)
 
 
 def engine(path: Path, max_tokens: int, benchmark: bool = False):
