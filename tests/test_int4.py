@@ -224,6 +224,55 @@ def test_tflite_int4_rewrite_finds_a_weight_the_converter_scaled(tmp_path) -> No
     assert np.abs(scales.astype(np.float32) - expected.astype(np.float32)).max() <= 1e-3 * float(expected.max())
 
 
+def test_tflite_rewrite_runs_asymmetric_int4_with_its_offsets(tmp_path) -> None:
+    """Asymmetric int4 (values q * scale + offset): LiteRT gets the same int4 values and scales, and the
+    offsets as a layer over block sums beside it; the result matches the same weights in float, for a
+    3-d input, a fused ReLU and a weight the converter scaled per row."""
+    import litert_torch
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgeship.backends.litert.int4 import to_blockwise_int4
+    from edgeship.quantize.grid import quantize_affine
+    from edgeship.quantize.int4 import Int4Weight
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up, self.down = torch.nn.Linear(128, 96, bias=False), torch.nn.Linear(96, 64)
+
+        def forward(self, x):
+            return self.down(torch.relu(self.up(x))) * 0.5
+
+    torch.manual_seed(2)
+    model = Block().eval()
+    layers = []
+    for name in ("up", "down"):
+        linear = getattr(model, name)
+        linear.weight.data = linear.weight.data + 0.05  # off centre: the offsets matter
+        q, scale, offset = quantize_affine(linear.weight, 32)
+        layers.append(Int4Weight(name, f"{name}.weight", q, scale, 32, offset=offset))
+        linear.weight.data = layers[-1].dequantized()
+    x = torch.randn(1, 5, 128)
+    expected = model(x).detach().numpy()
+    path = tmp_path / "a.tflite"
+    litert_torch.convert(model, (x,)).export(str(path))
+    assert to_blockwise_int4(path, layers) == []
+    assert sorted(q.tobytes() for q, _ in _tflite_int4_weights(path)) == sorted(
+        w.q.numpy().astype(np.int8).tobytes() for w in layers)
+    interp = Interpreter(str(path))
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], x.numpy())
+    interp.invoke()
+    out = interp.get_tensor(interp.get_output_details()[0]["index"])
+    assert out.shape == expected.shape
+    # int8 activations at run time: a small error, far below what leaving the offsets out gives
+    error = np.abs(out - expected).max()
+    assert 0 < error < 0.02 * np.abs(expected).max()
+    for linear, w in zip((model.up, model.down), layers):
+        linear.weight.data = w.dequantized() - w.offset.repeat_interleave(32, dim=1)
+    assert error < 0.1 * np.abs(model(x).detach().numpy() - expected).max()
+
+
 def test_int8_dynamic_export_delivers_the_same_int8_weights(int4_export, monkeypatch, capsys) -> None:
     """`int8-dynamic`: per-channel int8 weights for the linear layers, activations quantized at run time:
     DynamicQuantizeMatMul in ONNX Runtime, XNNPACK's qd8 kernels, LiteRT's hybrid FULLY_CONNECTED."""

@@ -71,8 +71,8 @@ def test_the_manifest_records_the_weights_every_artifact_holds(exported, lm_fold
     assert json.loads((folder / "manifest.json").read_text()) == manifest
     lm = load_causal_lm(str(lm_folder / "tiny-llama"))
     windows = token_windows(lm.tokenizer, read_text(lm_folder / "calibration.txt"), LENGTH, 32)
-    assert manifest["recipe"]["asymmetric"] is False  # LiteRT is a runtime of the target: one symmetric grid
-    again = int4_decoder(lm.model, 32, windows, asymmetric=False)
+    assert manifest["recipe"]["asymmetric"] is True  # every runtime takes the offsets (LiteRT as a layer beside)
+    again = int4_decoder(lm.model, 32, windows, asymmetric=True)
     assert manifest["weights"]["encodings"] == _encodings(again)
     assert manifest["weights"]["method"] == "gptq" and manifest["weights"]["quantized_layers"] == 14
     assert manifest["calibration"] == {"windows": len(windows), "tokens": windows.numel()}
@@ -89,7 +89,7 @@ def test_the_pte_computes_the_integer_model_with_its_kv_cache(exported, lm_folde
     folder, manifest = exported
     lm = load_causal_lm(str(lm_folder / "tiny-llama"))
     windows = token_windows(lm.tokenizer, read_text(lm_folder / "calibration.txt"), LENGTH, 32)
-    integer = with_integer_weights(int4_decoder(lm.model, 32, windows))
+    integer = with_integer_weights(int4_decoder(lm.model, 32, windows, asymmetric=True))
     tokens = windows[1, :40].tolist()
     with torch.no_grad():
         expected = integer(torch.tensor([tokens])).logits[0]
@@ -119,13 +119,14 @@ def test_the_genai_model_computes_the_integer_model(exported, lm_folder: Path) -
     artifact = _artifact(manifest, "onnxruntime")
     graph = onnx.load(str(folder / artifact["path"] / "model.onnx")).graph
     ops = [n.op_type for n in graph.node]
-    assert not [n for n in graph.node if n.op_type == "MatMul"]  # symmetric: no offsets over group sums
+    float_matmuls = [n for n in graph.node if n.op_type == "MatMul"]  # only the offsets over group sums
+    assert all(n.name.endswith("/Offsets") for n in float_matmuls) and len(float_matmuls) == artifact["matmul_nbits"]
     assert ops.count("GatherBlockQuantized") == 1
     assert not [n for n in graph.node if n.op_type == "Gather" and "input_ids" in n.input]
     assert ops.count("MatMulNBits") == artifact["matmul_nbits"] + 1 and artifact["float_matmuls"] == []
     lm = load_causal_lm(str(lm_folder / "tiny-llama"))
     windows = token_windows(lm.tokenizer, read_text(lm_folder / "calibration.txt"), LENGTH, 32)
-    decoder = int4_decoder(lm.model, 32, windows)
+    decoder = int4_decoder(lm.model, 32, windows, asymmetric=True)
     tokens = windows[1, :40].tolist()
     with torch.no_grad():
         expected = decoder.model(torch.tensor([tokens])).logits[0]
@@ -152,7 +153,7 @@ def test_the_litertlm_computes_the_integer_model(exported, lm_folder: Path, tmp_
     tflite = unpacked_tflite(folder / artifact["path"], tmp_path)
     lm = load_causal_lm(str(lm_folder / "tiny-llama"))
     windows = token_windows(lm.tokenizer, read_text(lm_folder / "calibration.txt"), LENGTH, 32)
-    decoder = int4_decoder(lm.model, 32, windows)
+    decoder = int4_decoder(lm.model, 32, windows, asymmetric=True)
     model = flatbuffer_utils.read_model(str(tflite))
     int4 = {np.asarray(model.buffers[t.buffer].data, np.uint8).tobytes() for g in model.subgraphs
             for t in g.tensors if t.type == schema.TensorType.INT4}
@@ -160,6 +161,9 @@ def test_the_litertlm_computes_the_integer_model(exported, lm_folder: Path, tmp_
             if len(b) * 2 == w.q.numel()} == {w.q.numpy().astype(np.int8).tobytes() for w in decoder.linears}
     assert not [t for g in model.subgraphs for t in g.tensors if t.type == schema.TensorType.FLOAT32
                 and model.buffers[t.buffer].data is not None and len(t.shape) == 2 and min(t.shape) >= 32]
+    offsets = {np.asarray(model.buffers[t.buffer].data, np.uint8).tobytes() for g in model.subgraphs
+               for t in g.tensors if t.type == schema.TensorType.FLOAT16 and b"_offsets16" in t.name}
+    assert offsets == {w.offset.numpy().astype(np.float16).tobytes() for w in decoder.linears}
     tokens = windows[1, :40].tolist()
     with torch.no_grad():
         expected = decoder.model(torch.tensor([tokens])).logits[0]

@@ -12,7 +12,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgeship import outputs
@@ -80,8 +80,6 @@ def export_language(model: str, target: str, calibration: str | Path, *,
         raise ConfigError(f"target {device.name} runs {', '.join(device.runtimes)}; edgeship writes language "
                           f"models for {', '.join(LANGUAGE_RUNTIMES)}: pick a target that has one")
     chosen = language_recipe(recipe)
-    if chosen.asymmetric and "litert" in runtimes:  # one set of int4 values for every runtime
-        chosen = replace(chosen, asymmetric=False)  # LiteRT's block-wise int4 kernels take no offset
     if max_ppl_increase is not None and chosen.bits != 4:
         raise ConfigError(f"--max-ppl-increase keeps layers of an int4 recipe at int8; recipe {chosen.name} has "
                           "no int4 layers: drop it or use --recipe int4")

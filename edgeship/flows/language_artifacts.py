@@ -111,9 +111,6 @@ def _litert(stage: Path, lm, decoder, recipe, length: int, subjects: dict, refer
     from edgeship.backends.litert.int4 import to_blockwise_int4
 
     weights = decoder.all_weights() if decoder is not None else []
-    if any(w.offset is not None for w in weights):
-        raise ExportError("LiteRT's block-wise int4 kernels take no offset, and these int4 weights have one; "
-                          "export for a target whose runtimes all take offsets, or with litert among them")
     advance = progress("lower for litert (generative export)", 2)
     path, missing = stage / f"model.{recipe.precision}.litertlm", []
     with tempfile.TemporaryDirectory(dir=stage) as scratch:

@@ -8,7 +8,8 @@ The values are edgeship's int4 values unchanged; the scales are stored as float1
 LiteRT's block-wise quantization takes), so the weights LiteRT computes with differ from the other
 runtimes' by float16's rounding of each scale (relative 2^-11 at most). Where the converter folded a
 constant multiply after the layer into its weight (one factor per output row), the rows' scales carry
-that factor and the values stay the same.
+that factor and the values stay the same. Asymmetric int4 weights (an offset per group) keep these values
+and scales; their offsets become a small layer beside the int4 one (litert/offsets.py).
 
 LiteRT's converter folds a constant multiply that feeds a FULLY_CONNECTED (a layer norm's scale) into
 its weight, which would take the weight off the int4 grid; int4 folds layer norms into their linear
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeship.backends.litert.offsets import add_offsets
 from edgeship.quantize.int4 import Int4Weight
 
 
@@ -55,7 +57,7 @@ def to_blockwise_int4(path: Path, weights: list[Int4Weight]) -> list[str]:
                     enumerate(model.operatorCodes)}
     reads_weight = {i: code for i, code in reads_weight.items()
                     if code in (schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.EMBEDDING_LOOKUP)}
-    found, written = set(), {}
+    found, written, pending = set(), {}, []
     for graph in model.subgraphs:
         for op in graph.operators:
             if op.opcodeIndex not in reads_weight or len(op.inputs) < 2 or op.inputs[1] < 0:
@@ -74,6 +76,9 @@ def to_blockwise_int4(path: Path, weights: list[Int4Weight]) -> list[str]:
                 continue
             _quantize_tensor(model, graph, tensor, match, schema, rows, written)
             found.add(match.layer)
+            if match.offset is not None:
+                pending.append((graph, op, match, rows))
+    add_offsets(model, pending, schema)
     _drop_unread_buffers(model)
     flatbuffer_utils.write_model(model, str(path))
     return sorted({w.layer for w in weights} - found)
