@@ -348,3 +348,56 @@ def test_the_fp32_reference_artifacts_match_float(lm_folder: Path, tmp_path: Pat
             assert abs(score["perplexity_increase"]) < 1e-3 and score["top1_agreement"] == 1.0
         assert all(g["first_divergence"] is None for g in artifact["generation"])
     assert manifest["weights"] == {"method": "float", "quantized_layers": 0}
+
+
+def test_a_project_builds_a_language_model_against_its_budgets(lm_folder: Path, tmp_path: Path, monkeypatch,
+                                                                capsys) -> None:
+    """`edgeship build` recognises a causal LM in the project file: its subjects from an eval_data table,
+    the perplexity budget driving the int4 export, decode tokens/s timed by the build, a size budget that
+    fails; a second build is a cache hit with the same checks, a changed perplexity budget is not."""
+    from edgeship.targets.devices import BUILTIN
+
+    app = tmp_path / "app"
+    app.mkdir()
+    profile = (BUILTIN / "host.toml").read_text().replace('runtimes = ["onnxruntime", "executorch", "litert"]',
+                                                        'runtimes = ["onnxruntime"]')
+    (app / "genai-only.toml").write_text(profile)
+    (app / "edgeship.toml").write_text(f"""
+[project]
+targets = ["genai-only.toml"]
+
+[models.tiny]
+source = "{lm_folder / 'tiny-llama'}"
+calibration = "{lm_folder / 'calibration.txt'}"
+recipe = "int4"
+eval_data = {{ forward = "{lm_folder / 'calibration.txt'}", backward = "{lm_folder / 'reversed.txt'}" }}
+
+[models.tiny.budgets]
+max_ppl_increase = 0.5
+min_decode_tps = 1.0
+max_size_mb = 0.01
+min_cosine = 0.99
+""")
+    monkeypatch.chdir(app)
+    runs = [run_cli(["build", "--format", "json"], monkeypatch, capsys) for _ in range(2)]
+    for (code, out, err), status in zip(runs, ("built", "cached")):
+        assert code == 1, err  # the size budget fails
+        job, = json.loads(out)["jobs"]
+        assert job["status"] == status and job["ok"] is False
+        artifact, = job["manifest"]["artifacts"]
+        checks = {b["budget"]: b for b in job["budgets"]}
+        assert set(checks) == {"max_ppl_increase", "min_decode_tps", "max_size_mb"}  # min_cosine: not a language budget
+        worst = max(s["perplexity_increase"] for s in artifact["subjects"].values())
+        assert set(artifact["subjects"]) == {"forward", "backward"}
+        assert checks["max_ppl_increase"]["value"] == worst and checks["max_ppl_increase"]["passed"]
+        bench, = job["manifest"]["bench"]["rows"]
+        assert checks["min_decode_tps"]["value"] == bench["decode_tokens_per_s"] > 1.0
+        assert checks["max_size_mb"]["value"] == artifact["size_bytes"] / 1e6 and not checks["max_size_mb"]["passed"]
+    assert job["manifest"]["budget"]["max_ppl_increase"] == 0.5  # the export searched for the perplexity budget
+    report = (app / "build" / "report.md").read_text()
+    assert "| lost the most |" in report and "FAIL: onnxruntime-genai: max_size_mb 0.01" in report
+    project = (app / "edgeship.toml").read_text()
+    (app / "edgeship.toml").write_text(project.replace("max_ppl_increase = 0.5", "max_ppl_increase = 0.4"))
+    code, out, err = run_cli(["build", "--format", "json"], monkeypatch, capsys)
+    job, = json.loads(out)["jobs"]  # the budget the export searches for is part of the job's key
+    assert job["status"] == "built" and job["manifest"]["budget"]["max_ppl_increase"] == 0.4

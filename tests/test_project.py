@@ -32,7 +32,10 @@ def _write(tmp_path: Path, text: str) -> Path:
     (GOOD + "\n[budgets.host.tflite]\nmax_latency_ms = 3\n", 8, "'tflite' is not a runtime"),
     (GOOD.replace('calibration = "c.npz"\n', ""), 4, "[models.a] needs calibration"),
     ("[project]\ntargets = ['host']\njobz = 2\n", 3, "unknown key 'jobz'"),
-], ids=["unknown-key", "unknown-target", "budget-type", "budget-runtime", "missing-key", "project-key"])
+    (GOOD + "\n[budgets]\nmax_ppl_increase = 5\n", 9, "max_ppl_increase is a fraction of the float perplexity (0.05 for 5%)"),
+    (GOOD + "eval_data = { wiki = 3 }\n", 7, "eval_data must be a file name, or for a language model a table"),
+], ids=["unknown-key", "unknown-target", "budget-type", "budget-runtime", "missing-key", "project-key",
+        "ppl-percent", "eval-data-table"])
 def test_errors_point_at_line_and_key(tmp_path, text, where, message) -> None:
     path = _write(tmp_path, text)
     with pytest.raises(ConfigError) as err:

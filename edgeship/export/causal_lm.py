@@ -9,10 +9,12 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from edgeship.errors import ModelLoadError
+
+if TYPE_CHECKING:  # torch is imported where a model is loaded: checking a source stays cheap
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ def is_causal_lm_source(source: str) -> bool:
 def load_causal_lm(source: str) -> CausalLM:
     """The model and tokenizer at `source`, offline; ModelLoadError naming the fix when it is not a causal LM
     of a supported family, or has no tokenizer."""
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
@@ -102,6 +105,8 @@ def _gguf_in(folder: Path) -> str | None:
 def _plain(model: torch.nn.Module) -> torch.nn.Module:
     """A GGUF-loaded model rebuilt as a plain model of its class (its config without the GGUF
     quantization record, which exporters and save_pretrained refuse), holding the same float32 weights."""
+    import torch
+
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -113,6 +118,7 @@ def _plain(model: torch.nn.Module) -> torch.nn.Module:
 def _conv1d_as_linear(model: torch.nn.Module) -> int:
     """GPT-2's `Conv1D` layers (a linear layer whose weight is stored [in, out]) as nn.Linear computing the
     same values, so that every family's linear layers are nn.Linear; returns how many were replaced."""
+    import torch
     from transformers.pytorch_utils import Conv1D
 
     found = [(name, m) for name, m in model.named_modules() if isinstance(m, Conv1D)]

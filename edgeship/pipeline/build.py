@@ -88,16 +88,40 @@ def _worker_init(level: int) -> None:
 def _export_job(model: ModelEntry, target: str, root: str, work: str) -> dict:
     """Runs in a worker process: one export into `work`; returns where it went, or the error."""
     from edgeship.errors import EdgeshipError
+    from edgeship.export.causal_lm import is_causal_lm_source
     from edgeship.flows.export import export
 
     os.chdir(root)
     try:
+        if is_causal_lm_source(model.source):
+            return {"out_dir": str(_language_job(model, target, work))}
+        if isinstance(model.eval_data, dict):
+            raise ConfigError(f"[models.{model.name}] eval_data is a table of subjects, which only a language "
+                              "model takes; give one file")
         result = export(model.source, target, model.calibration, eval_data=model.eval_data, out=work,
                             input_shapes=list(model.input_shapes) or None,
                             input_dtypes=list(model.input_dtypes) or None, recipe=model.recipe)
     except EdgeshipError as exc:
         return {"error": str(exc)}
     return {"out_dir": str(result.out_dir)}
+
+
+def _language_job(model: ModelEntry, target: str, work: str) -> Path:
+    """A language model's export: its int4 recipe searches for the target's max_ppl_increase (the most
+    sensitive layers kept int8), and its artifacts are timed here when a min_decode_tps budget is set."""
+    from edgeship.flows.bench_language import bench_language
+    from edgeship.flows.language import export_language, language_recipe
+    from edgeship.flows import no_progress
+
+    limit, timed = model.budgets.for_language_export(Path(target).stem if target.endswith(".toml") else target)
+    subjects = model.eval_data if isinstance(model.eval_data, dict) else (
+        {Path(model.eval_data).stem: model.eval_data} if model.eval_data else None)
+    result = export_language(model.source, target, model.calibration, eval_data=subjects, out=work,
+                             recipe=model.recipe, progress=no_progress,
+                             max_ppl_increase=limit if language_recipe(model.recipe).bits == 4 else None)
+    if timed:
+        bench_language(result.out_dir, result.manifest, None, None, no_progress)
+    return result.out_dir
 
 
 def build(project: Project, only: list[str] | None = None, force: bool = False, fail_fast: bool = False,

@@ -43,6 +43,10 @@ def _hash_file(digest, path: Path) -> None:
 
 
 def _model_code(source: str, root: Path) -> Path:
+    from edgeship.export.causal_lm import is_causal_lm_source
+
+    if is_causal_lm_source(str(root / source)):  # a language model's folder or .gguf: its files are the model
+        return root / source
     where = source.rpartition(":")[0]
     if where.endswith(".py"):
         return root / where
@@ -71,9 +75,13 @@ def job_key(model: ModelEntry, target: str, root: Path) -> str:
         "eval_data": model.eval_data,
         "calibration": model.calibration,
     }
+    code = _model_code(model.source, root)
+    if code == root / model.source:  # a language model: its budgets steer the export and the timing
+        parts["language_export"] = model.budgets.for_language_export(Path(target).stem)
     digest.update(json.dumps(parts, sort_keys=True).encode())
-    paths = [_model_code(model.source, root), root / model.calibration]
-    paths += [root / model.eval_data] if model.eval_data else []
+    paths = [code, root / model.calibration]
+    evaluation = model.eval_data.values() if isinstance(model.eval_data, dict) else [model.eval_data]
+    paths += [root / p for p in evaluation if p]
     paths += [root / p for p in model.inputs]
     profile = Path(target) if target.endswith(".toml") else BUILTIN / f"{target}.toml"
     paths.append(profile if profile.is_absolute() else root / profile)
@@ -124,8 +132,7 @@ def publish(entry: Path, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
-        for src in entry.iterdir():
-            shutil.copy2(src, tmp / src.name)
+        shutil.copytree(entry, tmp, dirs_exist_ok=True)  # a language model's artifacts hold folders
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
         if dest.exists():
             os.rename(dest, old)

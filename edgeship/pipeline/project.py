@@ -14,18 +14,24 @@ from edgeship.backends import RUNTIMES as RUNTIME_NAMES
 from edgeship.errors import ConfigError
 
 PROJECT_FILE = "edgeship.toml"
-BUDGET_KEYS = ("max_size_mb", "min_cosine", "min_sqnr_db", "min_top1", "max_latency_ms")
+BUDGET_KEYS = ("max_size_mb", "min_cosine", "min_sqnr_db", "min_top1", "max_latency_ms", "max_ppl_increase",
+               "min_decode_tps")
+LANGUAGE_BUDGETS = ("max_size_mb", "max_ppl_increase", "min_decode_tps")  # the rest: one forward pass
 
 
 @dataclass(frozen=True)
 class Budget:
-    """Limits an int8 artifact must meet; None: not checked."""
+    """Limits a quantized artifact must meet; None: not checked. A language model's artifacts are held to
+    LANGUAGE_BUDGETS (perplexity increase on the worst subject as a fraction, decode tokens/s timed by
+    the build), the others to the rest and max_size_mb."""
 
     max_size_mb: float | None = None
     min_cosine: float | None = None
     min_sqnr_db: float | None = None
     min_top1: float | None = None
     max_latency_ms: float | None = None
+    max_ppl_increase: float | None = None
+    min_decode_tps: float | None = None
 
     def merged(self, other: Budget) -> Budget:
         """`other`'s limits where it sets them, ours elsewhere."""
@@ -52,6 +58,14 @@ class Budgets:
             budget = budget.merged(self.per_runtime[(target, runtime)])
         return budget
 
+    def for_language_export(self, target: str) -> tuple[float | None, bool]:
+        """What a language model's export for `target` depends on: the perplexity budget its int4 search
+        aims at (one set of weights for every runtime: the target's limit), and whether any of its
+        artifacts has a min_decode_tps (the build then times them)."""
+        own = self.default.merged(self.per_target.get(target, Budget()))
+        timed = [own, *(b for (t, _), b in self.per_runtime.items() if t == target)]
+        return own.max_ppl_increase, any(b.min_decode_tps is not None for b in timed)
+
     def merged(self, other: Budgets) -> Budgets:
         targets = {t: self.per_target.get(t, Budget()).merged(b) for t, b in other.per_target.items()}
         runtimes = {k: self.per_runtime.get(k, Budget()).merged(b) for k, b in other.per_runtime.items()}
@@ -64,7 +78,7 @@ class ModelEntry:
     source: str
     calibration: str
     targets: tuple[str, ...]
-    eval_data: str | None = None
+    eval_data: str | dict | None = None  # a language model: {subject: text file} too
     recipe: str = "int8"
     inputs: tuple[str, ...] = ()  # extra files (weights, ...) whose content is part of the cache key
     input_shapes: tuple[str, ...] = ()
@@ -165,11 +179,23 @@ def _model(where, name: str, body: dict, default_targets, budgets: Budgets) -> M
     if recipe not in RECIPES and not str(recipe).endswith((".toml", ".json")):
         raise ConfigError(f"{where(table, 'recipe')}: unknown recipe {recipe!r}; known recipes: {', '.join(RECIPES)}")
     own = _budgets(where, (*table, "budgets"), body.get("budgets", {}))
-    return ModelEntry(name, body["source"], body["calibration"], tuple(targets), body.get("eval_data"), recipe,
+    return ModelEntry(name, body["source"], body["calibration"], tuple(targets), _eval_data(where, table, body),
+                      recipe,
                       tuple(_strings(where, table, "inputs", body.get("inputs", []))),
                       tuple(_strings(where, table, "input_shapes", body.get("input_shapes", []))),
                       tuple(_strings(where, table, "input_dtypes", body.get("input_dtypes", []))),
                       budgets.merged(own))
+
+
+def _eval_data(where, table: tuple[str, ...], body: dict) -> str | dict | None:
+    """eval_data = "file" or (a language model's subjects) a table {subject = "file"}."""
+    value = body.get("eval_data")
+    if value is None or (isinstance(value, str) and value):
+        return value
+    if isinstance(value, dict) and value and all(isinstance(v, str) and v for v in value.values()):
+        return dict(value)
+    raise ConfigError(f"{where(table, 'eval_data')}: eval_data must be a file name, or for a language model a table "
+                      f"of subjects and text files like {{ wiki = \"wiki.txt\", code = \"code.txt\" }}; got {value!r}")
 
 
 def _budgets(where, table: tuple[str, ...], body: dict) -> Budgets:
@@ -196,6 +222,9 @@ def _budget(where, table, body: dict) -> Budget:
     for key, value in body.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where(table, key)}: budget {key} must be a number, got {value!r}")
+        if key == "max_ppl_increase" and not 0 <= value <= 1:
+            raise ConfigError(f"{where(table, key)}: max_ppl_increase is a fraction of the float perplexity "
+                              f"(0.05 for 5%), got {value!r}")
     return Budget(**{k: float(v) for k, v in body.items()})
 
 

@@ -8,7 +8,19 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from edgeship.report.language import ARTIFACT_COLUMNS as LANGUAGE_COLUMNS
+from edgeship.report.language import artifact_rows as language_rows
 from edgeship.report.markdown import rows as artifact_rows
+
+COLUMNS = ("artifact", "runtime", "precision", "size", "SQNR dB", "cosine", "top-1", "steps vs sim", "median ms",
+           "p90 ms", "not int8")
+
+
+def _table(manifest: dict) -> tuple[tuple[str, ...], list[list[str]]]:
+    """The artifacts' columns and rows: a language model's (perplexity, generation) or any other's."""
+    if manifest.get("kind") == "language_model":
+        return LANGUAGE_COLUMNS, language_rows(manifest)
+    return COLUMNS, artifact_rows(manifest)
 
 
 def write_reports(result) -> None:
@@ -41,9 +53,9 @@ def markdown(result) -> str:
     for job in result.jobs:
         if job.manifest is None:
             continue
-        lines += ["", f"## {job.name}", "", "| artifact | runtime | precision | size | SQNR dB | cosine | top-1 | "
-                  "steps vs sim | median ms | p90 ms | not int8 |", "|" + "---|" * 11]
-        lines += ["| " + " | ".join(r) + " |" for r in artifact_rows(job.manifest)]
+        columns, rows = _table(job.manifest)
+        lines += ["", f"## {job.name}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
         if job.budgets:
             lines += [""] + [f"- {'pass' if b.passed else 'FAIL'}: {b.describe()}" for b in job.budgets]
     return "\n".join(lines) + "\n"
@@ -114,6 +126,9 @@ def page(result) -> str:
     for job in jobs:
         for a in job.manifest["artifacts"]:
             label = f"{job.name} {a['path']}"
+            if job.manifest.get("kind") == "language_model":
+                sizes.append((label, a["size_bytes"] / 1e6, None))
+                continue
             sizes.append((label, a["bytes"] / 1e6, None))
             latency.append((label, a["latency_ms"]["median"], a["latency_ms"]["p90"]))
             if a["precision"] != "fp32":
@@ -125,10 +140,9 @@ def page(result) -> str:
         f"<td>{r[3]}</td><td>{html.escape(r[4])}</td></tr>" for j, r in zip(result.jobs, summary_rows(result)))
     details = []
     for job in jobs:
-        head = "".join(f"<th>{c}</th>" for c in ("artifact", "runtime", "precision", "size", "SQNR dB", "cosine",
-                                                 "top-1", "steps vs sim", "median ms", "p90 ms", "not int8"))
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
-                       for r in artifact_rows(job.manifest))
+        columns, rows = _table(job.manifest)
+        head = "".join(f"<th>{c}</th>" for c in columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
         checks = "".join(f'<li class="{"ok" if b.passed else "bad"}">{"pass" if b.passed else "FAIL"}: '
                          f"{html.escape(b.describe())}</li>" for b in job.budgets)
         details.append(f'<section><h2>{html.escape(job.name)}</h2><table><tr>{head}</tr>{body}</table>'

@@ -5,6 +5,22 @@ against float's."""
 from __future__ import annotations
 
 SUBJECT_COLUMNS = ("subject", "float ppl", "ppl", "increase", "top-1 vs float", "KL")
+ARTIFACT_COLUMNS = ("artifact", "runtime", "precision", "size", "lost the most", "ppl increase", "top-1 vs float",
+                    "greedy = float", "decode tokens/s")
+
+
+def artifact_rows(manifest: dict) -> list[list[str]]:
+    """One row per artifact of a language-model export: its worst subject's scores, greedy agreement and,
+    where it was timed, its decode speed (a build report's table)."""
+    timed = {row["path"]: row for row in manifest.get("bench", {}).get("rows", [])}
+    rows = []
+    for a in manifest["artifacts"]:
+        worst = a["subjects"][a["worst_subject"]]
+        speed = timed.get(a["path"], {}).get("decode_tokens_per_s")
+        rows.append([a["path"], a["runtime"], a["precision"], f"{a['size_bytes'] / 1e6:.1f} MB", a["worst_subject"],
+                     f"{worst['perplexity_increase'] * 100:+.1f}%", f"{worst['top1_agreement'] * 100:.1f}%",
+                     str(a["greedy_equal_prompts"]), "-" if speed is None else f"{speed:.1f}"])
+    return rows
 
 
 def subject_rows(artifact: dict, floats: dict) -> list[list[str]]:
