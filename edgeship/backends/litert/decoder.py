@@ -1,8 +1,8 @@
 """A causal language model as LiteRT-LM runs it: litert-torch's generative export (a .tflite with `prefill`
 and `decode` signatures over a KV cache passed in and out, bundled with the tokenizer as a .litertlm),
 converted in float from the decoder holding edgeship's dequantized weights, its quantizer replaced by
-edgeship's own rewrite: every FULLY_CONNECTED weight becomes exactly edgeship's int4 values (block-wise,
-symmetric: LiteRT's block-wise kernels take no zero point) or int8 rows, and the token embeddings'
+edgeship's own rewrite: every FULLY_CONNECTED weight becomes exactly edgeship's int4 values (block-wise; the
+offsets of an asymmetric grid as a small layer beside it, litert/offsets.py) or int8 rows, and the token embeddings'
 EMBEDDING_LOOKUP the same int8 rows (litert.int4.to_blockwise_int4). Verified through the LiteRT
 interpreter's `decode` signature one token at a time; generated with `litert_lm`'s Engine, as an app runs it.
 """
