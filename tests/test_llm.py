@@ -135,27 +135,31 @@ def test_int4_decoder_weights(tiny_lm) -> None:
     assert gptq["top1_agreement"] > 0.9
 
 
-def test_asymmetric_groups_reproduce_a_grid_with_offsets() -> None:
-    """Weights already of the form q * scale + offset per group of 32 (as a Q4_1 file stores them) come back
-    exactly; GPTQ with offsets lowers the calibration error below rounding with offsets."""
+def test_asymmetric_groups_reproduce_a_grid_with_zero_points() -> None:
+    """Weights already of the form (q - zero) * scale per group of 32 (an integer zero point) come back
+    exactly, offsets a whole number of steps; GPTQ with zero points lowers the calibration error below
+    rounding with them."""
     from edgeship.quantize.grid import Int4Weight, gptq_weight, quantize_affine
 
     generator = torch.Generator().manual_seed(0)
     q = torch.randint(-8, 8, (16, 64), generator=generator).to(torch.int8)
     q[:, ::32], q[:, 1::32] = -8, 7  # each group spans the grid, as when it was rounded from its min and max
-    scale, offset = torch.rand(16, 2, generator=generator) + 0.1, torch.randn(16, 2, generator=generator)
-    exact = Int4Weight("w", "w", q, scale, 32, 4, offset).dequantized()
+    scale, zero = torch.rand(16, 2, generator=generator) + 0.1, torch.randint(-8, 8, (16, 2), generator=generator)
+    exact = Int4Weight("w", "w", q, scale, 32, 4, -zero * scale).dequantized()
     def affine(values: tuple) -> Int4Weight:
         return Int4Weight("w", "w", values[0], values[1], 32, 4, values[2])
 
     again = affine(quantize_affine(exact, 32))
-    assert torch.allclose(again.dequantized(), exact, atol=1e-5)
+    assert torch.allclose(again.dequantized(), exact, atol=1e-5) and torch.equal(again.q, q)
+    assert torch.equal(torch.round(-again.offset / again.scale), zero.float())
     weight = torch.randn(16, 64, generator=generator)
     x = torch.randn(256, 64, generator=generator) @ torch.randn(64, 64, generator=generator)  # correlated inputs
     rounded = affine(quantize_affine(weight, 32))
     gptq = affine(gptq_weight(weight, x.T @ x, 32, asymmetric=True))
     error = {name: float(((x @ (w.dequantized() - weight).T) ** 2).sum()) for name, w in (("rtn", rounded), ("gptq", gptq))}
     assert error["gptq"] < 0.9 * error["rtn"], error
+    for w in (rounded, gptq):  # every offset -zero * scale, recomputable exactly from the integer zero
+        assert torch.equal(-(w.scale * torch.round(-w.offset / w.scale)), w.offset)
 
 
 def test_a_perplexity_budget_keeps_the_fewest_most_sensitive_layers_int8(tiny_lm) -> None:

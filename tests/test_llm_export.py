@@ -119,8 +119,8 @@ def test_the_genai_model_computes_the_integer_model(exported, lm_folder: Path) -
     artifact = _artifact(manifest, "onnxruntime")
     graph = onnx.load(str(folder / artifact["path"] / "model.onnx")).graph
     ops = [n.op_type for n in graph.node]
-    float_matmuls = [n for n in graph.node if n.op_type == "MatMul"]  # only the offsets over group sums
-    assert all(n.name.endswith("/Offsets") for n in float_matmuls) and len(float_matmuls) == artifact["matmul_nbits"]
+    assert not [n for n in graph.node if n.op_type == "MatMul"]  # the offsets are MatMulNBits' zero points
+    assert sum(len(n.input) == 4 for n in graph.node if n.op_type == "MatMulNBits") == artifact["matmul_nbits"]
     assert ops.count("GatherBlockQuantized") == 1
     assert not [n for n in graph.node if n.op_type == "Gather" and "input_ids" in n.input]
     assert ops.count("MatMulNBits") == artifact["matmul_nbits"] + 1 and artifact["float_matmuls"] == []

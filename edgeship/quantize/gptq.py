@@ -59,14 +59,17 @@ def fit_scale(blocks: torch.Tensor, qmin: int, qmax: int, search: bool = False) 
 
 def fit_affine(blocks: torch.Tensor, qmin: int, qmax: int, search: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The scale and offset of each group of `blocks` (..., group) for values q * scale + offset, q in
-    [qmin, qmax]: the group's min and max on the two ends of the grid, or (`search`) the range shrunk
-    about its middle by the ratio of CLIP_RATIOS whose rounded group has the least squared error."""
+    [qmin, qmax], the offset a whole number of steps (offset = -zero * scale, zero an integer in [qmin, qmax]:
+    the integer zero point kernels take): the group's min and max on the two ends of the grid, or
+    (`search`) the range shrunk about its middle by the ratio of CLIP_RATIOS whose rounded group has the
+    least squared error."""
     low, high = blocks.amin(dim=-1), blocks.amax(dim=-1)
     middle, half = (high + low) / 2, (high - low) / 2
     best = best_err = None
     for ratio in CLIP_RATIOS if search else (1.0,):
         scale = (2 * half * ratio / (qmax - qmin)).clamp(min=1e-10)
-        offset = middle - half * ratio - qmin * scale
+        zero = torch.round(qmin - (middle - half * ratio) / scale).clamp(qmin, qmax)
+        offset = -zero * scale
         values = torch.round((blocks - offset[..., None]) / scale[..., None]).clamp(qmin, qmax)
         err = ((values * scale[..., None] + offset[..., None] - blocks) ** 2).sum(-1)
         if best is None:
@@ -76,6 +79,13 @@ def fit_affine(blocks: torch.Tensor, qmin: int, qmax: int, search: bool = False)
             best = (torch.where(better, scale, best[0]), torch.where(better, offset, best[1]))
             best_err = torch.where(better, err, best_err)
     return best
+
+
+def whole_offsets(scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """`fit_affine`'s offsets (-zero * scale, in any precision) recomputed in float32 from float32 scales:
+    -(scale * zero) exactly as a writer that stores the integer zero points recomputes them."""
+    zero = torch.round(-offset.double() / scale.double())
+    return -(scale.float() * zero.float())
 
 
 def gptq_columns(w: torch.Tensor, h: torch.Tensor, qmin: int, qmax: int, scale: torch.Tensor | None = None,
@@ -120,7 +130,8 @@ def gptq_columns(w: torch.Tensor, h: torch.Tensor, qmin: int, qmax: int, scale: 
             w1[:, :, i:] -= err[:, :, None] * hinv1[:, i, i:][:, None, :]
             err1[:, :, i] = err
         w[:, :, end:] -= torch.einsum("grk,gkc->grc", err1, hinv[:, start:end, end:])
-    return q, (scales if scale is None else scale).float(), offsets.float() if asymmetric else None
+    scales = (scales if scale is None else scale).float()
+    return q, scales, whole_offsets(scales, offsets) if asymmetric else None
 
 
 def patches(node: Node, x: torch.Tensor, weight_shape: torch.Size) -> torch.Tensor:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from edgeship.quantize.gptq import fit_affine, fit_scale, gptq_columns
+from edgeship.quantize.gptq import fit_affine, fit_scale, gptq_columns, whole_offsets
 
 QMIN, QMAX = -8, 7
 
@@ -50,13 +50,14 @@ def quantize_weight(weight: torch.Tensor, group: int, bits: int = 4, search: boo
 
 def quantize_affine(weight: torch.Tensor, group: int, bits: int = 4, search: bool = False
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Round-to-nearest block-wise asymmetric int4 (or int8): (q, scale, offset), values q * scale + offset."""
+    """Round-to-nearest block-wise asymmetric int4 (or int8): (q, scale, offset), values q * scale + offset,
+    the offset a whole number of steps (an integer zero point)."""
     qmin, qmax = value_range(bits)
     out, cols = weight.shape
     blocks = weight.detach().float().reshape(out, cols // group, group)
     scale, offset = fit_affine(blocks, qmin, qmax, search)
     q = torch.round((blocks - offset[..., None]) / scale[..., None]).clamp(qmin, qmax).to(torch.int8)
-    return q.reshape(out, cols), scale, offset
+    return q.reshape(out, cols), scale.float(), whole_offsets(scale, offset)
 
 
 def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, group: int, bits: int = 4, search: bool = False,

@@ -156,10 +156,15 @@ def _add_table(graph, table: Int4Weight) -> str:
 
 
 def _affine(graph, node, base: str, w: Int4Weight, block: int) -> list:
-    """Asymmetric block weights (q * scale + offset): MatMulNBits of the symmetric part q * scale, plus
-    the sums of each group of inputs times the offsets (a small float MatMul)."""
+    """Asymmetric block weights (q * scale + offset): MatMulNBits with integer zero points where every
+    offset is a whole number of steps (-zero * scale, what edgeship's grid gives); else MatMulNBits of the
+    symmetric part q * scale plus the sums of each group of inputs times the offsets (a small float MatMul)."""
     from onnx import helper, numpy_helper
 
+    zero_points = _zero_points(w)
+    if zero_points is not None:
+        graph.initializer.append(numpy_helper.from_array(zero_points, f"{base}.zero_points"))
+        return [_nbits(node, base, w.q.shape, w.bits, block, zero_points=True)]
     n, k = w.q.shape
     graph.initializer.extend([
         numpy_helper.from_array(np.ascontiguousarray(w.offset.numpy().T.astype(np.float32)), f"{base}.offsets"),
@@ -175,11 +180,28 @@ def _affine(graph, node, base: str, w: Int4Weight, block: int) -> list:
             helper.make_node("Add", [f"{name}/symmetric", f"{name}/offsets"], [y], name=f"{name}/Add")]
 
 
-def _nbits(node, base: str, shape, bits: int, block: int, output: str | None = None):
+def _zero_points(w: Int4Weight) -> np.ndarray | None:
+    """MatMulNBits' uint4 zero points (two per byte, low nibble first, each row padded to a byte) when every
+    offset of the int4 layer `w` is -zero * scale with an integer zero in [-8, 7] (stored as zero + 8, as B
+    stores q + 8); None otherwise."""
+    if w.bits != 4:
+        return None
+    scale, offset = w.scale.numpy().astype(np.float32), w.offset.numpy().astype(np.float32)
+    zero = np.round(-offset.astype(np.float64) / scale)
+    if np.any(zero < -8) or np.any(zero > 7) or not np.array_equal(-(scale * zero.astype(np.float32)), offset):
+        return None
+    stored = (zero + 8).astype(np.uint8)
+    if stored.shape[1] % 2:
+        stored = np.pad(stored, ((0, 0), (0, 1)))
+    return (stored[:, 0::2] | (stored[:, 1::2] << 4)).reshape(-1)
+
+
+def _nbits(node, base: str, shape, bits: int, block: int, output: str | None = None, zero_points: bool = False):
     from onnx import helper
 
     n, k = shape
-    return helper.make_node("MatMulNBits", [node.input[0], f"{base}.B", f"{base}.scales"],
+    return helper.make_node("MatMulNBits", [node.input[0], f"{base}.B", f"{base}.scales"]
+                            + ([f"{base}.zero_points"] if zero_points else []),
                             [output] if output else list(node.output),
                             name=node.name + "NBits", domain="com.microsoft", K=k, N=n, bits=bits,
                             block_size=block, accuracy_level=4)
