@@ -138,6 +138,35 @@ def llm_export(data: dict) -> list[str]:
     return lines + ["Stages: " + "; ".join(data["stages"])]
 
 
+def llm_stock_flows(data: dict) -> list[str]:
+    """Per runtime: its stock int4 flow's row, then edgeship's, on the same windows and the same timing."""
+    ours = {a["runtime"]: a for a in data["edgeship"]["artifacts"]}
+    timed = {r["runtime"]: r for r in data["edgeship"].get("bench") or []}
+    rows = []
+    for stock in data["stock"]:
+        runtime = stock["runtime"]
+        if "failed" in stock:
+            rows.append([runtime, stock["flow"], "failed: " + stock["failed"][:160]] + [None] * 6)
+        else:
+            rows.append(_flow_row(runtime, stock["flow"], stock, stock["bench"]))
+        if runtime in ours:
+            rows.append(_flow_row(runtime, "edgeship int4", ours[runtime], timed.get(runtime)))
+    subjects = list(data["subjects_float"])
+    return [f"{data['model']}; KV cache {data['max_seq_len']} positions; {data['threads']} threads. Perplexity "
+            f"increase over float on each subject ({', '.join(subjects)}), the worst first:", ""] + _table(
+        ["runtime", "flow", "size MB", "worst ppl increase", "per subject", "top-1 vs float (worst)",
+         "greedy = float", "prefill tok/s", "decode tok/s"], rows)
+
+
+def _flow_row(runtime: str, flow: str, record: dict, bench: dict | None) -> list:
+    scores = record["subjects"]
+    worst = max(scores, key=lambda k: scores[k]["perplexity_increase"])
+    return [runtime, flow, f"{record['size_bytes'] / 1e6:.1f}", f"{100 * scores[worst]['perplexity_increase']:+.1f}%",
+            " / ".join(f"{100 * s['perplexity_increase']:+.1f}%" for s in scores.values()),
+            f"{100 * scores[worst]['top1_agreement']:.1f}%", record["greedy_equal_prompts"],
+            bench and bench["prefill_tokens_per_s"], bench and bench["decode_tokens_per_s"]]
+
+
 def agreement_ceiling(data: dict) -> list[str]:
     expected = data["expected_top1_agreement_by_sqnr_db"]
     return [f"{data['photos']} photos, {data['draws']} noise draws each: expected top-1 agreement with float "
