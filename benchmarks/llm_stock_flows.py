@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -112,7 +113,9 @@ def executorch_flow(hf: Path, work: Path) -> tuple[str, Path, object]:
     llm.quantization.qmode, llm.quantization.group_size = "8da4w", 32
     llm.quantization.embedding_quantize = "4,32"
     llm.backend.xnnpack.enabled = True
-    path = Path(export_llama(llm))  # the .pte it saved
+    saved = Path(export_llama(llm))  # written where the process runs, whatever output_dir says
+    path = work / saved.name
+    shutil.move(saved, path)
     return "executorch", path, DecoderSession(path)
 
 
