@@ -4,6 +4,7 @@ loaded with its own tokenizer, next-token scores against float, and int4 decoder
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -160,6 +161,34 @@ def test_asymmetric_groups_reproduce_a_grid_with_zero_points() -> None:
     assert error["gptq"] < 0.9 * error["rtn"], error
     for w in (rounded, gptq):  # every offset -zero * scale, recomputable exactly from the integer zero
         assert torch.equal(-(w.scale * torch.round(-w.offset / w.scale)), w.offset)
+
+
+def test_a_layer_already_on_a_grid_with_free_offsets_keeps_it(tiny_lm) -> None:
+    """A checkpoint quantized before with free offsets (GGUF's Q4_1: each group min + q * d) keeps its grid:
+    moving it to whole-step offsets would round every value a second time. Its layers come back exactly,
+    with free offsets; the layers of a model on no grid get whole-step offsets (integer zero points)."""
+    from edgeship.quantize.grid import keeps_its_grid, whole_steps
+
+    _, model, tokenizer = tiny_lm
+    generator = torch.Generator().manual_seed(1)
+    gridded = copy.deepcopy(model)
+    with torch.no_grad():
+        for _, linear in block_linears(gridded):  # Q4_1: d = (max - min) / 15, values min + q * d
+            blocks = linear.weight.reshape(linear.out_features, -1, 32)
+            low, high = blocks.amin(-1, keepdim=True), blocks.amax(-1, keepdim=True)
+            q = torch.randint(0, 16, blocks.shape, generator=generator).float()
+            q[..., 0], q[..., 1] = 0, 15
+            linear.weight.copy_((low + q * (high - low) / 15).reshape_as(linear.weight))
+    windows = token_windows(tokenizer, TEXT, 32, count=4)
+    for source, free in ((gridded, True), (model, False)):
+        decoder = int4_decoder(source, group=32, windows=windows, asymmetric=True)
+        layers = dict(block_linears(source))
+        assert decoder.record["free_offset_layers"] == (len(decoder.linears) if free else 0)
+        for w in decoder.linears:
+            assert keeps_its_grid(layers[w.layer].weight.detach(), 32) is free
+            assert whole_steps(w) is not free
+            if free:  # GPTQ leaves a weight it can represent exactly as it is
+                assert torch.allclose(w.dequantized(), layers[w.layer].weight.detach(), atol=1e-5)
 
 
 def test_a_perplexity_budget_keeps_the_fewest_most_sensitive_layers_int8(tiny_lm) -> None:

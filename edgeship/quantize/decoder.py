@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from edgeship.quantize.grid import Int4Weight, gptq_weight, quantize_affine, quantize_weight
+from edgeship.quantize.grid import Int4Weight, gptq_weight, keeps_its_grid, quantize_affine, quantize_weight, whole_steps
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ def int4_decoder(model: nn.Module, group: int | None = 32, windows: torch.Tensor
     holding them. With calibration `windows`, GPTQ block by block: each block's layers see the inputs the
     blocks before it give once quantized (`progress(1)` per window read and per block); without, rounded
     to nearest. `search`: each group's scale clipped where that lowers its error. `asymmetric`: an offset
-    per group too (values q * scale + offset). `bits` 8 with `group` None: int8 weights, one scale per
+    per group too (values q * scale + offset), a whole number of steps unless the layer's weights already
+    sit on a grid with free offsets (grid.keeps_its_grid: a checkpoint quantized before). `bits` 8 with `group` None: int8 weights, one scale per
     output channel. `model` is unchanged."""
     quantized = copy.deepcopy(model).eval()
     size = {n: group or m.in_features for n, m in block_linears(quantized)}
@@ -74,6 +75,7 @@ def int4_decoder(model: nn.Module, group: int | None = 32, windows: torch.Tensor
     return Int4Decoder(quantized, weights, rows, head_rows,
                        {"method": "gptq" if windows is not None else "nearest", "bits": bits, "group": group,
                         "clip_search": search, "asymmetric": asymmetric, "quantized_layers": len(weights),
+                        "free_offset_layers": sum(w.offset is not None and not whole_steps(w) for w in weights),
                         "float_layers": skipped, "embeddings": "int8 per row", "tied_head": tied})
 
 
@@ -96,13 +98,23 @@ class _Rounding:
         return Int4Weight(name, f"{name}.weight", q, scale.float(), self.size[name], self.bits,
                           offset[0].float() if offset else None)
 
+    def _whole(self, name: str, weight: torch.Tensor) -> bool:
+        """Offsets in whole steps (integer zero points), unless the layer already sits on a grid with free
+        offsets (grid.keeps_its_grid)."""
+        return not keeps_its_grid(weight, self.size[name], self.bits, self.search)
+
     def nearest(self, name: str, module: nn.Linear) -> Int4Weight:
-        rounding = quantize_affine if self.asymmetric else quantize_weight
-        return self._record(name, rounding(module.weight.detach().float(), self.size[name], self.bits, self.search))
+        weight = module.weight.detach().float()
+        if not self.asymmetric:
+            return self._record(name, quantize_weight(weight, self.size[name], self.bits, self.search))
+        return self._record(name, quantize_affine(weight, self.size[name], self.bits, self.search,
+                                                  self._whole(name, weight)))
 
     def gptq(self, name: str, module: nn.Linear, gram: torch.Tensor) -> Int4Weight:
-        return self._record(name, gptq_weight(module.weight.detach().float(), gram, self.size[name], self.bits,
-                                              self.search, self.asymmetric))
+        weight = module.weight.detach().float()
+        whole = self._whole(name, weight) if self.asymmetric else True
+        return self._record(name, gptq_weight(weight, gram, self.size[name], self.bits, self.search,
+                                              self.asymmetric, whole))
 
 
 def _set(module: nn.Linear, record: Int4Weight) -> Int4Weight:

@@ -57,19 +57,22 @@ def fit_scale(blocks: torch.Tensor, qmin: int, qmax: int, search: bool = False) 
     return best
 
 
-def fit_affine(blocks: torch.Tensor, qmin: int, qmax: int, search: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_affine(blocks: torch.Tensor, qmin: int, qmax: int, search: bool = False, whole: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """The scale and offset of each group of `blocks` (..., group) for values q * scale + offset, q in
-    [qmin, qmax], the offset a whole number of steps (offset = -zero * scale, zero an integer in [qmin, qmax]:
-    the integer zero point kernels take): the group's min and max on the two ends of the grid, or
-    (`search`) the range shrunk about its middle by the ratio of CLIP_RATIOS whose rounded group has the
-    least squared error."""
+    [qmin, qmax]: the group's min and max on the two ends of the grid, or (`search`) the range shrunk about
+    its middle by the ratio of CLIP_RATIOS whose rounded group has the least squared error. `whole`: the
+    offset a whole number of steps (offset = -zero * scale, zero an integer in [qmin, qmax]: the integer zero
+    point kernels take); else any offset (the group's low end exactly on the grid's)."""
     low, high = blocks.amin(dim=-1), blocks.amax(dim=-1)
     middle, half = (high + low) / 2, (high - low) / 2
     best = best_err = None
     for ratio in CLIP_RATIOS if search else (1.0,):
         scale = (2 * half * ratio / (qmax - qmin)).clamp(min=1e-10)
-        zero = torch.round(qmin - (middle - half * ratio) / scale).clamp(qmin, qmax)
-        offset = -zero * scale
+        if whole:
+            offset = -torch.round(qmin - (middle - half * ratio) / scale).clamp(qmin, qmax) * scale
+        else:
+            offset = middle - half * ratio - qmin * scale
         values = torch.round((blocks - offset[..., None]) / scale[..., None]).clamp(qmin, qmax)
         err = ((values * scale[..., None] + offset[..., None] - blocks) ** 2).sum(-1)
         if best is None:
@@ -89,13 +92,14 @@ def whole_offsets(scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
 
 
 def gptq_columns(w: torch.Tensor, h: torch.Tensor, qmin: int, qmax: int, scale: torch.Tensor | None = None,
-                 group: int | None = None, block: int = 128, search: bool = False, asymmetric: bool = False
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                 group: int | None = None, block: int = 128, search: bool = False, asymmetric: bool = False,
+                 whole: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """GPTQ over `w` (G, rows, cols) with one H (G, cols, cols) per group of rows. `scale` (G, rows): a
     fixed scale per row; or None: a scale per `group` columns of each row, set from the updated weights
     when the group starts (int4). Returns (q as int8, scale as float32 of shape (G, rows, cols // group)
     or `scale`'s, offset of the scale's shape or None). `search`: each group's range by a clipping
-    search; `asymmetric`: values q * scale + offset with an offset per group (`fit_affine`)."""
+    search; `asymmetric`: values q * scale + offset with an offset per group (`fit_affine`, whole steps
+    where `whole`)."""
     w = w.detach().double().clone()
     g, rows, cols = w.shape
     h = h.double().clone()
@@ -120,7 +124,7 @@ def gptq_columns(w: torch.Tensor, h: torch.Tensor, qmin: int, qmax: int, scale: 
             col = start + i
             if scale is None and col % group == 0 and asymmetric:
                 scales[:, :, col // group], offsets[:, :, col // group] = fit_affine(
-                    w1[:, :, i:i + group], qmin, qmax, search)
+                    w1[:, :, i:i + group], qmin, qmax, search, whole)
             elif scale is None and col % group == 0:
                 scales[:, :, col // group] = fit_scale(w1[:, :, i:i + group], qmin, qmax, search)
             s, o = scales[:, :, col // group if scale is None else 0], offsets[:, :, col // group if scale is None else 0]
@@ -131,7 +135,9 @@ def gptq_columns(w: torch.Tensor, h: torch.Tensor, qmin: int, qmax: int, scale: 
             err1[:, :, i] = err
         w[:, :, end:] -= torch.einsum("grk,gkc->grc", err1, hinv[:, start:end, end:])
     scales = (scales if scale is None else scale).float()
-    return q, scales, whole_offsets(scales, offsets) if asymmetric else None
+    if not asymmetric:
+        return q, scales, None
+    return q, scales, whole_offsets(scales, offsets) if whole else offsets.float()
 
 
 def patches(node: Node, x: torch.Tensor, weight_shape: torch.Size) -> torch.Tensor:
