@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_cli
+from test_ssh_device import SSHD, ssh_host  # noqa: F401  (the fixture: a real OpenSSH server on 127.0.0.1)
 
 from edgeship.metrics.language import distinct, first_divergence, generation_record
 
@@ -300,6 +301,27 @@ def test_bench_times_every_language_artifact(exported) -> None:
         assert row["prefill_tokens_per_s"] > 0 and row["decode_tokens_per_s"] > 0 and row["peak_rss_mb"] > 0
     assert json.loads((folder / "bench.json").read_text())["rows"] == result.rows
     assert json.loads((folder / "manifest.json").read_text())["bench"]["rows"] == result.rows
+
+
+@pytest.mark.skipif(SSHD is None, reason="OpenSSH server not installed (make test installs it as root)")
+def test_bench_times_language_artifacts_on_an_ssh_device(exported, ssh_host, monkeypatch, capsys) -> None:  # noqa: F811
+    """The artifacts (the GenAI folder among them) and the runner are copied to the device and timed there
+    by the same method; options that do not apply to language models are refused by name."""
+    folder, _ = exported
+    code, out, err = run_cli(["bench", str(folder), "--device", "ssh://test-device", "--ssh-config", str(ssh_host),
+                              "--remote-python", sys.executable, "--threads", "1", "--format", "json"],
+                             monkeypatch, capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["host"]["device"] == "test-device" and result["host"]["language_runtimes"]["onnxruntime"] is None
+    assert sorted(r["runtime"] for r in result["rows"]) == ["executorch", "litert", "onnxruntime"]
+    for row in result["rows"]:
+        assert row["device"] == "ssh://test-device" and row["threads"] == 1
+        assert row["prompt_tokens"] == 32 and row["decode_tokens"] == (32 if row["runtime"] == "litert" else 31)
+        assert row["decode_tokens_per_s"] > 0 and row["peak_rss_mb"] > 0
+    assert json.loads((folder / "bench.json").read_text())["rows"] == result["rows"]
+    code, _, err = run_cli(["bench", str(folder), "--profile", "--setup"], monkeypatch, capsys)
+    assert code != 0 and "timed without --profile, --setup; drop it" in err
 
 
 def test_a_family_one_runtime_cannot_take_is_exported_for_the_others(lm_folder: Path, tmp_path: Path) -> None:

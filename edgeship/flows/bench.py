@@ -51,10 +51,9 @@ def bench(out_dir: str | Path, *, artifacts: list[str] | None = None, threads: i
     manifest_path = out_dir / "manifest.json"
     manifest = read_manifest(out_dir)
     if manifest.get("kind") == "language_model":
-        from edgeship.flows.bench_language import bench_language
-
-        only_here = device is None and not (profile or baseline or fail_on_fallback) and min_delegated is None
-        return BenchResult(out_dir, *bench_language(out_dir, manifest, artifacts, threads, progress, only_here), {}, [])
+        return _language(out_dir, manifest, artifacts, threads, progress, device, ssh_config, remote_python, {
+            "--profile": profile, "--baseline": baseline, "--fail-on-fallback": fail_on_fallback,
+            "--min-delegated": min_delegated is not None, "--setup": setup, "--benchmark-tool": benchmark_tools})
     inputs = out_dir / "sample_inputs.npz"
     if not inputs.is_file():
         raise ConfigError(f"{out_dir} has no sample_inputs.npz (exported by an older edgeship); re-export it")
@@ -89,6 +88,17 @@ def bench(out_dir: str | Path, *, artifacts: list[str] | None = None, threads: i
 
     outputs.write_text(out_dir / "report.md", report(manifest))
     return result
+
+
+def _language(out_dir: Path, manifest: dict, artifacts, threads, progress: Progress, device, ssh_config,
+              remote_python, options: dict) -> BenchResult:
+    """A language-model export timed here or on an ssh:// device; `options` given that do not apply to it
+    are refused."""
+    from edgeship.flows.bench_language import bench_language
+
+    refused = ", ".join(name for name, given in options.items() if given)
+    dev = _device(device, ssh_config, remote_python, None) if device is not None and not refused else None
+    return BenchResult(out_dir, *bench_language(out_dir, manifest, artifacts, threads, progress, dev, refused), {}, [])
 
 
 # outputs on a device against this machine's: int8 kernels may round a requantization the other way

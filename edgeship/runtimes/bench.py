@@ -76,7 +76,7 @@ class SSHDevice:
 
     def _scp(self, sources: list[str], dest: str) -> None:
         port = ["-P", self.port] if self.port else []
-        run = subprocess.run(["scp", "-q", *self.options, *port, *sources, dest], capture_output=True, text=True)
+        run = subprocess.run(["scp", "-q", "-r", *self.options, *port, *sources, dest], capture_output=True, text=True)
         if run.returncode != 0:
             raise DeviceError(f"copying to or from {self.host} failed: "
                               f"{(run.stderr.strip().splitlines() or ['no output'])[-1][:300]}")
@@ -125,6 +125,11 @@ class SSHDevice:
         result = parse_runner(self._ssh(command, check=False), artifact, f"{runtime} on {self.host}")
         self._scp([f"{self.host}:{self.work}/{out_name}"], str(outputs_dir / out_name))
         return result
+
+    def bench_language(self, runtime: str, artifact: str, threads: int, context: int) -> dict:
+        """A language-model artifact (a file or a folder, pushed) timed there (runner.py --llm)."""
+        command = f"cd {self.work} && {self.python} runner.py --llm {runtime} {shlex.quote(artifact)} {threads} {context}"
+        return parse_runner(self._ssh(command, check=False), artifact, f"{runtime} on {self.host}")
 
     def clean(self) -> None:
         self._ssh(f"rm -rf {self.work}", check=False)

@@ -2,12 +2,14 @@
 edgeship) so that it runs the same way here and on a remote device after a copy.
 
     python runner.py RUNTIME ARTIFACT INPUTS.npz THREADS BUDGET_S [OUTPUTS.npz] [KEY=VALUE ...]
+    python runner.py --llm RUNTIME ARTIFACT THREADS CONTEXT
     python runner.py --probe
 
 
 Loads the artifact, times the first inference, warms up, then runs until the median is stable or the
 time bound passes; prints one JSON line. With OUTPUTS.npz it also saves the outputs of one run, for
-comparing devices. KEY=VALUE pairs are ONNX Runtime session config entries.
+comparing devices. KEY=VALUE pairs are ONNX Runtime session config entries. --llm times a language-model
+artifact the same way for every runtime (`measure_language`).
 """
 
 import json
@@ -183,29 +185,156 @@ def measure(runtime, path, inputs, threads, budget_s, config):
     return result, outputs
 
 
-def probe():
-    """What this machine is and which runtimes import here (None, or why not)."""
-    import importlib
+# language models: a PROMPT-token prefill, then NEW greedy tokens one at a time (halves of a shorter context);
+# token ids are fixed (timing does not depend on the text); end-of-sequence never stops the decode
+PROMPT, NEW = 128, 128
+FIRST_ID = 1000  # the prompt is ids FIRST_ID .. FIRST_ID + PROMPT - 1, clipped to the vocabulary
+LLM_MODULES = {"onnxruntime": ("onnxruntime_genai",), "executorch": SDK_MODULES["executorch"], "litert": ("litert_lm",)}
+# kernels an app links beside ExecuTorch's runtime for a decoder: quantized_decomposed (embedding_byte),
+# llama (custom_sdpa, update_cache)
+ET_KERNEL_LIBRARIES = ("lib/libexecutorch_kernels_quantized.so", "extension/llm/custom_ops/libcustom_ops_aot_lib.so")
 
-    runtimes = {}
-    for runtime, modules in SDK_MODULES.items():
-        if np is None:
-            runtimes[runtime] = "numpy is not installed"
-            continue
-        try:
-            for module in modules:
-                importlib.import_module(module)
-            runtimes[runtime] = None
-        except (ImportError, OSError, ValueError) as exc:  # torch raises ValueError for missing CUDA libraries
-            runtimes[runtime] = f"{type(exc).__name__}: {exc}"[:300]
+
+def load_et_kernels():
+    """Registers ExecuTorch's quantized and LLM kernels with the runtime in this process (after the runtime
+    itself is loaded), as an app links them."""
+    import ctypes
+
+    import executorch
+
+    for name in ET_KERNEL_LIBRARIES:
+        library = os.path.join(list(executorch.__path__)[0], name)
+        if os.path.isfile(library):
+            ctypes.CDLL(library, mode=ctypes.RTLD_GLOBAL)
+
+
+def _lengths(context):
+    prompt = min(PROMPT, context // 2)
+    return prompt, min(NEW, context - prompt)
+
+
+def _prompt(vocab, length):
+    return [(FIRST_ID + i) % vocab for i in range(length)]
+
+
+def _et_language(path, threads, context):
+    import torch
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime
+
+    portable_lib._unsafe_reset_threadpool(threads)
+    started = time.perf_counter()
+    load_et_kernels()
+    program = Runtime.get().load_program(path)
+    method = program.load_method("forward")
+    length = int(program.load_method("get_max_seq_len").execute([])[0])
+    vocab = int(program.load_method("get_vocab_size").execute([])[0])
+    loaded = time.perf_counter()
+
+    def step(tokens, position):
+        out = method.execute([torch.tensor([tokens], dtype=torch.long), torch.tensor([position])])[0]
+        return int(torch.argmax(out[0, -1]))
+
+    prompt, new = _lengths(length)
+    token = step(_prompt(vocab, prompt), 0)
+    first = time.perf_counter()
+    position, tokens = prompt, 0
+    while tokens < new - 1 and position < length:
+        token = step([token], position)
+        position, tokens = position + 1, tokens + 1
+    return _language_timing(started, loaded, first, time.perf_counter(), prompt, tokens)
+
+
+def _ort_language(path, threads, context):
+    import onnxruntime_genai as og
+
+    started = time.perf_counter()
+    config = og.Config(path)
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+    model = og.Model(config)
+    loaded = time.perf_counter()
+    with open(os.path.join(path, "genai_config.json")) as f:
+        settings = json.load(f)["model"]
+    prompt, new = _lengths(settings["context_length"])
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=prompt + new, min_length=prompt + new)
+    generator = og.Generator(model, params)
+    generator.append_tokens([_prompt(settings["vocab_size"], prompt)])
+    generator.generate_next_token()  # the first token: from the prefill's logits
+    first = time.perf_counter()
+    tokens = 0
+    while not generator.is_done() and tokens < new - 1:
+        generator.generate_next_token()
+        tokens += 1
+    return _language_timing(started, loaded, first, time.perf_counter(), prompt, tokens)
+
+
+def _litert_language(path, threads, context):
+    """LiteRT-LM's own benchmark (its Engine, its timers: the C API reports load, prefill and decode rates,
+    not the times between calls), over the same prompt and decode lengths."""
+    import litert_lm
+
+    prompt, new = _lengths(context)
+    info = litert_lm.Benchmark(path, backend=litert_lm.Backend.CPU(thread_count=threads), prefill_tokens=prompt,
+                               decode_tokens=new, max_num_tokens=context,
+                               activation_data_type=litert_lm.ActivationDataType.FLOAT32).run()
+    return {"load_ms": round(1000 * info.init_time_in_second, 1), "prompt_tokens": info.last_prefill_token_count,
+            "time_to_first_token_ms": round(1000 * info.time_to_first_token_in_second, 1),
+            "prefill_tokens_per_s": round(info.last_prefill_tokens_per_second, 1),
+            "decode_tokens": info.last_decode_token_count,
+            "decode_tokens_per_s": round(info.last_decode_tokens_per_second, 2), "peak_rss_mb": _peak_rss_mb()}
+
+
+def _language_timing(started, loaded, first, ended, prompt, tokens):
+    """`tokens`: the decode steps after the first token (which the prefill gives)."""
+    return {"load_ms": round(1000 * (loaded - started), 1), "prompt_tokens": prompt,
+            "time_to_first_token_ms": round(1000 * (first - loaded), 1),
+            "prefill_tokens_per_s": round(prompt / (first - loaded), 1), "decode_tokens": tokens,
+            "decode_tokens_per_s": round(tokens / (ended - first), 2) if tokens else None,
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+def _peak_rss_mb():
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def measure_language(runtime, path, threads, context):
+    """Load time, time to first token and prefill tokens/s, decode tokens/s, peak memory of a language-model
+    artifact (a .pte, an ONNX Runtime GenAI folder, a .litertlm); `context`: the export's sequence length
+    (a .litertlm does not say it)."""
+    measure = {"executorch": _et_language, "onnxruntime": _ort_language, "litert": _litert_language}[runtime]
+    return measure(path, threads, context) | {"machine": platform.machine()}
+
+
+def probe():
+    """What this machine is and which runtimes import here (None, or why not): `runtimes` for the runner's
+    artifacts, `language_runtimes` for language-model artifacts."""
+    runtimes = {r: "numpy is not installed" if np is None else _missing(modules) for r, modules in SDK_MODULES.items()}
     return {"machine": platform.machine(), "cpu_count": os.cpu_count(),
             "python": "%d.%d" % sys.version_info[:2], "libc": list(platform.libc_ver()),
-            "numpy": np and np.__version__, "site": SITE, "runtimes": runtimes, **host_info()}
+            "numpy": np and np.__version__, "site": SITE, "runtimes": runtimes,
+            "language_runtimes": {r: _missing(modules) for r, modules in LLM_MODULES.items()}, **host_info()}
+
+
+def _missing(modules):
+    """None when every module imports here, else why not."""
+    import importlib
+
+    try:
+        for module in modules:
+            importlib.import_module(module)
+    except (ImportError, OSError, ValueError) as exc:  # torch raises ValueError for missing CUDA libraries
+        return f"{type(exc).__name__}: {exc}"[:300]
+    return None
 
 
 def main(argv):
     if argv == ["--probe"]:
         sys.stdout.write(json.dumps(probe()) + "\n")
+        return
+    if argv[:1] == ["--llm"]:
+        runtime, path, threads, context = argv[1:5]
+        sys.stdout.write(json.dumps(measure_language(runtime, path, int(threads), int(context))) + "\n")
         return
     runtime, path, inputs_path, threads, budget = argv[:5]
     rest = argv[5:]
