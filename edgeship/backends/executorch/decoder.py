@@ -137,8 +137,11 @@ def write_decoder(program: torch.export.ExportedProgram, constants: dict, path: 
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
+    from edgeship.backends.executorch.lower import without_history
+
     try:
-        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()], constant_methods=constants,
+        edge = to_edge_transform_and_lower(without_history(program), partitioner=[XnnpackPartitioner()],
+                                           constant_methods=constants,
                                            compile_config=EdgeCompileConfig(_check_ir_validity=False))
     except Exception as exc:
         raise ExportError(f"ExecuTorch cannot lower this model to XNNPACK ({type(exc).__name__}: "
