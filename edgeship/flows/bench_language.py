@@ -68,9 +68,8 @@ def _on_device(out_dir: Path, chosen: list[dict], threads: int, context: int, de
     device.push([out_dir / a["path"] for a in chosen])
     try:
         probe = device.probe()
-        missing = {a["runtime"]: probe.get("language_runtimes", {}).get(a["runtime"], "an older edgeship runner")
-                   for a in chosen}
-        missing = {r: why for r, why in missing.items() if why is not None}
+        why = probe.get("language_runtimes", {})
+        missing = {a["runtime"]: why[a["runtime"]] for a in chosen if why.get(a["runtime"]) is not None}
         if missing:
             raise DeviceError(f"{device.address} cannot run " + "; ".join(f"{r} ({why})" for r, why in missing.items())
                               + ": install onnxruntime-genai, executorch or litert-lm-api there for "

@@ -16,7 +16,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from edgeship.quantize.grid import Int4Weight, gptq_weight, keeps_its_grid, quantize_affine, quantize_weight, whole_steps
+from edgeship.quantize.grid import (Int4Weight, gptq_weight, keeps_its_grid, quantize_affine, quantize_weight,
+                                   whole_steps)
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,8 @@ def int4_decoder(model: nn.Module, group: int | None = 32, windows: torch.Tensor
     blocks before it give once quantized (`progress(1)` per window read and per block); without, rounded
     to nearest. `search`: each group's scale clipped where that lowers its error. `asymmetric`: an offset
     per group too (values q * scale + offset), a whole number of steps unless the layer's weights already
-    sit on a grid with free offsets (grid.keeps_its_grid: a checkpoint quantized before). `bits` 8 with `group` None: int8 weights, one scale per
-    output channel. `model` is unchanged."""
+    sit on a grid with free offsets (grid.keeps_its_grid: a checkpoint quantized before). `bits` 8 with
+    `group` None: int8 weights, one scale per output channel. `model` is unchanged."""
     quantized = copy.deepcopy(model).eval()
     size = {n: group or m.in_features for n, m in block_linears(quantized)}
     linears = [(n, m) for n, m in block_linears(quantized) if m.in_features % size[n] == 0]

@@ -18,7 +18,7 @@ import numpy as np
 
 from edgeship.errors import ExportError
 from edgeship.quantize.decoder import Int4Decoder
-from edgeship.quantize.grid import Int4Weight
+from edgeship.quantize.grid import Int4Weight, whole_steps
 
 TABLE_BLOCK = 32  # the block of the int8 head / embedding rows in MatMulNBits and GatherBlockQuantized
 
@@ -183,14 +183,10 @@ def _affine(graph, node, base: str, w: Int4Weight, block: int) -> list:
 def _zero_points(w: Int4Weight) -> np.ndarray | None:
     """MatMulNBits' uint4 zero points (two per byte, low nibble first, each row padded to a byte) when every
     offset of the int4 layer `w` is -zero * scale with an integer zero in [-8, 7] (stored as zero + 8, as B
-    stores q + 8); None otherwise."""
-    if w.bits != 4:
+    stores q + 8, grid.whole_steps); None otherwise."""
+    if w.bits != 4 or not whole_steps(w):
         return None
-    scale, offset = w.scale.numpy().astype(np.float32), w.offset.numpy().astype(np.float32)
-    zero = np.round(-offset.astype(np.float64) / scale)
-    if np.any(zero < -8) or np.any(zero > 7) or not np.array_equal(-(scale * zero.astype(np.float32)), offset):
-        return None
-    stored = (zero + 8).astype(np.uint8)
+    stored = (np.round(-w.offset.double().numpy() / w.scale.double().numpy()) + 8).astype(np.uint8)
     if stored.shape[1] % 2:
         stored = np.pad(stored, ((0, 0), (0, 1)))
     return (stored[:, 0::2] | (stored[:, 1::2] << 4)).reshape(-1)
