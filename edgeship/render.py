@@ -45,13 +45,19 @@ def language_table(result) -> None:
 def language_bench_table(result, out_dir) -> None:
     host = result.host
     table = Table("artifact", "runtime", "precision", "size MB", "load ms", "first token ms", "prefill tok/s",
-                  "decode tok/s", "peak MB", "threads",
-                  title=f"{out_dir} on {host.get('cpu_model')} ({host.get('cpu_count')} cpus)")
+                  "decode tok/s (range)", "peak MB", "threads",
+                  title=f"{out_dir} on {host.get('cpu_model')} ({host.get('cpu_count')} cpus), median of "
+                        f"{result.rows[0].get('rounds', 1) if result.rows else 1} rounds")
     for r in result.rows:
         table.add_row(r["path"], r["runtime"], r["precision"], f"{r['size_bytes'] / 1e6:.1f}", f"{r['load_ms']:.0f}",
                       f"{r['time_to_first_token_ms']:.0f}", f"{r['prefill_tokens_per_s']:.1f}",
-                      f"{r['decode_tokens_per_s']:.1f}", f"{r['peak_rss_mb']:.0f}", str(r["threads"]))
+                      _with_range(r["decode_tokens_per_s"], r.get("decode_tokens_per_s_range")),
+                      f"{r['peak_rss_mb']:.0f}", str(r["threads"]))
     Console(width=200).print(table)
+
+
+def _with_range(value, spread) -> str:
+    return f"{value:.1f}" + (f" ({spread[0]:.0f}-{spread[1]:.0f})" if spread else "")
 
 
 def analyze_table(result, top: int) -> None:

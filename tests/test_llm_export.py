@@ -289,8 +289,9 @@ def test_bad_language_model_inputs(lm_folder: Path, tmp_path: Path, monkeypatch,
 
 
 def test_bench_times_every_language_artifact(exported) -> None:
-    """A prefill of half the 64-position context, then greedy decode to its end; LiteRT-LM's benchmark counts
-    the first token (from the prefill) among its decode tokens."""
+    """A prefill of half the 64-position context, then greedy decode to its end, three rounds after one load,
+    the median of each rate; LiteRT-LM's benchmark counts the first token (from the prefill) among its decode
+    tokens."""
     from edgeship import api
 
     folder, _ = exported
@@ -299,6 +300,8 @@ def test_bench_times_every_language_artifact(exported) -> None:
     for row in result.rows:
         assert row["prompt_tokens"] == 32 and row["decode_tokens"] == (32 if row["runtime"] == "litert" else 31)
         assert row["prefill_tokens_per_s"] > 0 and row["decode_tokens_per_s"] > 0 and row["peak_rss_mb"] > 0
+        low, high = row["decode_tokens_per_s_range"]
+        assert row["rounds"] == 3 and low <= row["decode_tokens_per_s"] <= high
     assert json.loads((folder / "bench.json").read_text())["rows"] == result.rows
     assert json.loads((folder / "manifest.json").read_text())["bench"]["rows"] == result.rows
 
