@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import ctypes
 import os
 import re
 import sys
@@ -24,9 +23,8 @@ from torch import nn
 from edgeship.errors import ExportError
 from edgeship.quantize.decoder import Int4Decoder
 from edgeship.quantize.grid import Int4Weight
+from edgeship.runtimes.runner import load_et_kernels as load_kernels
 
-# kernels an app links beside the runtime: quantized_decomposed (embedding_byte), llama (custom_sdpa, update_cache)
-KERNEL_LIBRARIES = ("lib/libexecutorch_kernels_quantized.so", "extension/llm/custom_ops/libcustom_ops_aot_lib.so")
 
 
 class _Int8Rows(nn.Module):
@@ -152,17 +150,6 @@ def write_decoder(program: torch.export.ExportedProgram, constants: dict, path: 
                and "getitem" not in str(n.target)]
     path.write_bytes(edge.to_executorch().buffer)
     return outside
-
-
-def load_kernels() -> None:
-    """Register ExecuTorch's quantized and LLM kernels with the runtime in this process, as an app links
-    them (after the runtime itself is loaded)."""
-    import executorch
-
-    for name in KERNEL_LIBRARIES:
-        library = Path(list(executorch.__path__)[0]) / name
-        if library.is_file():
-            ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
 
 
 class DecoderSession:
