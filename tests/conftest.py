@@ -57,6 +57,12 @@ def conv_npz(tmp_path: Path) -> Path:
     return path
 
 
+def faithful(accuracy: dict) -> bool:
+    """A float artifact's accuracy against PyTorch: equal outputs (SQNR null, no error: a host whose kernels
+    round as PyTorch's do) or above 80 dB."""
+    return accuracy["max_abs_error"] == 0 if accuracy["sqnr_db"] is None else accuracy["sqnr_db"] > 80
+
+
 def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
     """Run the real CLI entry point in-process; returns (exit code, stdout, stderr)."""
     from edgeship import cli

@@ -496,6 +496,15 @@ def optional_inputs() -> OptionalInputs:
     return OptionalInputs().eval()
 
 
+def bfloat16_weights() -> OptionalInputs:
+    """A checkpoint as hubs ship many: its weights in bfloat16."""
+    return optional_inputs().to(torch.bfloat16)
+
+
+def float64_weights() -> OptionalInputs:
+    return optional_inputs().double()
+
+
 class Returns(nn.Module):
     """A model whose forward returns `value` (a string, None, numbers) after computing on its input."""
 

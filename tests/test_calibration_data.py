@@ -63,6 +63,21 @@ def test_npz_and_npy_folder(tmp_path: Path) -> None:
     assert np.array_equal(read_samples(folder).arrays[0], data)
 
 
+def test_float64_and_float16_data_is_read_as_float32(tmp_path: Path, caplog) -> None:
+    """numpy's default float64 (and float16) would fail in a float32 model; integer inputs stay as they are."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4, 8))
+    np.savez(tmp_path / "d.npz", x=x, half=x.astype(np.float16), ids=np.arange(32).reshape(4, 8))
+    samples = read_samples(tmp_path / "d.npz")
+    assert [a.dtype for a in samples.arrays] == [np.float32, np.float32, np.arange(1).dtype]
+    np.testing.assert_array_equal(samples.arrays[0], x.astype(np.float32))
+    assert "x is float64, half is float16; read as float32" in caplog.text
+    (tmp_path / "npy").mkdir()
+    for i in range(3):
+        np.save(tmp_path / "npy" / f"{i}.npy", x[i])
+    assert read_samples(tmp_path / "npy").arrays[0].dtype == np.float32
+
+
 def test_empty_folder(tmp_path: Path) -> None:
     with pytest.raises(CalibrationError, match="holds no images"):
         read_samples(tmp_path)
@@ -85,7 +100,7 @@ def test_nan_values(tmp_path: Path) -> None:
 @pytest.mark.parametrize("arrays, specs, message", [
     ({"x": np.zeros((2, 8), np.float32), "y": np.zeros((2, 8), np.float32)}, None, "holds 2 array"),
     ({"x": np.zeros((2, 7), np.float32)}, [InputSpec("x", (1, 8), "float32")], "shape 7 but the model input is 1x8"),
-    ({"x": np.zeros((2, 8), np.float64)}, [InputSpec("x", (1, 8), "float32")], "is float64 but the model input is float32"),
+    ({"x": np.zeros((2, 8), np.int32)}, [InputSpec("x", (1, 8), "float32")], "is int32 but the model input is float32"),
 ], ids=["count", "shape", "dtype"])
 def test_npz_mismatch(tmp_path: Path, arrays, specs, message) -> None:
     np.savez(tmp_path / "d.npz", **arrays)

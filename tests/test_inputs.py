@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import faithful
 from models import optional_inputs
 
 from edgeship import api
@@ -71,4 +72,21 @@ def test_model_with_defaulted_parameters_exports_what_the_data_gives(tmp_path, g
     assert [i.name for i in session.get_inputs()] == list(given)
     got = session.run(None, {k: arrays[k][:1] for k in given})[0]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    assert all(a["accuracy"]["sqnr_db"] > 80 for a in result.manifest["artifacts"] if a["precision"] == "fp32")
+    assert all(faithful(a["accuracy"]) for a in result.manifest["artifacts"] if a["precision"] == "fp32")
+
+
+@pytest.mark.parametrize("builder, dtype", [("bfloat16_weights", torch.bfloat16), ("float64_weights", torch.float64)])
+def test_weights_in_another_float_type_are_exported_from_float32(tmp_path, caplog, builder, dtype) -> None:
+    """float32 data into a bfloat16 (or float64) model fails in PyTorch itself; edgeship converts the weights
+    to float32, says so, and the float artifacts compute what the converted model computes."""
+    x = np.random.default_rng(0).normal(size=(12, 8)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    result = api.export(f"{TESTS / 'models.py'}:{builder}", "linux-arm64", tmp_path / "d.npz",
+                        out=tmp_path / "out", require_all=True)
+    assert f"the model's weights are {str(dtype).removeprefix('torch.')}; converted to float32" in caplog.text
+    with torch.no_grad():
+        expected = optional_inputs().to(dtype).float()(torch.from_numpy(x[:1])).numpy()
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(str(result.out_dir / "model.fp32.onnx")).run(None, {"x": x[:1]})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

@@ -28,11 +28,24 @@ def read_samples(path: str | Path, preprocess: Preprocess | None = None,
         if path.suffix != ".npz":
             raise CalibrationError(f"{path}: unsupported data file (suffix {path.suffix!r}); "
                                    "pass an image folder, a .npz file or a folder of .npy files")
-        return _read_npz(path)
+        return _in_float32(_read_npz(path))
     npy = sorted(path.glob("*.npy"))
     if npy and not image_files(path):
-        return _read_npy_folder(path, npy)
+        return _in_float32(_read_npy_folder(path, npy))
     return load_image_folder(path, preprocess, overrides=overrides)
+
+
+def _in_float32(samples: Samples) -> Samples:
+    """float64 arrays (numpy's default) and float16 ones as float32, said in one warning: the model and every
+    runtime's artifact take float32 (a model with other float weights is converted too: export/load.in_float32)."""
+    other = {name: str(a.dtype) for name, a in zip(samples.names, samples.arrays)
+             if a.dtype.kind == "f" and a.dtype != np.float32}
+    if not other:
+        return samples
+    log.warning("%s: %s; read as float32, which the model and its artifacts take", samples.source,
+                ", ".join(f"{name} is {dtype}" for name, dtype in other.items()))
+    return Samples(samples.names, tuple(a.astype(np.float32) if name in other else a
+                                        for name, a in zip(samples.names, samples.arrays)), samples.source)
 
 
 def _read_npz(path: Path) -> Samples:

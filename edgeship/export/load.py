@@ -106,10 +106,23 @@ def load_model(source: str) -> LoadedModel:
         raise ModelLoadError(
             f"{where}:{attr}() returned {type(net).__name__}, not a torch.nn.Module; "
             "make it return the model (an nn.Module)")
-    net.eval()
+    net = in_float32(net.eval())
     name = _model_name(where, attr)
     source_file = getattr(module, "__file__", None)
     return LoadedModel(net, name, source, source_file, signature_of(net))
+
+
+def in_float32(net: torch.nn.Module) -> torch.nn.Module:
+    """`net` with its float64, float16 and bfloat16 weights and buffers in float32 (in place), said in one
+    warning: the float reference, calibration and every artifact start from float32 (fp16 artifacts are
+    made from it), and a half-precision checkpoint, as hubs ship many, converts exactly."""
+    others = sorted({str(t.dtype).removeprefix("torch.") for t in [*net.parameters(), *net.buffers()]
+                     if t.is_floating_point() and t.dtype != torch.float32})
+    if others:
+        log.warning("the model's weights are %s; converted to float32, which edgeship exports from (fp16 "
+                    "artifacts included)", " and ".join(others))
+        net.float()
+    return net
 
 
 def _model_name(where: str, attr: str) -> str:
