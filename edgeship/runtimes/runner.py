@@ -291,26 +291,27 @@ def _litert_language(path, threads, context):
                                 decode_tokens=new, max_num_tokens=context,
                                 activation_data_type=litert_lm.ActivationDataType.FLOAT32).run()
             for _ in range(ROUNDS)]
-    return {"load_ms": round(1000 * runs[0].init_time_in_second, 1), "prompt_tokens": runs[0].last_prefill_token_count,
-            "time_to_first_token_ms": round(1000 * statistics.median([r.time_to_first_token_in_second for r in runs]), 1),
-            "prefill_tokens_per_s": round(statistics.median([r.last_prefill_tokens_per_second for r in runs]), 1),
-            "decode_tokens": runs[0].last_decode_token_count,
-            "decode_tokens_per_s": round(statistics.median([r.last_decode_tokens_per_second for r in runs]), 2),
-            "decode_tokens_per_s_range": _spread([r.last_decode_tokens_per_second for r in runs]),
-            "rounds": ROUNDS, "peak_rss_mb": _peak_rss_mb()}
+    return _language_summary(runs[0].init_time_in_second, runs[0].last_prefill_token_count,
+                             [r.time_to_first_token_in_second for r in runs],
+                             [r.last_prefill_tokens_per_second for r in runs], runs[0].last_decode_token_count,
+                             [r.last_decode_tokens_per_second for r in runs])
 
 
 def _language_timing(load_s, rounds, prompt):
-    """`rounds`: (prefill seconds, decode seconds, decode steps after the first token) of each round; the
-    median of each rate."""
-    tokens = rounds[0][2]
-    decode = [steps / seconds for _, seconds, steps in rounds if steps]
+    """`rounds`: (prefill seconds, decode seconds, decode steps after the first token) of each round."""
+    return _language_summary(load_s, prompt, [p for p, _, _ in rounds], [prompt / p for p, _, _ in rounds],
+                             rounds[0][2], [steps / seconds for _, seconds, steps in rounds if steps])
+
+
+def _language_summary(load_s, prompt, first_token_s, prefill_rates, decode_tokens, decode_rates):
+    """One row for every runtime: the median of each round's time to first token and rates, the decode
+    rates' range."""
     return {"load_ms": round(1000 * load_s, 1), "prompt_tokens": prompt,
-            "time_to_first_token_ms": round(1000 * statistics.median([p for p, _, _ in rounds]), 1),
-            "prefill_tokens_per_s": round(statistics.median([prompt / p for p, _, _ in rounds]), 1), "decode_tokens": tokens,
-            "decode_tokens_per_s": round(statistics.median(decode), 2) if decode else None,
-            "decode_tokens_per_s_range": _spread(decode) if decode else None,
-            "rounds": len(rounds), "peak_rss_mb": _peak_rss_mb()}
+            "time_to_first_token_ms": round(1000 * statistics.median(first_token_s), 1),
+            "prefill_tokens_per_s": round(statistics.median(prefill_rates), 1), "decode_tokens": decode_tokens,
+            "decode_tokens_per_s": round(statistics.median(decode_rates), 2) if decode_rates else None,
+            "decode_tokens_per_s_range": _spread(decode_rates) if decode_rates else None,
+            "rounds": len(first_token_s), "peak_rss_mb": _peak_rss_mb()}
 
 
 def _spread(values):

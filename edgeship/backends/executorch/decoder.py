@@ -26,7 +26,6 @@ from edgeship.quantize.grid import Int4Weight
 from edgeship.runtimes.runner import load_et_kernels as load_kernels
 
 
-
 class _Int8Rows(nn.Module):
     """Token embeddings read from int8 rows and one scale per row (ExecuTorch's embedding_byte)."""
 
