@@ -35,8 +35,9 @@ aarch64-python:
 		|| echo "the emulated aarch64 Python could not be built: its tests will be skipped"
 
 test: $(STAMP) system-packages aarch64-python
-	# one worker per core; a file whose module fixtures are costly stays on one worker (xdist_group)
-	$(BIN)/python -m pytest -x -q -n auto --dist loadgroup tests
+	# one worker per core; a file whose module fixtures are costly stays on one worker (xdist_group);
+	# the 25 slowest tests are listed, to keep the suite within its time
+	$(BIN)/python -m pytest -x -q -n auto --dist loadgroup --durations=25 tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/stock_flows.py

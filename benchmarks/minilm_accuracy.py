@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import sys
@@ -140,9 +141,21 @@ def main() -> None:
          opts.out, work)
 
 
+def machine() -> dict:
+    """The host: architecture, CPU model (from /proc/cpuinfo where there is one) and the cores this process may use."""
+    model = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"arch": platform.machine(), "processor": model, "cores": cores}
+
+
 def save(header: dict, rows: list[dict], started: float, out: Path, work: Path) -> None:
     """Writes the benchmark's JSON (with the machine, the versions and the run time) and removes `work`."""
-    result = header | {"machine": {"arch": platform.machine(), "processor": platform.processor()},
+    result = header | {"machine": machine(),
                        "versions": versions(), "rows": rows, "seconds": round(time.time() - started, 1)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

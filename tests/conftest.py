@@ -17,6 +17,8 @@ import torchao.quantization.pt2e  # noqa: E402,F401
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs one worker per core: one torch thread each
     torch.set_num_threads(1)
+# and no second lowering process (edgeship/apart.py) beside each worker; tests/test_apart.py asks for it
+os.environ["EDGESHIP_LOWER_APART"] = "0"
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "calibration_data" / "imagenet-sample"

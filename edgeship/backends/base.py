@@ -83,6 +83,17 @@ class Backend(Protocol):
         """Per-op rows: op, ms_per_run, share, count, and whether it ran in int8 / in the delegate."""
 
 
+class Detachable(Protocol):
+    """A backend whose lowering can run in another process (edgeship/apart.py): the slowest one, lowered
+    beside the others on a machine with two or more cores."""
+
+    imports: tuple[str, ...]  # modules the other process imports while this one captures and calibrates
+
+    def detach(self, job: LowerJob, out: Path, precisions: tuple[str, ...]) -> tuple[Callable, tuple] | None:
+        """What `lower(job, out, precisions)` does, as a picklable function and its picklable arguments
+        (the same files, byte for byte); None where this job cannot be sent (it is then lowered here)."""
+
+
 def missing_form(job: LowerJob, precision: str, precisions: tuple[str, ...]) -> str | None:
     """Why `job` cannot give `precision` (the recipe made another quantized form), or None."""
     if precision not in precisions:

@@ -4,6 +4,7 @@ target, run each artifact in its runtime against float and the simulated graph, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ def export(model: str, target: str, calibration: str | Path, *, eval_data: str |
            out: str | Path = "out", input_shapes: list[str] | None = None,
            input_dtypes: list[str] | None = None, recipe: str = "int8",
            preprocess: dict | None = None, budget: dict | None = None, require_all: bool = False,
-           progress: Progress = no_progress) -> ExportResult:
+           progress: Progress = no_progress, lower_apart: bool | None = None) -> ExportResult:
     """Capture, quantize once, lower for every runtime of `target`, verify, time, and write
     `out/<model>/<target>/` atomically. Raises an EdgeshipError subclass on bad input.
 
@@ -40,7 +41,8 @@ def export(model: str, target: str, calibration: str | Path, *, eval_data: str |
     {"sqnr_db": 25}, {"top1_agreement": 0.995}) keeps the fewest, most sensitive layers in float so
     that the simulated model meets it on the eval data; BudgetError when it cannot. `require_all`: an
     artifact the target asks for that a runtime could not make fails the export (ExportError, nothing
-    written) instead of being listed under `not_produced`."""
+    written) instead of being listed under `not_produced`. `lower_apart`: lower ExecuTorch in a second
+    process beside the others (edgeship/apart.py); None: where two or more cores are free."""
     from edgeship.quantize.recipe import recipe_by_name
     from edgeship.targets.devices import load_device
 
@@ -63,7 +65,8 @@ def export(model: str, target: str, calibration: str | Path, *, eval_data: str |
     try:
         with outputs.staging(final) as stage:
             manifest = export_into(stage, loaded, device, resolved, calib, evaluation, progress, budget, reproduce,
-                                   stats_folder=final.parent, require_all=require_all)
+                                   stats_folder=final.parent, require_all=require_all,
+                                   lower_apart=lower_apart)
     except Exception as exc:  # a full disk, whichever writer met it, is one error naming the folder
         full = outputs.out_of_space(exc, final.parent, needed)
         if full is None:
@@ -88,28 +91,31 @@ class Captured:
 
 def export_into(stage: Path, loaded, device, recipe, calib, evaluation, progress: Progress,
                 budget: dict | None = None, reproduce: dict | None = None, stats_folder: Path | None = None,
-                require_all: bool = False) -> dict:
-    """Every artifact, the manifest and the report, written into `stage`; returns the manifest."""
+                require_all: bool = False, lower_apart: bool | None = None) -> dict:
+    """Every artifact, the manifest and the report, written into `stage`; returns the manifest.
+    `lower_apart`: lower one runtime in a second process (edgeship/apart.py; None: where two cores are free)."""
     from edgeship.backends.base import LowerJob
     from edgeship.metrics.decisions import output_decisions
     from edgeship.quantize.stats_cache import StatsCache
     from edgeship.verify import torch_outputs
 
     started = time.perf_counter()
-    model = _capture(loaded, calib, progress)
-    decisions = output_decisions(model.program)
-    float_run = progress("float reference", len(evaluation))
-    reference = torch_outputs(model.flat, evaluation)
-    float_run(len(evaluation))
-    stats = (StatsCache.for_export(stats_folder, model.program, calib, recipe)
-             if stats_folder is not None and recipe.scheme != "fp16" else None)
-    made = quantize(recipe, model.program, model.flat, model.args, calib, evaluation, reference,
-                    stats.memo if stats is not None else None, budget, progress, decisions)
-    _write_inputs(stage, made, model, evaluation, recipe)
-    job = LowerJob(model.program, made.form, model.args, tuple(model.in_names), tuple(model.out_names),
-                   stage / "model.fp32.onnx", model.native)
-    precisions = ("fp32", made.instead_of_int8) if made.instead_of_int8 else device.precisions
-    artifacts, not_produced = _lower_all(device.runtimes, job, stage, precisions, made.instead_of_int8, progress)
+    with _second_process(device.runtimes, lower_apart) as worker:
+        model = _capture(loaded, calib, progress)
+        decisions = output_decisions(model.program)
+        float_run = progress("float reference", len(evaluation))
+        reference = torch_outputs(model.flat, evaluation)
+        float_run(len(evaluation))
+        stats = (StatsCache.for_export(stats_folder, model.program, calib, recipe)
+                 if stats_folder is not None and recipe.scheme != "fp16" else None)
+        made = quantize(recipe, model.program, model.flat, model.args, calib, evaluation, reference,
+                        stats.memo if stats is not None else None, budget, progress, decisions)
+        _write_inputs(stage, made, model, evaluation, recipe)
+        job = LowerJob(model.program, made.form, model.args, tuple(model.in_names), tuple(model.out_names),
+                       stage / "model.fp32.onnx", model.native)
+        precisions = ("fp32", made.instead_of_int8) if made.instead_of_int8 else device.precisions
+        artifacts, not_produced = _lower_all(device.runtimes, job, stage, precisions, made.instead_of_int8,
+                                             progress, worker)
     from edgeship.verify import output_scales
 
     graph = made.graph  # built once: a float16 form makes a new module each time
@@ -147,37 +153,126 @@ def _write_inputs(stage: Path, made: Quantized, model: Captured, evaluation, rec
     (stage / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1) + "\n")
 
 
-def _lower_all(runtimes, job, stage: Path, precisions: tuple[str, ...], wanted: str | None,
-               progress: Progress) -> tuple[list, list[dict]]:
-    """Every runtime's artifacts, one precision at a time (a failed int8 conversion keeps the fp32
-    file); what could not be made is listed with its reason, and the others are still made."""
+@contextlib.contextmanager
+def _second_process(runtimes, setting: bool | None):
+    """A worker process (edgeship/apart.py) for the runtime that can lower in one, started now so that its
+    imports overlap capture and calibration; None where it would not help (one runtime, one core, turned off)."""
+    from edgeship import apart
     from edgeship.backends import get_backend
 
-    artifacts, not_produced, failures = [], [], []
-    for runtime in runtimes:
-        backend = get_backend(runtime)
-        advance = progress(f"lower for {runtime}", len(precisions))
+    detachable = [backend for backend in map(get_backend, runtimes) if hasattr(backend, "detach")]
+    if len(runtimes) < 2 or not detachable or not apart.wanted(setting):
+        yield None
+        return
+    worker = apart.Worker(tuple(name for backend in detachable for name in backend.imports))
+    try:
+        yield worker
+    finally:
+        worker.close()
+
+
+def _lower_all(runtimes, job, stage: Path, precisions: tuple[str, ...], wanted: str | None,
+               progress: Progress, worker=None) -> tuple[list, list[dict]]:
+    """Every runtime's artifacts, one precision at a time (a failed int8 conversion keeps the fp32
+    file); what could not be made is listed with its reason, and the others are still made. With a
+    `worker` (edgeship/apart.py), a detachable runtime lowers in it while this process lowers the others."""
+    import shutil
+
+    from edgeship.backends import get_backend
+
+    backends = {runtime: get_backend(runtime) for runtime in runtimes}
+    outcomes: dict = {}  # (runtime, precision) -> artifacts made, or why none
+    for runtime, backend in backends.items():
         for precision in precisions:
             unsupported = backend.supports(job, precision)
             if unsupported is not None:
-                failures.append(f"{runtime} {precision}: {unsupported}")
-                not_produced.append({"runtime": runtime, "precision": precision, "reason": unsupported})
-                advance(1)
-                continue
-            try:
-                made = _lower(backend, job, stage, (precision,))
-            except ExportError as exc:
-                if outputs.out_of_space(exc, stage, 0):
-                    raise
-                failures.append(f"{runtime} {precision}: {exc}")
-                not_produced.append({"runtime": runtime, "precision": precision, "reason": str(exc)})
-            else:
-                artifacts += made
-                if precision == wanted and not any(a.precision == wanted for a in made):
-                    reason = "the adapter wrote no artifact for it"
-                    not_produced.append({"runtime": runtime, "precision": wanted, "reason": reason})
-                    log.warning("%s: %s", runtime, reason)
+                outcomes[runtime, precision] = unsupported
+    sent = _send(worker, backends, job, stage, precisions, outcomes, progress)
+    for runtime, backend in backends.items():
+        todo = [p for p in precisions if (runtime, p) not in outcomes and (runtime, p) not in sent]
+        if not todo:
+            continue
+        advance = progress(f"lower for {runtime}", len(todo))
+        for precision in todo:
+            outcomes[runtime, precision] = _outcome(lambda: _lower(backend, job, stage, (precision,)), stage)
             advance(1)
+    if sent:
+        advance = progress(f"lower for {', '.join(sorted({r for r, _ in sent}))} (second process)", len(sent))
+        for key, folder in sent.items():
+            try:
+                outcomes[key] = _outcome(lambda: _moved(worker.result(), stage), stage)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)  # what a failed lowering had written
+            advance(1)
+    return _gathered(outcomes, runtimes, precisions, wanted)
+
+
+def _send(worker, backends: dict, job, stage: Path, precisions: tuple[str, ...], outcomes: dict,
+          progress: Progress) -> dict:
+    """The lowerings handed to `worker`, each writing into a folder of its own in `stage` (its files are
+    moved into `stage` when it succeeds): {(runtime, precision): folder}."""
+    import shutil
+
+    sent, units = {}, []
+    for runtime, backend in backends.items():
+        if worker is None or not hasattr(backend, "detach"):
+            continue
+        todo = [p for p in precisions if (runtime, p) not in outcomes]
+        advance = progress(f"prepare {runtime} for a second process", len(todo))
+        for precision in todo:
+            folder = stage / f".{runtime}-{precision}"
+            folder.mkdir()
+            try:
+                unit = backend.detach(job, folder, (precision,))
+            except ExportError as exc:
+                outcomes[runtime, precision] = exc
+                unit = None
+            if unit is None:
+                shutil.rmtree(folder)
+            else:
+                sent[runtime, precision] = folder
+                units.append(unit)
+            advance(1)
+    if units:
+        worker.send(units)
+    return sent
+
+
+def _moved(artifacts: list, stage: Path) -> list:
+    """Artifacts written in a folder of their own, moved into `stage` (the folder is removed)."""
+    import shutil
+
+    for artifact in artifacts:
+        folder, artifact.path = artifact.path.parent, artifact.path.replace(stage / artifact.path.name)
+        shutil.rmtree(folder)
+    return artifacts
+
+
+def _outcome(lower, stage: Path):
+    """The artifacts `lower()` made, or the ExportError that says why it made none (a full disk is raised)."""
+    try:
+        return lower()
+    except ExportError as exc:
+        if outputs.out_of_space(exc, stage, 0):
+            raise
+        return exc
+
+
+def _gathered(outcomes: dict, runtimes, precisions: tuple[str, ...], wanted: str | None) -> tuple[list, list[dict]]:
+    """The artifacts and the `not_produced` rows in runtime, then precision order, whichever process made them."""
+    artifacts, not_produced, failures = [], [], []
+    for runtime in runtimes:
+        for precision in precisions:
+            outcome = outcomes[runtime, precision]
+            if isinstance(outcome, (str, ExportError)):
+                failures.append(f"{runtime} {precision}: {outcome}")
+                not_produced.append({"runtime": runtime, "precision": precision, "reason": str(outcome)})
+                continue
+            artifacts += outcome
+            if precision == wanted and not any(a.precision == wanted for a in outcome):
+                reason = "the adapter wrote no artifact for it"
+                not_produced.append({"runtime": runtime, "precision": wanted, "reason": reason})
+                log.warning("%s: %s", runtime, reason)
     if not artifacts:
         raise ExportError("no runtime could take the model: " + "; ".join(failures))
     for failure in failures:

@@ -85,8 +85,9 @@ def _worker_init(level: int) -> None:
     logs.quiet_torch()
 
 
-def _export_job(model: ModelEntry, target: str, root: str, work: str) -> dict:
-    """Runs in a worker process: one export into `work`; returns where it went, or the error."""
+def _export_job(model: ModelEntry, target: str, root: str, work: str, lower_apart: bool | None = None) -> dict:
+    """Runs in a worker process: one export into `work`; returns where it went, or the error. `lower_apart`:
+    False where other jobs run beside this one (they use the cores a second lowering process would)."""
     from edgeship.errors import EdgeshipError
     from edgeship.export.causal_lm import is_causal_lm_source
     from edgeship.flows.export import export
@@ -100,7 +101,8 @@ def _export_job(model: ModelEntry, target: str, root: str, work: str) -> dict:
                               "model takes; give one file")
         result = export(model.source, target, model.calibration, eval_data=model.eval_data, out=work,
                             input_shapes=list(model.input_shapes) or None,
-                            input_dtypes=list(model.input_dtypes) or None, recipe=model.recipe)
+                            input_dtypes=list(model.input_dtypes) or None, recipe=model.recipe,
+                            lower_apart=lower_apart)
     except EdgeshipError as exc:
         return {"error": str(exc)}
     return {"out_dir": str(result.out_dir)}
@@ -172,7 +174,8 @@ def _run_pending(project: Project, cache: Cache, pending, fail_fast: bool, worke
                 while queue and len(running) < n and not stop:
                     model, target, key = queue.pop(0)
                     work = work_root / f"{model.name}-{key[:12]}"
-                    fut = pool.submit(_export_job, model, target, str(project.root), str(work))
+                    fut = pool.submit(_export_job, model, target, str(project.root), str(work),
+                                      None if n == 1 else False)
                     running[fut] = (model, target, key, time.perf_counter())
                     event("start", None, f"{model.name}/{target}")
                 if stop and not running:

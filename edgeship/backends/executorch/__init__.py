@@ -12,6 +12,8 @@ PRECISIONS = ("fp32", "int8", "fp16", "int4", "int8-dynamic")
 class ExecuTorchBackend:
     name = "executorch"
     precisions = PRECISIONS
+    imports = ("executorch.exir", "executorch.backends.xnnpack.partition.xnnpack_partitioner",
+               "executorch.kernels.quantized", "edgeship.backends.executorch.lower")
 
     def supports(self, job, precision: str) -> str | None:
         from edgeship.backends.base import missing_form
@@ -22,6 +24,11 @@ class ExecuTorchBackend:
         from edgeship.backends.executorch.lower import ExecuTorchAdapter
 
         return ExecuTorchAdapter().lower(job, out, precisions)
+
+    def detach(self, job, out: Path, precisions: tuple[str, ...]):
+        from edgeship.backends.executorch.lower import ExecuTorchAdapter
+
+        return ExecuTorchAdapter().detach(job, out, precisions)
 
     def open(self, path: Path, threads: int, device_numerics: bool = True):
         from edgeship.backends.executorch.session import ExecuTorchSession

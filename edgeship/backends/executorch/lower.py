@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,42 +20,72 @@ _BOOKKEEPING = {"executorch_call_delegate", "getitem", "alloc", "memory.alloc", 
                 "sym_size", "scalar_tensor", "full", "full_like", "arange"}
 
 
+_OUTSIDE = "outside the XNNPACK delegate (portable kernel)"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One .pte to lower: the program, where it goes, and what is already known not to run in int8."""
+
+    precision: str
+    path: Path
+    program: object  # an ExportedProgram, or the bytes torch.export.save wrote of it (lowered in another process)
+    not_quantized: list = field(default_factory=list)
+
+    def lower(self) -> Artifact:
+        program = self.program
+        if isinstance(program, bytes):
+            program = torch.export.load(io.BytesIO(program))
+        outside = _lower(program, self.path)
+        return Artifact("executorch", self.precision, self.path, count_ops(outside, _OUTSIDE) + self.not_quantized)
+
+
+def lower_plans(plans: list[_Plan]) -> list[Artifact]:
+    return [plan.lower() for plan in plans]
+
+
 class ExecuTorchAdapter:
     name = "executorch"
 
     def lower(self, job: LowerJob, out: Path, precisions: tuple[str, ...]) -> list[Artifact]:
-        artifacts = []
+        return lower_plans(self.plans(job, out, precisions))
+
+    def detach(self, job: LowerJob, out: Path, precisions: tuple[str, ...]):
+        """The same lowering as `lower`, as a function and its picklable arguments (the programs saved by
+        torch.export.save: the .pte files are byte for byte the same); None where a program cannot be saved."""
+        plans = self.plans(job, out, precisions)
+        try:
+            saved = []
+            for plan in plans:
+                buffer = io.BytesIO()
+                torch.export.save(plan.program, buffer)
+                saved.append(_Plan(plan.precision, plan.path, buffer.getvalue(), plan.not_quantized))
+        except Exception as exc:  # a program holding what torch.export cannot save: lowered in this process
+            log.debug("ExecuTorch lowers in this process: its program cannot be saved (%s)", exc)
+            return None
+        return lower_plans, (saved,)
+
+    def plans(self, job: LowerJob, out: Path, precisions: tuple[str, ...]) -> list[_Plan]:
+        plans = []
         if "fp32" in precisions:
-            path = out / "model.fp32.pte"
-            outside = _lower(_for_xnnpack(job.float_program, job.example_inputs), path)
-            artifacts.append(Artifact(self.name, "fp32", path,
-                                      count_ops(outside, "outside the XNNPACK delegate (portable kernel)")))
+            plans.append(_Plan("fp32", out / "model.fp32.pte", _for_xnnpack(job.float_program, job.example_inputs)))
         if "int8" in precisions:
-            path = out / "model.int8.pte"
             module, wide = int16_in_float(job.form.graph.folded)
             module = prelu_in_4d(bias_per_call(module))
             program = torch.export.export(module, job.example_inputs, strict=False)
-            outside = _lower(program, path)
-            not_quantized = count_ops(outside, "outside the XNNPACK delegate (portable kernel)")
-            not_quantized += count_ops(job.form.graph.float_ops, "float op in the quantized graph")
+            not_quantized = count_ops(job.form.graph.float_ops, "float op in the quantized graph")
             not_quantized += count_ops(wide, "int16 activations (recipe int16_activations): XNNPACK has no int16 "
                                        "kernels, so this op reads the value unquantized (a float op, or the "
                                        "int8 op before it writes the next op's int8 input)")
-            artifacts.append(Artifact(self.name, "int8", path, not_quantized))
+            plans.append(_Plan("int8", out / "model.int8.pte", program, not_quantized))
         if "fp16" in precisions:
-            path = out / "model.fp16.pte"
-            outside = _lower(_for_xnnpack(job.form.program, job.example_inputs), path)
-            artifacts.append(Artifact(self.name, "fp16", path,
-                                      count_ops(outside, "outside the XNNPACK delegate (portable kernel)")))
+            plans.append(_Plan("fp16", out / "model.fp16.pte", _for_xnnpack(job.form.program, job.example_inputs)))
         if isinstance(job.form, WeightOnly) and job.form.precision in precisions:  # int4, or int8-dynamic
             precision, weights = job.form.precision, job.form.job
-            path = out / f"model.{precision}.pte"
             program = torch.export.export(weights.packed, job.example_inputs, strict=False)
-            outside = _lower(program, path)
-            not_quantized = count_ops(outside, "outside the XNNPACK delegate (portable kernel)")
-            not_quantized += [{"op": f["layer"], "count": 1, "reason": f["reason"]} for f in weights.skipped]
-            artifacts.append(Artifact(self.name, precision, path, not_quantized))
-        return artifacts
+            not_quantized = [{"op": f["layer"], "count": 1, "reason": f["reason"]} for f in weights.skipped]
+            plans.append(_Plan(precision, out / f"model.{precision}.pte", program, not_quantized))
+        return plans
 
 
 def _for_xnnpack(program: torch.export.ExportedProgram, example_inputs: tuple) -> torch.export.ExportedProgram:
