@@ -37,7 +37,10 @@ def _machine(data: dict) -> str:
         return "Computed from the float model's outputs; no runtime involved."
     libs = ", ".join(f"{k} {v}" for k, v in versions.items())
     took = f"; the run took {data['seconds']:.0f} s" if "seconds" in data else ""
-    return f"Measured on {machine.get('arch', 'this machine')} ({libs}){took}."
+    where = machine.get("arch", "this machine")
+    if machine.get("processor"):
+        where += f", {machine['processor']}" + (f", {machine['cores']} cores" if machine.get("cores") else "")
+    return f"Measured on {where} ({libs}){took}."
 
 
 def _percent(part: float, whole: float) -> str:
@@ -79,18 +82,30 @@ def stock_flows(data: dict) -> list[str]:
 
 
 def export_time(data: dict) -> list[str]:
+    rows = data["rows"] if "lowering" in data["rows"][0] else [{"lowering": "one process", "stages": data["rows"],
+                                                               "export_seconds": data["export_seconds"]}]
+    stages = list(dict.fromkeys(s["stage"] for r in rows for s in r["stages"]))
+    seconds = [{s["stage"]: s["seconds"] for s in r["stages"]} for r in rows]
     return [f"{data['model']} for {data['target']}, {data['calibration_samples']} calibration and "
-            f"{data['evaluation_samples']} evaluation samples: {data['export_seconds']} s in all.", ""] + _table(
-        ["stage", "items", "seconds"], [[r["stage"], r["total"], r["seconds"]] for r in data["rows"]])
+            f"{data['evaluation_samples']} evaluation samples; seconds:", ""] + _table(
+        ["stage", *(r["lowering"] for r in rows)],
+        [["export (all stages)", *(r["export_seconds"] for r in rows)]] +
+        [[name, *(t.get(name, "-") for t in seconds)] for name in stages])
 
 
 def recurrent_export_time(data: dict) -> list[str]:
-    lowering = [s["stage"] for s in data["rows"][0]["stages"] if s["stage"].startswith(("calibrate", "lower"))]
-    rows = [[r["frames"], r["export_seconds"]] + [next(s["seconds"] for s in r["stages"] if s["stage"] == name)
-                                                  for name in lowering] for r in data["rows"]]
     return [f"{data['model']} for {data['target']}, {data['calibration_samples']} calibration and "
-            f"{data['evaluation_samples']} evaluation sequences; seconds:", ""] + _table(
-        ["frames", "export", *lowering], rows)
+            f"{data['evaluation_samples']} evaluation sequences; seconds:", ""] + _stage_table(
+        data["rows"], ["frames", "lowering"], ("calibrate", "prepare", "lower"))
+
+
+def _stage_table(rows: list[dict], keys: list[str], prefixes: tuple[str, ...] | None = None) -> list[str]:
+    """One row per export: `keys`, the whole export, then each stage (those starting with `prefixes`, or all)."""
+    stages = list(dict.fromkeys(s["stage"] for r in rows for s in r["stages"]
+                                if prefixes is None or s["stage"].startswith(prefixes)))
+    return _table([*keys, "export", *stages], [
+        [r.get(k, "-") for k in keys] + [r["export_seconds"]] +
+        [next((s["seconds"] for s in r["stages"] if s["stage"] == name), "-") for name in stages] for r in rows])
 
 
 def llm_perplexity(data: dict) -> list[str]:

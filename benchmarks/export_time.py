@@ -1,6 +1,7 @@
 """Where an export's time goes: ImageNet MobileNetV2 (torchvision's pretrained weights) for android-arm64 with
 100 calibration and 120 evaluation images, every artifact lowered and verified; the time of each stage
-(as the progress lines show them) and the whole export.
+(as the progress lines show them) and the whole export, with every runtime lowered in one process and with
+ExecuTorch lowered in a second process beside the others (what an export does on two or more cores).
 
 Images: the 56 photos shipped in calibration_data/ and their mirror images for calibration (100), the 20
 labelled ImageNet validation photos of the `foolbox` package at six crops and mirrors for evaluation (120).
@@ -23,10 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from minilm_accuracy import save  # noqa: E402
+from recurrent_export_time import MODES, timed_export  # noqa: E402
 
-from edgeship import api  # noqa: E402
 from edgeship.calibration.images import Preprocess, load_image_folder  # noqa: E402
-from edgeship.logs import StageLines  # noqa: E402
 
 
 def _photos(folder: Path, resize: int = 256, crop: int = 224) -> np.ndarray:
@@ -52,25 +52,22 @@ def evaluation_images(count: int = 120) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lowering", nargs="+", choices=list(MODES), default=list(MODES),
+                        help="one process: every runtime lowered in turn; two processes: ExecuTorch beside the others")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "export_time.json")
     args = parser.parse_args()
     started = time.time()
     work = Path(tempfile.mkdtemp(prefix="edgeship-export-time-"))
     np.savez(work / "calib.npz", x=calibration_images())
     np.savez(work / "eval.npz", x=evaluation_images())
-    stages = StageLines(lambda line: print(line, flush=True))
-    begin = time.perf_counter()
-    result = api.export(f"{ROOT / 'examples' / 'mobilenet_v2.py'}:build", "android-arm64", work / "calib.npz",
-                        eval_data=work / "eval.npz", out=work / "out", progress=stages.start)
-    stages.finish()
-    total = round(time.perf_counter() - begin, 1)
-    print(f"{'export (all stages)':45s} {total:8.2f} s")
-    artifacts = [{"path": a["path"], "sqnr_db": a["accuracy"]["sqnr_db"], "top1": a["accuracy"].get("top1_agreement")}
-                 for a in result.manifest["artifacts"]]
+    rows = []
+    for mode in args.lowering:
+        print(f"--- {mode}", flush=True)
+        row = timed_export(f"{ROOT / 'examples' / 'mobilenet_v2.py'}:build", work, MODES[mode])
+        rows.append({"lowering": mode} | row)
     header = {"benchmark": "export_time", "model": "MobileNetV2 (ImageNet weights)", "target": "android-arm64",
-              "calibration_samples": 100, "evaluation_samples": 120, "export_seconds": total,
-              "artifacts": artifacts}
-    save(header, stages.rows, started, args.out, work)
+              "calibration_samples": 100, "evaluation_samples": 120}
+    save(header, rows, started, args.out, work)
 
 
 if __name__ == "__main__":

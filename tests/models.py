@@ -632,3 +632,23 @@ def voiced_audio(count: int, samples: int = 1024, seed: int = 0) -> torch.Tensor
             chunk = chunk + loud * sum(torch.sin(2 * torch.pi * f0 * h * t + phases[h - 1]) / h for h in range(1, 12))
         chunks.append(chunk)
     return torch.stack(chunks)[:, None, :]
+
+
+class StreamingGRU(nn.Module):
+    """A streaming recurrent model as speech enhancers and voice-activity detectors ship it: a chunk of
+    frames [B, T, 16] and the GRU's state [layers, B, hidden] (batch axis second) in, a score for the
+    chunk and the new state out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = nn.GRU(16, 32, num_layers=2, batch_first=True)
+        self.head = nn.Linear(32, 1)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, h = self.gru(x, h)
+        return torch.sigmoid(self.head(out[:, -1])), h
+
+
+def streaming_gru() -> StreamingGRU:
+    torch.manual_seed(0)
+    return StreamingGRU().eval()

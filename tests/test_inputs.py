@@ -13,7 +13,7 @@ from models import optional_inputs
 
 from edgeship import api
 from edgeship.calibration.readers import read_samples
-from edgeship.errors import CalibrationError
+from edgeship.errors import CalibrationError, ExportError
 from edgeship.export.inputs import bind
 from edgeship.export.load import signature_of
 
@@ -90,3 +90,60 @@ def test_weights_in_another_float_type_are_exported_from_float32(tmp_path, caplo
 
     got = ort.InferenceSession(str(result.out_dir / "model.fp32.onnx")).run(None, {"x": x[:1]})[0]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape, axis", [
+    ((2, 1, 32), 1), ((1, 2, 32), 0), ((2, 32), 0), ((4, 2, 32), 0),
+], ids=["state-batch-second", "batch-first", "without-batch", "batch-of-4-read-as-1"])
+def test_input_shape_says_where_the_batch_axis_is(shape, axis) -> None:
+    from edgeship.export.inputs import InputSpec, _check
+
+    assert _check("d.npz", InputSpec("h", shape, "float32"), np.zeros((5, 2, 32), np.float32)) == axis
+
+
+def test_input_shape_that_fits_the_samples_nowhere_is_refused() -> None:
+    from edgeship.export.inputs import InputSpec, _check
+
+    with pytest.raises(CalibrationError, match="samples have shape 2x32 but the model input is 3x1x32"):
+        _check("d.npz", InputSpec("h", (3, 1, 32), "float32"), np.zeros((5, 2, 32), np.float32))
+
+
+def _state_data(tmp_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 3, 16)).astype(np.float32)
+    h = (0.5 * rng.normal(size=(12, 2, 32))).astype(np.float32)  # one [layers, hidden] state per sample
+    np.savez(tmp_path / "d.npz", x=x, h=h)
+    return x, h
+
+
+def test_a_state_with_its_batch_axis_second_needs_input_shape(tmp_path) -> None:
+    _state_data(tmp_path)
+    with pytest.raises(ExportError, match="takes it where --input-shape puts it: --input-shape 2x1x64"):
+        api.export(f"{TESTS / 'models.py'}:streaming_gru", "android-arm64", tmp_path / "d.npz", out=tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.onnx"))
+
+
+def test_a_state_with_its_batch_axis_second_exports_where_input_shape_puts_it(tmp_path) -> None:
+    """`--input-shape 2x1x32` for a GRU state [layers, batch, hidden]: each sample of the state reaches the
+    model (and every artifact) as [2, 1, 32], and each runtime computes what PyTorch does on it."""
+    import onnxruntime as ort
+
+    x, h = _state_data(tmp_path)
+    result = api.export(f"{TESTS / 'models.py'}:streaming_gru", "android-arm64", tmp_path / "d.npz",
+                        out=tmp_path / "out", input_shapes=["1x3x16", "2x1x32"], require_all=True)
+    artifacts = {a["path"]: a for a in result.manifest["artifacts"]}
+    assert {"model.fp32.onnx", "model.int8.pte", "model.int8.tflite"} <= set(artifacts)
+    for artifact in artifacts.values():
+        assert [i["shape"] for i in artifact["io"]["inputs"]] == [[1, 3, 16], [2, 1, 32]], artifact["path"]
+        if artifact["precision"] == "fp32":
+            assert faithful(artifact["accuracy"]), (artifact["path"], artifact["accuracy"])
+        else:
+            assert artifact["accuracy"]["sqnr_db"] > 20, (artifact["path"], artifact["accuracy"])
+    from models import streaming_gru
+
+    with torch.no_grad():
+        score, state = streaming_gru()(torch.from_numpy(x[:1]), torch.from_numpy(h[0][:, None]))
+    session = ort.InferenceSession(str(result.out_dir / "model.fp32.onnx"))
+    got = session.run(None, {"x": x[:1], "h": np.ascontiguousarray(h[0][:, None])})
+    np.testing.assert_allclose(got[0], score.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[1], state.numpy(), rtol=1e-4, atol=1e-5)

@@ -14,12 +14,15 @@ from edgeship.errors import CalibrationError
 class Samples:
     """`arrays[i]` holds input i for every sample (first axis = samples); `names` names the inputs.
 
-    `source` says where the samples came from (a path and, for images, the preprocessing).
+    `source` says where the samples came from (a path and, for images, the preprocessing). `batch_axes[i]`:
+    where input i takes its batch axis of 1 (0, in front, unless --input-shape puts it elsewhere, as in a
+    recurrent state [layers, 1, hidden]); empty: 0 for every input.
     """
 
     names: tuple[str, ...]
     arrays: tuple[np.ndarray, ...]
     source: str
+    batch_axes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         counts = {a.shape[0] for a in self.arrays}
@@ -41,11 +44,12 @@ class Samples:
         return self.arrays[0].shape[0]
 
     def sample(self, i: int) -> tuple[np.ndarray, ...]:
-        """Sample i with a batch axis of 1, contiguous, as the model takes it."""
-        return tuple(np.ascontiguousarray(a[i : i + 1]) for a in self.arrays)
+        """Sample i with a batch axis of 1 (where `batch_axes` puts it), contiguous, as the model takes it."""
+        axes = self.batch_axes or (0,) * len(self.arrays)
+        return tuple(np.ascontiguousarray(np.expand_dims(a[i], axis)) for a, axis in zip(self.arrays, axes))
 
     def take(self, indices: list[int], source: str) -> Samples:
-        return Samples(self.names, tuple(a[indices] for a in self.arrays), source)
+        return Samples(self.names, tuple(a[indices] for a in self.arrays), source, self.batch_axes)
 
     def content_hash(self) -> str:
         digest = hashlib.sha256()
@@ -54,6 +58,8 @@ class Samples:
             digest.update(str(array.dtype).encode())
             digest.update(str(array.shape).encode())
             digest.update(np.ascontiguousarray(array).tobytes())
+        if any(self.batch_axes):
+            digest.update(str(self.batch_axes).encode())
         return digest.hexdigest()
 
 

@@ -68,10 +68,8 @@ def bind(samples: Samples, signature: Signature, specs: list[InputSpec] | None) 
         raise CalibrationError(
             f"{samples.source}: holds {len(order)} input array(s) ({', '.join(order)}) but {len(specs)} "
             "--input-shape were given; give one --input-shape per array in the data")
-    if specs:
-        for spec, array in zip(specs, picked):
-            _check(samples.source, spec, array)
-    return Samples(tuple(order), tuple(picked), samples.source)
+    axes = tuple(_check(samples.source, spec, array) for spec, array in zip(specs, picked)) if specs else ()
+    return Samples(tuple(order), tuple(picked), samples.source, axes if any(axes) else ())
 
 
 def _by_name(arrays: dict, signature: Signature) -> list[str] | None:
@@ -107,21 +105,32 @@ def _by_position(source: str, arrays: dict, signature: Signature) -> list[str]:
     return [signature.positional[i] if i < len(signature.positional) else f"arg{i}" for i in range(count)]
 
 
-def _check(source: str, spec: InputSpec, array: np.ndarray) -> None:
+def _check(source: str, spec: InputSpec, array: np.ndarray) -> int:
+    """Where `spec` puts each sample's batch axis of 1: in front where the samples fit spec's other axes,
+    else at the first axis of size 1 that, left out, gives the samples' shape (a recurrent state given as
+    2x1x128 with samples of 2x128: axis 1). Raises CalibrationError when the samples fit neither."""
     per_sample = tuple(array.shape[1:])
-    want = spec.shape[1:] if len(spec.shape) == array.ndim else spec.shape
-    if per_sample != tuple(want):
+    shape = tuple(spec.shape)
+    if len(shape) == array.ndim - 1:  # the shape of one sample, without a batch axis: it goes in front
+        shape = (1, *shape)
+    axes = [k for k in range(len(shape)) if (shape[k] == 1 or k == 0) and shape[:k] + shape[k + 1:] == per_sample]
+    if not axes:
         raise CalibrationError(
             f"{source}: input {spec.name!r} samples have shape {'x'.join(map(str, per_sample))} but the "
-            f"model input is {'x'.join(map(str, spec.shape))}; fix the data or --input-shape")
+            f"model input is {'x'.join(map(str, spec.shape))}; fix the data or --input-shape (the model's input "
+            "shape with a batch axis of 1 where the model has its batch axis)")
     if np.dtype(DTYPES[spec.dtype]) != array.dtype:
         raise CalibrationError(
             f"{source}: input {spec.name!r} is {array.dtype} but the model input is {spec.dtype}; "
             f"save it as {spec.dtype} or pass --input-dtype {array.dtype}")
+    return axes[0]
 
 
 def specs_from_samples(samples: Samples) -> list[InputSpec]:
-    return [InputSpec(n, (1, *a.shape[1:]), str(a.dtype)) for n, a in zip(samples.names, samples.arrays)]
+    """The model's inputs as the samples reach it: each with its batch axis of 1."""
+    axes = samples.batch_axes or (0,) * len(samples.arrays)
+    return [InputSpec(n, (*a.shape[1:axis + 1], 1, *a.shape[axis + 1:]), str(a.dtype))
+            for n, a, axis in zip(samples.names, samples.arrays, axes)]
 
 
 def example_inputs(samples: Samples) -> tuple[torch.Tensor, ...]:
