@@ -2,9 +2,10 @@
 hands one runtime's lowering (a picklable function and its arguments) to it and lowers the others itself.
 
 The process is a new Python interpreter, never a fork (a fork of a process that has started JAX's or
-OpenMP's threads can deadlock), and started early so that its imports overlap the work before; the work is sent in one message
-and each result comes back in order. `EDGESHIP_LOWER_APART=0` turns it off (the suite does, since its
-workers already use every core); a build running several jobs at once turns it off for them."""
+OpenMP's threads can deadlock), and started early so that its imports overlap the work before; the work
+is sent in one message and each result comes back in order. `EDGESHIP_LOWER_APART=0` turns it off (the
+suite does, since its workers already use every core); a build running several jobs at once turns it off
+for them."""
 
 from __future__ import annotations
 
@@ -15,8 +16,6 @@ import sys
 from typing import Callable
 
 from edgeship.errors import ExportError
-
-log = logging.getLogger(__name__)
 
 OFF = ("0", "off", "no", "false")
 

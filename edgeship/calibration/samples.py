@@ -43,10 +43,14 @@ class Samples:
     def __len__(self) -> int:
         return self.arrays[0].shape[0]
 
+    @property
+    def axes(self) -> tuple[int, ...]:
+        """Each input's batch axis (`batch_axes`, or 0 for every input)."""
+        return self.batch_axes or (0,) * len(self.arrays)
+
     def sample(self, i: int) -> tuple[np.ndarray, ...]:
         """Sample i with a batch axis of 1 (where `batch_axes` puts it), contiguous, as the model takes it."""
-        axes = self.batch_axes or (0,) * len(self.arrays)
-        return tuple(np.ascontiguousarray(np.expand_dims(a[i], axis)) for a, axis in zip(self.arrays, axes))
+        return tuple(np.ascontiguousarray(np.expand_dims(a[i], axis)) for a, axis in zip(self.arrays, self.axes))
 
     def take(self, indices: list[int], source: str) -> Samples:
         return Samples(self.names, tuple(a[indices] for a in self.arrays), source, self.batch_axes)

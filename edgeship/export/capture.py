@@ -63,7 +63,8 @@ def run_float(model: torch.nn.Module, args: tuple, source_file: str | None):
             f"{first_line(exc)}{where}; check that the data or --input-shape/--input-dtype match "
             "the model's inputs (each array's first axis is the samples, and each sample reaches the model with "
             "a batch axis of 1 in front; an input whose batch axis is elsewhere, such as a recurrent state "
-            "[layers, batch, hidden], takes it where --input-shape puts it: --input-shape 2x1x64 for that input)") from exc
+            "[layers, batch, hidden], takes it where --input-shape puts it: --input-shape 2x1x64 for that "
+            "input)") from exc
 
 
 def check_outputs(out) -> None:

@@ -113,7 +113,8 @@ def _check(source: str, spec: InputSpec, array: np.ndarray) -> int:
     shape = tuple(spec.shape)
     if len(shape) == array.ndim - 1:  # the shape of one sample, without a batch axis: it goes in front
         shape = (1, *shape)
-    axes = [k for k in range(len(shape)) if (shape[k] == 1 or k == 0) and shape[:k] + shape[k + 1:] == per_sample]
+    axes = [k for k in range(len(shape))
+            if (shape[k] == 1 or k == 0) and shape[:k] + shape[k + 1:] == per_sample]
     if not axes:
         raise CalibrationError(
             f"{source}: input {spec.name!r} samples have shape {'x'.join(map(str, per_sample))} but the "
@@ -128,9 +129,8 @@ def _check(source: str, spec: InputSpec, array: np.ndarray) -> int:
 
 def specs_from_samples(samples: Samples) -> list[InputSpec]:
     """The model's inputs as the samples reach it: each with its batch axis of 1."""
-    axes = samples.batch_axes or (0,) * len(samples.arrays)
     return [InputSpec(n, (*a.shape[1:axis + 1], 1, *a.shape[axis + 1:]), str(a.dtype))
-            for n, a, axis in zip(samples.names, samples.arrays, axes)]
+            for n, a, axis in zip(samples.names, samples.arrays, samples.axes)]
 
 
 def example_inputs(samples: Samples) -> tuple[torch.Tensor, ...]:

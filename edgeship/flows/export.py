@@ -202,7 +202,7 @@ def _lower_all(runtimes, job, stage: Path, precisions: tuple[str, ...], wanted: 
             try:
                 outcomes[key] = _outcome(lambda: _moved(worker.result(), stage), stage)
             finally:
-                shutil.rmtree(folder, ignore_errors=True)  # what a failed lowering had written
+                shutil.rmtree(folder, ignore_errors=True)  # emptied by _moved, or what a failed lowering wrote
             advance(1)
     return _gathered(outcomes, runtimes, precisions, wanted)
 
@@ -214,8 +214,10 @@ def _send(worker, backends: dict, job, stage: Path, precisions: tuple[str, ...],
     import shutil
 
     sent, units = {}, []
+    if worker is None:
+        return sent
     for runtime, backend in backends.items():
-        if worker is None or not hasattr(backend, "detach"):
+        if not hasattr(backend, "detach"):
             continue
         todo = [p for p in precisions if (runtime, p) not in outcomes]
         advance = progress(f"prepare {runtime} for a second process", len(todo))
@@ -239,12 +241,9 @@ def _send(worker, backends: dict, job, stage: Path, precisions: tuple[str, ...],
 
 
 def _moved(artifacts: list, stage: Path) -> list:
-    """Artifacts written in a folder of their own, moved into `stage` (the folder is removed)."""
-    import shutil
-
+    """Artifacts written in a folder of their own, moved into `stage` (the caller removes the folder)."""
     for artifact in artifacts:
-        folder, artifact.path = artifact.path.parent, artifact.path.replace(stage / artifact.path.name)
-        shutil.rmtree(folder)
+        artifact.path = artifact.path.replace(stage / artifact.path.name)
     return artifacts
 
 
