@@ -652,3 +652,24 @@ class StreamingGRU(nn.Module):
 def streaming_gru() -> StreamingGRU:
     torch.manual_seed(0)
     return StreamingGRU().eval()
+
+
+class LongSequenceTagger(nn.Module):
+    """Frame features [B, frames, 12] through an LSTM and a bidirectional GRU, scored per frame and pooled:
+    both recurrent layers run as loops at 32 frames and more (edgeship/export/loops.py)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(12, 24, batch_first=True)
+        self.gru = nn.GRU(24, 16, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(frames)
+        out, _ = self.gru(out)
+        return self.head(out).mean(dim=1)
+
+
+def long_sequence_tagger() -> LongSequenceTagger:
+    torch.manual_seed(0)
+    return LongSequenceTagger().eval()

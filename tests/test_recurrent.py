@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from edgeship.calibration.samples import Samples
-from edgeship.export.recurrent import Unrolled, UnrolledCell, unroll_recurrent
+from edgeship.export.recurrent import LOOP_STEPS, Unrolled, UnrolledCell, unroll_recurrent
 from edgeship.quantize.calibrate import calibrate, convert
 from edgeship.quantize.graphs import attr
 from edgeship.quantize.recipe import recipe_by_name
@@ -39,10 +39,11 @@ MATMULS = ("lstm", "gru", "matmul", "gemm", "fully_connected", "linear")  # op n
     (nn.RNN, dict(batch_first=True, bidirectional=True), False, False),
 ], ids=["lstm-2layer", "lstm-bidir-state", "lstm-proj", "lstm-nobias-unbatched", "gru-2layer-bidir",
         "gru-state", "gru-nobias-unbatched", "rnn-relu-state", "rnn-tanh-bidir"])
-def test_unrolled_computes_what_the_layer_computes(cell, kwargs, state, unbatched) -> None:
+@pytest.mark.parametrize("steps", [7, LOOP_STEPS], ids=["unrolled", "loop"])
+def test_unrolled_computes_what_the_layer_computes(cell, kwargs, state, unbatched, steps) -> None:
     torch.manual_seed(0)
     layer = cell(5, 6, **kwargs).eval()
-    batch, steps = 2, 7
+    batch = 2
     shape = (steps, 5) if unbatched else ((batch, steps, 5) if layer.batch_first else (steps, batch, 5))
     x = torch.randn(shape)
     hx = None

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 RECURRENT = (nn.LSTM, nn.GRU, nn.RNN)
 CELLS = (nn.LSTMCell, nn.GRUCell, nn.RNNCell)  # one step, called by the model's own loop
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+# From this many steps a layer runs them as one loop (edgeship/export/loops.py): its graph, quantization and
+# lowering cost the same at any length. Shorter sequences are unrolled, each step's ranges its own.
+LOOP_STEPS = 32
 
 
 class _Gates(nn.Module):
@@ -77,7 +80,10 @@ class _Gates(nn.Module):
 
 class _Direction(_Gates):
     """One direction of one layer of an nn.LSTM / GRU / RNN: `inp` is called once over the whole
-    sequence, `hid` once per step (one weight, shared by the steps)."""
+    sequence, `hid` once per step (one weight, shared by the steps). `loops`: from LOOP_STEPS steps on, the
+    steps are one loop instead of unrolled."""
+
+    loops = True
 
     @classmethod
     def of(cls, rnn: nn.Module, layer: int, suffix: str) -> _Direction:
@@ -92,11 +98,33 @@ class _Direction(_Gates):
         """x: [B, T, in]; h, c: [B, 1, H] or None (zeros). Returns the outputs [B, T, H] and the last h, c."""
         steps = x.shape[1]
         projected = self.inp(x)  # [B, T, gates * H]: one matmul over the whole sequence
+        if self.loops and steps >= LOOP_STEPS:
+            return self._loop(projected, h, c, reverse)
         outputs: list[torch.Tensor] = [None] * steps  # type: ignore[list-item]
         for t in (range(steps - 1, -1, -1) if reverse else range(steps)):
             h, c = self._step(projected[:, t:t + 1], h, c)
             outputs[t] = h
         return torch.cat(outputs, dim=1) if steps > 1 else outputs[0], h, c
+
+    def _loop(self, projected: torch.Tensor, h: torch.Tensor | None, c: torch.Tensor | None, reverse: bool):
+        """The steps as one loop (`torch.ops.higher_order.scan`, edgeship/export/loops.py), from zeros
+        where the state is not given."""
+        from torch._higher_order_ops.scan import scan
+
+        batch = projected.shape[0]
+        width = self.proj.out_features if self.proj is not None else self.size
+        lstm = self.mode == "LSTM"
+        # the steps work on [B, H]: a linear layer on a 2-D input is one op (XNNPACK's int8 pattern), not views
+        # around a matmul
+        h = h.reshape(batch, width) if h is not None else projected.new_zeros(batch, width)
+        c = (c.reshape(batch, self.size) if c is not None else projected.new_zeros(batch, self.size)) if lstm else None
+
+        def step(state, x):  # x: [B, gates * H], one step of the projected input
+            h, c = self._step(x, state[0], state[1] if lstm else None)
+            return ((h, c) if lstm else (h,)), h.clone()
+
+        state, outputs = scan(step, (h, c) if lstm else (h,), projected, dim=1, reverse=reverse)
+        return outputs, state[0].unsqueeze(1), (state[1].unsqueeze(1) if lstm else None)
 
 
 class UnrolledCell(_Gates):
@@ -136,7 +164,7 @@ class Unrolled(nn.Module):
     """Drop-in replacement for an nn.LSTM / nn.GRU / nn.RNN in eval mode: same arguments, same outputs
     (`output, h_n` or `output, (h_n, c_n)`), computed step by step with linear layers."""
 
-    def __init__(self, rnn: nn.Module) -> None:
+    def __init__(self, rnn: nn.Module, loops: bool = True) -> None:
         super().__init__()
         self.mode = rnn.mode
         self.layers = rnn.num_layers
@@ -148,6 +176,8 @@ class Unrolled(nn.Module):
         self.cells = nn.ModuleList(
             _Direction.of(rnn, layer, "_reverse" if d else "") for layer in range(self.layers)
             for d in range(self.directions))
+        for cell in self.cells:
+            cell.loops = loops
 
     def forward(self, x, hx=None):
         if not isinstance(x, torch.Tensor):
@@ -191,10 +221,11 @@ class Unrolled(nn.Module):
         return s.reshape(1, batch, size)
 
 
-def unroll_recurrent(model: nn.Module, args: tuple) -> tuple[nn.Module, list[str]]:
+def unroll_recurrent(model: nn.Module, args: tuple, loops: bool = True) -> tuple[nn.Module, list[str]]:
     """A copy of `model` with every nn.LSTM / nn.GRU / nn.RNN replaced by `Unrolled` and every
     nn.LSTMCell / nn.GRUCell / nn.RNNCell by `UnrolledCell` (names returned), or `model` itself when it
-    has none. The copy's outputs are checked against the model's on `args`;
+    has none. `loops`: long sequences as loops (LOOP_STEPS), else every step unrolled. The copy's outputs
+    are checked against the model's on `args`;
     where they differ, the model is kept as it is and a warning says so."""
     names = [name for name, m in model.named_modules() if type(m) in RECURRENT + CELLS]
     if not names:
@@ -202,7 +233,8 @@ def unroll_recurrent(model: nn.Module, args: tuple) -> tuple[nn.Module, list[str
     rewritten = copy.deepcopy(model)
     for name in names:
         layer = rewritten.get_submodule(name)
-        rewritten.set_submodule(name, (Unrolled(layer) if type(layer) in RECURRENT else UnrolledCell(layer)).eval())
+        new = Unrolled(layer, loops) if type(layer) in RECURRENT else UnrolledCell(layer)
+        rewritten.set_submodule(name, new.eval())
     with torch.no_grad():
         want, got = model(*args), rewritten(*args)
     want = [t for t in torch.utils._pytree.tree_leaves(want) if isinstance(t, torch.Tensor)]

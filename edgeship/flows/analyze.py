@@ -30,6 +30,7 @@ def analyze(model: str, calibration: str | Path, *, eval_data: str | Path | None
     ranked above it kept in float (the order `export` uses to meet a budget)."""
     import copy
 
+    from edgeship.export.loops import LOOP_SCHEMES
     from edgeship.quantize import sensitivity as sens
     from edgeship.quantize.calibrate import calibrate
     from edgeship.quantize.recipe import recipe_by_name
@@ -38,8 +39,8 @@ def analyze(model: str, calibration: str | Path, *, eval_data: str | Path | None
     if metric not in ("sqnr_db", "cosine", "top1_agreement"):
         raise ConfigError(f"unknown metric {metric!r}; use sqnr_db, cosine or top1_agreement")
     loaded, calib, evaluation = load_inputs(model, calibration, eval_data, input_shapes, input_dtypes, preprocess)
-    _, flat, program = capture(loaded, calib)
     resolved = recipe_by_name(recipe)
+    _, flat, program = capture(loaded, calib, loops=resolved.scheme in LOOP_SCHEMES)
     if resolved.scheme not in ("w8a8", "w4a8"):
         raise ConfigError(f"analyze ranks layers for int8 (w8a8) and int4 (w4a8) recipes; {resolved.name} is "
                           f"{resolved.scheme}: use --recipe int8 or int4")

@@ -95,13 +95,14 @@ def export_into(stage: Path, loaded, device, recipe, calib, evaluation, progress
     """Every artifact, the manifest and the report, written into `stage`; returns the manifest.
     `lower_apart`: lower one runtime in a second process (edgeship/apart.py; None: where two cores are free)."""
     from edgeship.backends.base import LowerJob
+    from edgeship.export.loops import LOOP_SCHEMES
     from edgeship.metrics.decisions import output_decisions
     from edgeship.quantize.stats_cache import StatsCache
     from edgeship.verify import torch_outputs
 
     started = time.perf_counter()
     with _second_process(device.runtimes, lower_apart) as worker:
-        model = _capture(loaded, calib, progress)
+        model = _capture(loaded, calib, progress, loops=recipe.scheme in LOOP_SCHEMES)
         decisions = output_decisions(model.program)
         float_run = progress("float reference", len(evaluation))
         reference = torch_outputs(model.flat, evaluation)
@@ -130,12 +131,12 @@ def export_into(stage: Path, loaded, device, recipe, calib, evaluation, progress
     return manifest
 
 
-def _capture(loaded, calib, progress: Progress) -> Captured:
+def _capture(loaded, calib, progress: Progress, loops: bool) -> Captured:
     from edgeship.export import capture as cap
     from edgeship.export.inputs import specs_from_samples
 
     captured = progress("capture the model", 1)
-    args, flat, program = capture(loaded, calib)
+    args, flat, program = capture(loaded, calib, loops)
     native = capture_native(loaded, args, flat)
     out_names = cap.output_names(loaded.module, args)
     in_names = [s.name for s in specs_from_samples(calib)]

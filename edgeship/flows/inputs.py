@@ -33,9 +33,11 @@ def load_inputs(model, calibration, eval_data, input_shapes, input_dtypes, prepr
     return loaded, calib, evaluation
 
 
-def capture(loaded, calib):
+def capture(loaded, calib, loops: bool = True):
     """Example inputs (the first calibration sample), the model with flat tuple outputs, checked on
-    them, and its torch.export program."""
+    them, and its torch.export program. `loops`: recurrent layers over long sequences kept as loops
+    (export/loops.py; the static int8 and float forms lower them), else unrolled (the weight-only forms'
+    rewrites find the matmuls of the top graph only)."""
     from edgeship.export import capture as cap
     from edgeship.export.inputs import example_inputs
     from edgeship.export.recurrent import unroll_recurrent
@@ -43,7 +45,7 @@ def capture(loaded, calib):
     args = example_inputs(calib)
     cap.check_outputs(cap.run_float(loaded.module, args, loaded.source_file))
     flat = cap.FlatOutputs(loaded.module).eval()
-    flat, _ = unroll_recurrent(flat, args)
+    flat, _ = unroll_recurrent(flat, args, loops)
     return args, flat, cap.capture(flat, args, loaded.source_file)
 
 

@@ -15,6 +15,7 @@ from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 from edgeship.calibration.samples import Samples
 from edgeship.errors import CalibrationError
 from edgeship.export.inputs import to_torch
+from edgeship.export.loops import as_loops, hoist_weight_quant, own_bodies, run_eagerly
 from edgeship.export.passes import before_quantization
 from edgeship.export.passes.spectra import fourier_layers
 from edgeship.quantize.graphs import outputs_read_by_log
@@ -64,7 +65,7 @@ def observed(module: GraphModule, reference: GraphModule, recipe: Recipe, sample
     quantizer = EdgeshipQuantizer(activation_method=recipe.activation_method, skip=skip,
                                   weight_granularity=recipe.weight_granularity,
                                   wide=stage(module).wide_layers - skip)
-    prepared = prepare_pt2e(module, quantizer)
+    prepared = run_eagerly(prepare_pt2e(module, quantizer))  # observers in loops see every step
     stage(prepared).algorithms = records
     family = FAMILIES[recipe.activation_method]
     saved = (memo or {}).get("observers", {}).get(family)
@@ -121,7 +122,7 @@ def transformed(program: torch.export.ExportedProgram, recipe: Recipe, samples: 
     and the recipe's graph passes applied; also the layers kept float (the recipe's, matched before the
     passes add nodes, those whose output a logarithm reads, and the Fourier transforms made real) and what
     each pass changed. The same inputs give the same graph and node names."""
-    module = program.module()
+    module = own_bodies(program.module())  # the program keeps its loop bodies as they are
     before_quantization(module)  # export/passes: the one list of graph rewrites, in order
     keep = layers_matching(module, recipe.keep_float)
     before_log = outputs_read_by_log(module)
@@ -203,8 +204,11 @@ def convert(prepared: GraphModule) -> QuantizedGraph:
     left_float = float_ops(prepared)
     encodings = collect_encodings(prepared)
     records = stage(prepared).algorithms
+    as_loops(prepared)  # conversion finds the observers in loop bodies through the scan operator
     unfolded = convert_pt2e(copy.deepcopy(prepared), fold_quantize=False)
     folded = convert_pt2e(prepared, fold_quantize=True)
+    hoist_weight_quant(unfolded, fold=False)  # LiteRT's converter folds a body's weight quantize itself
+    hoist_weight_quant(folded, fold=True)
     return QuantizedGraph(folded, unfolded, encodings, left_float, records)
 
 

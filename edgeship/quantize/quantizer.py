@@ -224,13 +224,17 @@ STRUCTURAL_OPS = {
     "select", "clone", "contiguous", "_assert_tensor_metadata", "dropout", "getitem", "size", "sym_size",
     "_to_copy", "to", "alias", "detach", "lift_fresh_copy", "_assert_scalar", "sym_constrain_range_for_size",
     "arange", "full", "full_like", "zeros", "ones", "zeros_like", "ones_like", "scalar_tensor",
+    "new_zeros", "scan", "loop_scan",  # a loop: its body's ops are listed themselves
 }
 
 
 def float_ops(prepared: GraphModule) -> list[str]:
-    """Compute ops of a prepared graph that no annotation quantizes, as `op` names, sorted."""
+    """Compute ops of a prepared graph (and of its loop bodies) that no annotation quantizes, as `op`
+    names, sorted."""
+    from edgeship.export.loops import graphs
+
     names = set()
-    for node in prepared.graph.nodes:
+    for node in (n for g in graphs(prepared) for n in g.graph.nodes):
         if node.op != "call_function" or node.target is operator.getitem:
             continue
         name = op_name(node)

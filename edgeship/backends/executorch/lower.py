@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from edgeship.backends.base import Artifact, LowerJob, WeightOnly, count_ops
+from edgeship.backends.executorch.loops import BodyConstants, graphs, has_loops, loop_partitioner
 from edgeship.backends.executorch.xnnpack_passes import bias_per_call, int16_in_float, prelu_in_4d
 from edgeship.errors import ExportError
 
@@ -17,7 +18,8 @@ log = logging.getLogger(__name__)
 
 _BOOKKEEPING = {"executorch_call_delegate", "getitem", "alloc", "memory.alloc", "view_copy",
                 "_to_dim_order_copy", "unsqueeze_copy", "squeeze_copy", "expand_copy",
-                "sym_size", "scalar_tensor", "full", "full_like", "arange"}
+                "sym_size", "scalar_tensor", "full", "full_like", "arange",
+                "scan", "_clone_dim_order"}  # a loop, and a copy of a step's output
 
 
 _OUTSIDE = "outside the XNNPACK delegate (portable kernel)"
@@ -116,7 +118,16 @@ def _lower(program: torch.export.ExportedProgram, path: Path) -> list[str]:
     from executorch.exir import to_edge_transform_and_lower
 
     try:
-        edge = to_edge_transform_and_lower(without_history(program), partitioner=[XnnpackPartitioner()])
+        program = without_history(program)
+        if has_loops(program):  # recurrent layers as loops: their bodies delegated too (loops.py)
+            from executorch.exir import EdgeCompileConfig
+
+            edge = to_edge_transform_and_lower(
+                program, transform_passes=[BodyConstants(program)],
+                partitioner=[loop_partitioner(XnnpackPartitioner())],
+                compile_config=EdgeCompileConfig(_core_aten_ops_exception_list=[torch.ops.aten.linear.default]))
+        else:
+            edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         et_program = edge.to_executorch()
     except Exception as exc:  # ExecuTorch raises many types for ops it cannot lower
         raise ExportError(f"ExecuTorch cannot lower the model: {type(exc).__name__}: "
@@ -124,10 +135,11 @@ def _lower(program: torch.export.ExportedProgram, path: Path) -> list[str]:
                           "run with --debug for the full trace") from exc
     path.write_bytes(et_program.buffer)
     outside = []
-    for node in et_program.exported_program().graph.nodes:
-        if node.op != "call_function":
-            continue
-        name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
-        if name not in _BOOKKEEPING:
-            outside.append(name)
+    for module in graphs(et_program.exported_program().graph_module):  # loop bodies too
+        for node in module.graph.nodes:
+            if node.op != "call_function":
+                continue
+            name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+            if name not in _BOOKKEEPING:
+                outside.append(name)
     return outside

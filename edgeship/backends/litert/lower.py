@@ -11,6 +11,7 @@ import torch
 
 from edgeship.backends.base import Artifact, LowerJob, WeightOnly, count_ops
 from edgeship.backends.litert.compact import compact
+from edgeship.backends.litert.loops import loops_converted
 from edgeship.backends.litert.session import kernel_types
 from edgeship.errors import ExportError
 from edgeship.quantize.quantizer import op_name
@@ -186,7 +187,7 @@ def _convert(module: torch.nn.Module, args: tuple, path: Path, quantized: bool) 
 
     chatter = io.StringIO()
     try:
-        with contextlib.redirect_stdout(chatter):
+        with contextlib.redirect_stdout(chatter), loops_converted():
             model = litert_torch.convert(module, args,
                                          quant_config=_static_quant_config() if quantized else None)
             # bytes written by Python: the converter's own file writer exits the process on a full disk

@@ -71,4 +71,31 @@ def kernel_types(path: Path) -> tuple[list[str], list[str]]:
             floats.append(op["op_name"])
         elif any(tensors[i]["dtype"] == np.int16 for i in ids):
             wide.append(op["op_name"])
+    if "WHILE" in floats:  # a loop: the ops of its body are listed instead
+        floats = [name for name in floats if name != "WHILE"]
+        body_floats, body_wide = _loop_kernel_types(path)
+        floats, wide = floats + body_floats, wide + body_wide
+    return floats, wide
+
+
+def _loop_kernel_types(path: Path) -> tuple[list[str], list[str]]:
+    """`kernel_types` of the subgraphs after the first (loop conditions and bodies), read from the file:
+    the interpreter lists the first subgraph's ops only."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    kinds = [names.get(flatbuffer_utils.get_builtin_code_from_operator_code(c), "CUSTOM") for c in model.operatorCodes]
+    floats, wide = [], []
+    for graph in model.subgraphs[1:]:
+        for op in graph.operators:
+            kind = kinds[op.opcodeIndex]
+            types = [graph.tensors[i].type for i in list(op.inputs) + list(op.outputs) if i >= 0]
+            if kind in DATA_MOVEMENT or kind == "DYNAMIC_UPDATE_SLICE" or set(types) <= {schema.TensorType.INT32}:
+                continue  # moving data, or the loop's own step counter
+            if schema.TensorType.FLOAT32 in types:
+                floats.append(kind)
+            elif schema.TensorType.INT16 in types:
+                wide.append(kind)
     return floats, wide

@@ -15,6 +15,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from edgeship.backends.base import Artifact, LowerJob, WeightOnly, count_ops
+from edgeship.backends.onnxruntime.loops import initializers_into_loops, nodes
 from edgeship.backends.onnxruntime.onnx_export import export_float_onnx, strip_metadata, to_onnx
 from edgeship.backends.onnxruntime.session import (
     ARM_SESSION_CONFIG,
@@ -121,6 +122,7 @@ def _export_onnx(module, job: LowerJob, onnx_path: Path) -> None:
     onnx_program.save(str(onnx_path))
     strip_metadata(onnx_path)
     _transpose_weights(onnx_path)
+    initializers_into_loops(onnx_path)
     if has_int16(module):
         _opset_for_int16(onnx_path)
 
@@ -229,7 +231,7 @@ def _float_nodes(onnx_path: Path, scratch: Path) -> list[str]:
     ort.InferenceSession(str(onnx_path), _session_options(optimized), providers=["CPUExecutionProvider"])
     graph = onnx.load(str(optimized)).graph
     optimized.unlink()
-    return [n.op_type for n in graph.node if n.op_type not in INT8_KERNELS | DATA_MOVEMENT]
+    return [n.op_type for n in nodes(graph) if n.op_type not in INT8_KERNELS | DATA_MOVEMENT | {"Scan"}]
 
 
 _ORT_CONVERT = """
