@@ -98,8 +98,9 @@ def export_time(data: dict) -> list[str]:
 
 
 def recurrent_export_time(data: dict) -> list[str]:
+    form = f"; recurrent layers: {data['recurrent_layers']}" if data.get("recurrent_layers") else ""
     return [f"{data['model']} for {data['target']}, {data['calibration_samples']} calibration and "
-            f"{data['evaluation_samples']} evaluation sequences; seconds{WAITED}:", ""] + _stage_table(
+            f"{data['evaluation_samples']} evaluation sequences{form}; seconds{WAITED}:", ""] + _stage_table(
         data["rows"], ["frames", "lowering"], ("calibrate", "prepare", "lower"))
 
 

@@ -1,6 +1,7 @@
 """Export time of a recurrent model against its sequence length: a 3-layer LSTM speaker encoder
 (nn.LSTM(40, 256, num_layers=3), a linear layer and an L2 norm: tests/models.py `speaker_encoder`) for
-android-arm64 at 40, 80, 160 and 320 frames, every artifact lowered and verified, with the time of each
+android-arm64 at 40, 80, 160 and 320 frames (each layer one loop over the frames: edgeship/export/loops.py),
+every artifact lowered and verified, with the time of each
 stage; at 40 frames both with every runtime lowered in one process and with ExecuTorch lowered in a second
 process beside the others (what an export does on two or more cores), the other lengths the second way. Calibration: 24 sequences of synthetic filterbank frames (`spoken_features`), evaluation 8 others.
 Prints the stages and writes benchmarks/results/recurrent_export_time.json.
@@ -26,6 +27,7 @@ from minilm_accuracy import save  # noqa: E402
 from models import spoken_features  # noqa: E402
 
 from edgeship import api  # noqa: E402
+from edgeship.export.recurrent import LOOP_STEPS  # noqa: E402
 from edgeship.logs import StageLines  # noqa: E402
 
 MODES = {"one process": False, "two processes": True}  # api.export's lower_apart
@@ -70,7 +72,8 @@ def main() -> None:
             row = timed_export(f"{ROOT / 'tests' / 'models.py'}:speaker_encoder", work, MODES[mode])
             rows.append({"frames": frames, "lowering": mode} | row)
     header = {"benchmark": "recurrent_export_time", "model": "3-layer LSTM speaker encoder (256 units)",
-              "target": "android-arm64", "calibration_samples": 24, "evaluation_samples": 8}
+              "target": "android-arm64", "calibration_samples": 24, "evaluation_samples": 8,
+              "recurrent_layers": f"one loop per layer from {LOOP_STEPS} steps on (edgeship/export/loops.py)"}
     save(header, rows, started, args.out, work)
 
 

@@ -16,6 +16,7 @@ from torch.utils import _pytree as pytree
 
 from edgeship.calibration.samples import Samples
 from edgeship.export.recurrent import LOOP_STEPS, Unrolled, UnrolledCell, unroll_recurrent
+from edgeship.flows.checks import HOST_SATURATION, saturating_host
 from edgeship.quantize.calibrate import calibrate, convert
 from edgeship.quantize.graphs import attr
 from edgeship.quantize.recipe import recipe_by_name
@@ -176,7 +177,11 @@ def test_recurrent_weights_are_int8_with_dynamic_activations_on_every_runtime(tm
     for a in artifacts:
         float_ops = {f["op"].lower() for f in a["not_quantized"]}
         assert not [op for op in float_ops if any(k in op for k in MATMULS)], (a["path"], float_ops)
-        assert a["accuracy"]["sqnr_db"] > 35, (a["path"], a["accuracy"])
+        # a host whose ONNX Runtime int8 kernels saturate (x86 without VNNI: flows/checks.py) computes the
+        # .onnx less accurately than the device does, and the manifest says so
+        saturated = a.get("host_accuracy") == HOST_SATURATION
+        assert saturated == (saturating_host() and a["runtime"] == "onnxruntime"), a["path"]
+        assert a["accuracy"]["sqnr_db"] > (20 if saturated else 35), (a["path"], a["accuracy"])
 
 
 @pytest.mark.slow

@@ -352,6 +352,7 @@ def _write_manifest(stage: Path, manifest: dict, made: Quantized) -> None:
 
     checks.flag_slower_than_fp32(manifest["artifacts"])
     checks.flag_off_float(manifest["artifacts"])
+    checks.flag_host_saturation(manifest["artifacts"])
     flag_changed_decisions(manifest["artifacts"])
     if made.instead_of_int8 is None:
         checks.flag_off_simulation(manifest["artifacts"], manifest["simulated_int8"])

@@ -61,6 +61,7 @@ def report(manifest: dict) -> str:
         lines += ["", "## Not produced", ""]
         lines += [f"- {n['runtime']} {n['precision']}: {n['reason']}" for n in manifest["not_produced"]]
     lines += _off_simulation_lines(manifest)
+    lines += _host_accuracy_lines(manifest)
     lines += _off_float_lines(manifest)
     lines += _decision_lines(manifest)
     slower = [a for a in manifest["artifacts"] if a.get("slower_than_fp32")]
@@ -156,6 +157,14 @@ def _off_simulation_lines(manifest: dict) -> list[str]:
     return ["", "## Not what the simulated int8 graph computes", ""] + [
         f"- {a['path']}: SQNR {_fmt(a['accuracy']['sqnr_db'], '.1f')} dB against {_fmt(simulated, '.1f')} dB "
         f"simulated; {a['runtime']} lowers an op differently (`edgeship debug` names the layer)" for a in off]
+
+
+def _host_accuracy_lines(manifest: dict) -> list[str]:
+    """The artifacts flagged `host_accuracy` (flows/checks.py flag_host_saturation)."""
+    flagged = [a for a in manifest["artifacts"] if a.get("host_accuracy")]
+    if not flagged:
+        return []
+    return ["", "## Accuracy measured on this host", ""] + [f"- {a['path']}: {a['host_accuracy']}" for a in flagged]
 
 
 def _off_float_lines(manifest: dict) -> list[str]:
