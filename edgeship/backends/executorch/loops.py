@@ -17,22 +17,7 @@ from __future__ import annotations
 import torch
 from torch.fx import GraphModule
 
-from edgeship.export.loops import SCAN
-
-
-def has_loops(program) -> bool:
-    return any(n.op == "call_function" and n.target is SCAN for n in program.graph.nodes)
-
-
-def graphs(module: GraphModule) -> list[GraphModule]:
-    """`module` and the bodies of its loops, nested ones too."""
-    return [module] + [g for _, body in _bodies(module) for g in graphs(body)]
-
-
-def _bodies(module: GraphModule):
-    for node in module.graph.nodes:
-        if node.op == "call_function" and node.target is SCAN:
-            yield node, getattr(module, node.args[0].target)
+from edgeship.export.loops import bodies
 
 
 class BodyConstants:
@@ -51,7 +36,7 @@ class BodyConstants:
         from torch.fx.passes.infra.pass_base import PassResult
 
         changed = False
-        for node, body in _bodies(module):
+        for node, body in bodies(module):
             combine, init, xs, additional = node.args
             places = [n for n in body.graph.nodes if n.op == "placeholder"]
             first = len(init) + len(xs)

@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 
 from edgeship.backends.base import Artifact, LowerJob, WeightOnly, count_ops
-from edgeship.backends.executorch.loops import BodyConstants, graphs, has_loops, loop_partitioner
+from edgeship.backends.executorch.loops import BodyConstants, loop_partitioner
 from edgeship.backends.executorch.xnnpack_passes import bias_per_call, int16_in_float, prelu_in_4d
 from edgeship.errors import ExportError
+from edgeship.export.loops import graphs, has_loops
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def _lower(program: torch.export.ExportedProgram, path: Path) -> list[str]:
 
     try:
         program = without_history(program)
-        if has_loops(program):  # recurrent layers as loops: their bodies delegated too (loops.py)
+        if has_loops(program.graph_module):  # recurrent layers as loops: their bodies delegated too (loops.py)
             from executorch.exir import EdgeCompileConfig
 
             edge = to_edge_transform_and_lower(
