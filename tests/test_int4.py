@@ -13,6 +13,7 @@ import torch
 from conftest import export_json, run_cli
 from test_manifest_schema import validate
 
+from edgeship.flows.checks import HOST_SATURATION, saturating_host
 from edgeship.quantize.int4 import QMAX, QMIN, quantize_weight
 
 # one xdist worker runs this file's tests: its module fixtures are built once
@@ -313,7 +314,12 @@ def test_int8_dynamic_export_delivers_the_same_int8_weights(int4_export, monkeyp
     for name in ("model.int8-dynamic.onnx", "model.int8-dynamic.ort", "model.int8-dynamic.pte",
                  "model.int8-dynamic.tflite"):
         acc = paths[name]["accuracy"]
-        assert acc["cosine"] > 0.999 and acc["sqnr_db"] > 30, (name, acc)  # run in its own runtime
+        # run in its own runtime; ONNX Runtime's int8 kernels saturate on an x86 host without VNNI, which the
+        # manifest says (flows/checks.py flag_host_saturation), and the device computes as the others do
+        saturated = paths[name].get("host_accuracy") == HOST_SATURATION
+        assert saturated == (saturating_host() and paths[name]["runtime"] == "onnxruntime"), name
+        assert acc["cosine"] > (0.99 if saturated else 0.999) and acc["sqnr_db"] > (20 if saturated else 30), \
+            (name, acc)
         fp32 = name.replace("int8-dynamic", "fp32").replace(".ort", ".onnx")
         assert paths[name]["bytes"] < 0.6 * paths[fp32]["bytes"]
     # ExecuTorch ran the linear layers in the XNNPACK delegate (only the layer norms outside it)
