@@ -43,14 +43,8 @@ class BodyConstants:
             kept = []
             for k, arg in enumerate(additional):
                 if isinstance(arg, torch.fx.Node) and arg.op == "placeholder" and self.values.get(arg.name) is not None:
-                    place = places[first + k]
-                    name = f"_edgeship_constant_{k}"
-                    body.register_buffer(name, self.values[arg.name].detach().clone())
-                    with body.graph.inserting_before(place):
-                        constant = body.graph.get_attr(name)
-                    constant.meta = dict(place.meta)
-                    place.replace_all_uses_with(constant)
-                    body.graph.erase_node(place)
+                    value = self.values[arg.name].detach().clone()
+                    _as_constant(body, places[first + k], f"_edgeship_constant_{k}", value)
                     changed = True
                 else:
                     kept.append(arg)
@@ -75,15 +69,19 @@ def _fold_weight_quantize(body: GraphModule) -> bool:
             continue
         weight, scale, zero_point = (getattr(body, a.target) for a in node.args[:3])
         int8 = torch.ops.quantized_decomposed.quantize_per_channel.default(weight, scale, zero_point, *node.args[3:])
-        name = f"{node.args[0].target}_int8"
-        body.register_buffer(name, int8)
-        with body.graph.inserting_before(node):
-            constant = body.graph.get_attr(name)
-        constant.meta = dict(node.meta)
-        node.replace_all_uses_with(constant)
-        body.graph.erase_node(node)
+        _as_constant(body, node, f"{node.args[0].target}_int8", int8)
         done = True
     return done
+
+
+def _as_constant(body: GraphModule, node: torch.fx.Node, name: str, value: torch.Tensor) -> None:
+    """`node` (a placeholder, or an op of constants) replaced by `value`, held by the body as `name`."""
+    body.register_buffer(name, value)
+    with body.graph.inserting_before(node):
+        constant = body.graph.get_attr(name)
+    constant.meta = dict(node.meta)
+    node.replace_all_uses_with(constant)
+    body.graph.erase_node(node)
 
 
 def _relinear(body: GraphModule) -> bool:
