@@ -105,6 +105,30 @@ def test_another_family_is_named(tmp_path) -> None:
         load_causal_lm(str(tmp_path))
 
 
+def test_the_end_of_sequence_token_comes_from_the_tokenizer_where_the_config_names_none(tiny_lm, tmp_path) -> None:
+    """A Qwen2 config names no end-of-sequence token unless told: the runners stop on the tokenizer's (LiteRT-LM
+    refuses a model without one); with none anywhere, one line naming the fix."""
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    folder, _, tokenizer = tiny_lm
+    config = Qwen2Config(vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    assert config.eos_token_id is None
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path / "qwen")
+    tokenizer.save_pretrained(tmp_path / "qwen")
+    lm = load_causal_lm(str(tmp_path / "qwen"))
+    eos = tokenizer.convert_tokens_to_ids("</s>")
+    assert lm.model.generation_config.eos_token_id == eos and lm.model.config.eos_token_id == eos
+
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, eos_token_id=None)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "none")
+    without = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, unk_token="<unk>")
+    without.save_pretrained(tmp_path / "none")
+    with pytest.raises(ModelLoadError, match="names no end-of-sequence token.*set eos_token_id in config.json"):
+        load_causal_lm(str(tmp_path / "none"))
+
+
 def test_int4_decoder_weights(tiny_lm) -> None:
     _, model, tokenizer = tiny_lm
     before = {k: v.clone() for k, v in model.state_dict().items()}

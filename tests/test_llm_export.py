@@ -239,6 +239,26 @@ def test_generate_streams_from_the_runner(exported) -> None:
         assert shown.stdout.strip() == result.text.strip() and result.text.strip()
 
 
+def test_the_executorch_runner_text_is_read_as_the_bytes_it_prints(tmp_path: Path) -> None:
+    """ExecuTorch's runner prints each piece, a byte-level tokenizer's piece can end inside a character (its
+    Python token callback then raises), then a newline and its statistics: the text is the bytes before them,
+    a character split across pieces whole again, streamed as it comes."""
+    import os
+
+    from edgeship.backends.executorch.decoder import _Printed
+
+    read_fd, write_fd = os.pipe()
+    shown = os.open(tmp_path / "shown", os.O_WRONLY | os.O_CREAT)
+    printed = _Printed(read_fd, shown)
+    for piece in (b"caf", b"\xc3", b"\xa9 ok\n", b"\xe2\x82", b"\xac \xff", b"\n", b'PyTorchObserver {"a":1}\n'):
+        os.write(write_fd, piece)
+    os.close(write_fd)
+    printed.close()
+    os.close(shown)
+    assert printed.text == "caf\u00e9 ok\n\u20ac \ufffd"
+    assert (tmp_path / "shown").read_text() == printed.text
+
+
 def test_generation_records() -> None:
     assert first_divergence([1, 2, 3], [1, 2, 3]) is None
     assert first_divergence([1, 2, 4], [1, 2, 3]) == 2

@@ -70,6 +70,7 @@ def load_causal_lm(source: str) -> CausalLM:
     if gguf:
         model = _plain(model)
     _conv1d_as_linear(model)
+    _end_of_sequence(model, tokenizer, source)
     positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 0)
     return CausalLM(model.eval(), tokenizer, folder.name if not path.is_file() else path.stem, str(source), family,
                     int(positions))
@@ -100,6 +101,22 @@ def _gguf_in(folder: Path) -> str | None:
         raise ModelLoadError(f"{folder} holds {len(found)} .gguf files ({', '.join(found)}); pass the one to "
                              "export as the model path")
     return found[0] if found else None
+
+
+def _end_of_sequence(model: torch.nn.Module, tokenizer, source: str) -> None:
+    """The end-of-sequence token every runner stops on (LiteRT-LM refuses a model without one), in the model's
+    config and generation config: the generation config's, else the config's, else the tokenizer's;
+    ModelLoadError when none names one."""
+    generation = getattr(model, "generation_config", None)
+    eos = next((e for e in (getattr(generation, "eos_token_id", None), getattr(model.config, "eos_token_id", None),
+                            getattr(tokenizer, "eos_token_id", None)) if e is not None), None)
+    if eos is None:
+        raise ModelLoadError(f"{source} names no end-of-sequence token, which the runtimes' LLM runners stop on; "
+                             "set eos_token_id in config.json (or eos_token in tokenizer_config.json)")
+    if generation is not None and generation.eos_token_id is None:
+        generation.eos_token_id = eos
+    if model.config.eos_token_id is None:
+        model.config.eos_token_id = eos
 
 
 def _plain(model: torch.nn.Module) -> torch.nn.Module:

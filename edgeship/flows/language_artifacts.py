@@ -65,8 +65,10 @@ def _executorch(stage: Path, lm, decoder, recipe, length: int, subjects: dict, r
     if not record["generation"]:
         return record
     first = record["generation"][0]
-    text, stats = et.runner_generate(path, stage / "tokenizer" / "tokenizer.json", first["prompt"], first["tokens"])
-    return record | {"runner": _runner("executorch.extension.llm.runner.TextLLMRunner", text, stats, record)}
+    name = "executorch.extension.llm.runner.TextLLMRunner"
+    text, stats = _in_runner(name, et.runner_generate, path, stage / "tokenizer" / "tokenizer.json", first["prompt"],
+                             first["tokens"])
+    return record | {"runner": _runner(name, text, stats, record)}
 
 
 def _onnxruntime(stage: Path, lm, decoder, recipe, length: int, subjects: dict, reference: dict,
@@ -96,8 +98,9 @@ def _onnxruntime(stage: Path, lm, decoder, recipe, length: int, subjects: dict, 
     if not record["generation"]:
         return record
     first = record["generation"][0]
-    text, stats = genai.genai_generate(folder, first["prompt"], first["tokens"])
-    return record | {"runner": _runner("onnxruntime_genai.Generator", text, stats, record)}
+    name = "onnxruntime_genai.Generator"
+    text, stats = _in_runner(name, genai.genai_generate, folder, first["prompt"], first["tokens"])
+    return record | {"runner": _runner(name, text, stats, record)}
 
 
 def _litert(stage: Path, lm, decoder, recipe, length: int, subjects: dict, reference: dict,
@@ -134,8 +137,21 @@ def _litert(stage: Path, lm, decoder, recipe, length: int, subjects: dict, refer
     if not record["generation"]:
         return record
     first = record["generation"][0]
-    text, stats = lrt.runner_generate(path, first["prompt"], first["tokens"], length)
+    text, stats = _in_runner("litert_lm.Engine", lrt.runner_generate, path, first["prompt"], first["tokens"], length)
     return record | {"runner": _runner("litert_lm.Engine", text, stats, record)}
+
+
+def _in_runner(name: str, generate, *args) -> tuple[str, dict]:
+    """`generate(*args)` through a runtime's own LLM runner; its failure an ExportError naming the runner (the
+    artifact is not shipped: an app running it that way would fail too)."""
+    try:
+        return generate(*args)
+    except (ExportError, OSError):
+        raise
+    except Exception as exc:  # the runners raise RuntimeError, and some other types, with their own messages
+        reason = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ExportError(f"the artifact scored through the runtime, but its own LLM runner ({name}) failed on it: "
+                          f"{type(exc).__name__}: {reason}") from exc
 
 
 def _runner(name: str, text: str, stats: dict, record: dict) -> dict:

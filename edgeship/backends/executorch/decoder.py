@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import os
 import re
 import sys
@@ -181,44 +182,90 @@ class DecoderSession:
                              lambda token, position: self.step([token], position)[-1], stop, on_token)
 
 
+REPORT = b"\nPyTorchObserver "  # the runner's line of statistics, after the generated text and a newline
+
+
 def runner_generate(path: Path, tokenizer_json: Path, prompt: str, count: int, stream: bool = False
                     ) -> tuple[str, dict]:
     """Greedy text from ExecuTorch's own LLM runner (TextLLMRunner, as an app runs it): the text after
-    `prompt` and the runner's statistics (tokens, times in ms). The runner's own printing is silenced;
-    `stream`: each piece is written to standard output as it comes."""
+    `prompt` and the runner's statistics (tokens, times in ms). The text is what the runner prints, read
+    from its standard output as bytes: its Python token callback cannot take a piece that is not whole
+    UTF-8, which byte-level tokenizers give in the middle of a character. `stream`: the text is written to
+    standard output as it comes."""
     import json
 
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
     load_kernels()
-    pieces, stats = [], {}
-    with _native_output_silenced() as stdout:
+    stats: dict = {}
+    with _native_output_read(stream) as printed:
         runner = TextLLMRunner(str(path), str(tokenizer_json))
-
-        def token(text: str) -> None:
-            pieces.append(text)
-            if stream:
-                os.write(stdout, text.encode())
-
         runner.generate(prompt, GenerationConfig(max_new_tokens=count, temperature=0.0, echo=False),
-                        token_callback=token, stats_callback=lambda s: stats.update(json.loads(s.to_json_string())))
-    return "".join(pieces), stats | {"pieces": len(pieces)}
+                        stats_callback=lambda s: stats.update(json.loads(s.to_json_string())))
+    tokens = int(stats.get("generated_tokens", 0)) + 1 if stats else 0  # the first token comes from the prefill
+    return printed.text, stats | {"pieces": tokens}
+
+
+class _Printed:
+    """What the runner writes to a pipe: the generated text (UTF-8, a broken sequence shown as U+FFFD),
+    passed on to `stream_fd` as it comes when given, up to the runner's statistics line."""
+
+    def __init__(self, read_fd: int, stream_fd: int | None) -> None:
+        import codecs
+        import threading
+
+        self._fd, self._stream, self._raw, self._shown = read_fd, stream_fd, bytearray(), 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while chunk := os.read(self._fd, 4096):
+            self._raw += chunk
+            if self._stream is not None:  # up to the report, or to the last newline: the report may follow it
+                report = self._raw.find(REPORT)
+                self._show(report if report >= 0 else self._raw.rfind(b"\n"))
+
+    def _show(self, upto: int) -> None:
+        if upto > self._shown:
+            os.write(self._stream, self._decoder.decode(bytes(self._raw[self._shown:upto])).encode())
+            self._shown = upto
+
+    def close(self) -> None:
+        self._thread.join()
+        os.close(self._fd)
+        end = self._raw.rfind(REPORT)
+        self._raw = self._raw[:end if end >= 0 else len(self._raw)]
+        if self._stream is not None:
+            self._show(len(self._raw))
+            os.write(self._stream, self._decoder.decode(b"", final=True).encode())
+
+    @property
+    def text(self) -> str:
+        return bytes(self._raw).decode("utf-8", errors="replace")
 
 
 @contextlib.contextmanager
-def _native_output_silenced():
-    """File descriptors 1 and 2 sent to the null device (the runner prints every token and its statistics
-    itself); yields a descriptor of the real standard output."""
+def _native_output_read(stream: bool):
+    """File descriptor 1 sent into a pipe read by `_Printed` and 2 to the null device (the runner prints
+    every piece and its statistics itself) for the block; yields the `_Printed`, complete after it."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
+    read_fd, write_fd = os.pipe()
     null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 1)
+    printed = _Printed(read_fd, saved[0] if stream else None)
+    os.dup2(write_fd, 1)
     os.dup2(null, 2)
     try:
-        yield saved[0]
+        yield printed
     finally:
+        sys.stdout.flush()
+        ctypes.CDLL(None).fflush(None)  # the C library's buffered output goes into the pipe, not later elsewhere
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
-        for fd in (*saved, null):
+        for fd in (write_fd, null):
+            os.close(fd)
+        printed.close()
+        for fd in saved:
             os.close(fd)
