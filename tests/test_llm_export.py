@@ -380,6 +380,42 @@ def test_a_family_one_runtime_cannot_take_is_exported_for_the_others(lm_folder: 
     assert not (result.out_dir / "onnxruntime-genai").exists() and not list(result.out_dir.glob("*.litertlm"))
 
 
+def test_the_genai_builder_takes_gemma3_as_transformers_5_saves_it(lm_folder: Path, tmp_path: Path) -> None:
+    """transformers 5 writes Gemma 3's RoPE parameters per layer type, which onnxruntime-genai's builder reads
+    flat (it raised KeyError: 'rope_type'): edgeship gives them to it in its form, and the float model it
+    builds computes what PyTorch does."""
+    import onnxruntime_genai as og
+    from tokenizers import Tokenizer
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
+
+    from edgeship.backends.onnxruntime.builder_run import flat_rope
+    from edgeship.backends.onnxruntime.genai import build_float
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_file(str(lm_folder / "tiny-llama" / "tokenizer.json")),
+                                        bos_token="<s>", eos_token="</s>")
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=32,
+                              max_position_embeddings=128)
+    assert set(config.rope_parameters) == {"full_attention", "sliding_attention"}
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(config).eval()
+    model.save_pretrained(tmp_path / "gemma3")
+    tokenizer.save_pretrained(tmp_path / "gemma3")
+    flat = flat_rope(Gemma3TextConfig.from_pretrained(tmp_path / "gemma3"))
+    assert flat.rope_parameters["rope_type"] == "default" and flat.rope_parameters["rope_theta"] == 1e6
+    assert flat.rope_local_base_freq == 1e4
+    build_float(tmp_path / "gemma3", tmp_path / "onnx", tmp_path / "cache")
+    ids = [5, 9, 17, 3, 11]
+    built = og.Model(str(tmp_path / "onnx"))
+    params = og.GeneratorParams(built)
+    params.set_search_options(max_length=32)
+    generator = og.Generator(built, params)
+    generator.append_tokens(ids)
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0, -1]
+    torch.testing.assert_close(torch.from_numpy(generator.get_logits()).reshape(-1), expected, atol=1e-4, rtol=1e-4)
+
+
 def test_the_fp32_reference_artifacts_match_float(lm_folder: Path, tmp_path: Path) -> None:
     """`--recipe fp32`: both runtimes' float artifacts, which score as PyTorch does (what int4 is compared to)."""
     from edgeship import api

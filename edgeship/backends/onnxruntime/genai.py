@@ -24,8 +24,9 @@ TABLE_BLOCK = 32  # the block of the int8 head / embedding rows in MatMulNBits a
 
 
 def build_float(hf_folder: Path, out: Path, cache: Path) -> None:
-    """onnxruntime-genai's model builder, fp32 for the CPU, from a Hugging Face folder into `out`."""
-    done = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_folder),
+    """onnxruntime-genai's model builder, fp32 for the CPU, from a Hugging Face folder into `out` (through
+    builder_run, which gives it a transformers 5 configuration in the form it reads)."""
+    done = subprocess.run([sys.executable, "-m", "edgeship.backends.onnxruntime.builder_run", "-i", str(hf_folder),
                            "-o", str(out), "-p", "fp32", "-e", "cpu", "-c", str(cache),
                            "--extra_options", "hf_token=false"], capture_output=True, text=True)
     if done.returncode or not (out / "model.onnx").is_file():
