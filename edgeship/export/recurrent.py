@@ -83,16 +83,18 @@ class _Direction(_Gates):
     sequence, `hid` once per step (one weight, shared by the steps). `loops`: from LOOP_STEPS steps on, the
     steps are one loop instead of unrolled."""
 
-    loops = True
+    def __init__(self, *gates, loops: bool = True) -> None:
+        super().__init__(*gates)
+        self.loops = loops
 
     @classmethod
-    def of(cls, rnn: nn.Module, layer: int, suffix: str) -> _Direction:
+    def of(cls, rnn: nn.Module, layer: int, suffix: str, loops: bool = True) -> _Direction:
         def weight(name: str) -> torch.Tensor:
             return getattr(rnn, f"{name}_l{layer}{suffix}").detach()
 
         return cls(rnn.mode, rnn.hidden_size, weight("weight_ih"), weight("weight_hh"),
                    weight("bias_ih") if rnn.bias else None, weight("bias_hh") if rnn.bias else None,
-                   weight("weight_hr") if getattr(rnn, "proj_size", 0) else None)
+                   weight("weight_hr") if getattr(rnn, "proj_size", 0) else None, loops=loops)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor | None, c: torch.Tensor | None, reverse: bool):
         """x: [B, T, in]; h, c: [B, 1, H] or None (zeros). Returns the outputs [B, T, H] and the last h, c."""
@@ -174,10 +176,8 @@ class Unrolled(nn.Module):
         self.cell = rnn.hidden_size
         self.original = rnn  # for inputs it was not unrolled for (a PackedSequence)
         self.cells = nn.ModuleList(
-            _Direction.of(rnn, layer, "_reverse" if d else "") for layer in range(self.layers)
+            _Direction.of(rnn, layer, "_reverse" if d else "", loops) for layer in range(self.layers)
             for d in range(self.directions))
-        for cell in self.cells:
-            cell.loops = loops
 
     def forward(self, x, hx=None):
         if not isinstance(x, torch.Tensor):

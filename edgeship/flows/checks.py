@@ -10,6 +10,7 @@ from typing import Callable
 
 from edgeship import outputs
 from edgeship.errors import EdgeshipError
+from edgeship.runtimes.runner import cpu_flags
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +148,5 @@ def saturating_host() -> bool:
     """An x86 CPU with AVX2 and no VNNI (AVX512-VNNI or AVX-VNNI), read from /proc/cpuinfo."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx2" in flags and not {"avx512_vnni", "avx_vnni"} & set(flags)
+    flags = cpu_flags()
+    return "avx2" in flags and not {"avx512_vnni", "avx_vnni"} & flags

@@ -47,6 +47,16 @@ ARM_PARTS = {"0xd03": "Cortex-A53", "0xd05": "Cortex-A55", "0xd08": "Cortex-A72"
              "0xd80": "Cortex-A520", "0xd81": "Cortex-A720", "0xd82": "Cortex-X4"}
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as /proc/cpuinfo lists them (x86 `flags`, Arm `Features`); empty where unread."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((line for line in text.splitlines() if line.startswith(("flags", "Features"))), "")
+    return set(line.split(":", 1)[1].split()) if ":" in line else set()
+
+
 def host_info():
     """CPU model, cores, allowed CPUs, frequency governor; `emulated` when a wrapper says so (qemu-user)."""
     def read(path):
