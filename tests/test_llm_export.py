@@ -416,6 +416,25 @@ def test_the_genai_builder_takes_gemma3_as_transformers_5_saves_it(lm_folder: Pa
     torch.testing.assert_close(torch.from_numpy(generator.get_logits()).reshape(-1), expected, atol=1e-4, rtol=1e-4)
 
 
+def test_a_layer_the_genai_builder_splits_is_matched_by_its_output_channels() -> None:
+    """The builder writes a fused layer (Phi-3's gate_up_proj) as two MatMuls: each is matched to its rows of
+    the one int4 layer, and a matrix of no layer to none."""
+    from edgeship.backends.onnxruntime.genai import _columns, _Rows, _split
+    from edgeship.quantize.decoder import Int4Decoder
+    from edgeship.quantize.grid import Int4Weight, quantize_weight
+
+    torch.manual_seed(0)
+    layers = [Int4Weight(name, f"{name}.weight", *quantize_weight(torch.randn(rows, 64), 32), 32)
+              for name, rows in (("gate_up", 48), ("down", 16))]
+    decoder = Int4Decoder(None, layers, None, None, {})
+    dense = layers[0].dequantized().numpy().T
+    columns, rows = _columns(decoder), _Rows(decoder)
+    gate, up = (_split(np.ascontiguousarray(dense[:, part]), columns, rows) for part in (slice(0, 24), slice(24, 48)))
+    assert [w.layer for w in gate] == ["gate_up[0:24]"] and [w.layer for w in up] == ["gate_up[24:48]"]
+    assert torch.equal(up[0].q, layers[0].q[24:]) and torch.equal(up[0].scale, layers[0].scale[24:])
+    assert _split(np.ascontiguousarray(dense[:, :24] + 1.0), columns, rows) is None
+
+
 def test_the_fp32_reference_artifacts_match_float(lm_folder: Path, tmp_path: Path) -> None:
     """`--recipe fp32`: both runtimes' float artifacts, which score as PyTorch does (what int4 is compared to)."""
     from edgeship import api

@@ -64,21 +64,53 @@ def _columns(decoder: Int4Decoder) -> dict[bytes, list[Int4Weight]]:
     return found
 
 
-def _split(array: np.ndarray, columns: dict[bytes, list[Int4Weight]]) -> list[Int4Weight] | None:
-    """The int4 layers whose W^T, side by side, are exactly `array` [K, N] (one, or q/k/v packed)."""
+def _split(array: np.ndarray, columns: dict[bytes, list[Int4Weight]], rows: _Rows) -> list[Int4Weight] | None:
+    """The int4 layers whose W^T, side by side, are exactly `array` [K, N] (one, or q/k/v packed), or
+    consecutive output channels of one (a layer the builder splits, Phi-3's gate_up_proj)."""
     parts, start = [], 0
     while start < array.shape[1]:
+        column = np.ascontiguousarray(array[:, start])
         hit = None
-        for w in columns.get(np.ascontiguousarray(array[:, start]).tobytes(), []):
+        for w in columns.get(column.tobytes(), []):
             n = w.q.shape[0]
             if np.array_equal(array[:, start:start + n], w.dequantized().numpy().T):
                 hit = w
                 break
+        hit = hit or rows.slice_at(array, start)
         if hit is None:
             return None
         parts.append(hit)
         start += hit.q.shape[0]
     return parts
+
+
+class _Rows:
+    """Every output channel of the int4 layers by a hash of its weights, built on the first lookup: a
+    MatMul whose columns are consecutive channels of one layer is that layer's slice."""
+
+    def __init__(self, decoder: Int4Decoder) -> None:
+        self._decoder, self._index = decoder, None
+
+    def slice_at(self, array: np.ndarray, start: int) -> Int4Weight | None:
+        if self._index is None:
+            self._index = {}
+            for w in self._decoder.linears:
+                dense = w.dequantized().numpy()
+                for r in range(dense.shape[0]):
+                    self._index.setdefault(hash(np.ascontiguousarray(dense[r]).tobytes()), []).append((w, r, dense))
+        for w, r, dense in self._index.get(hash(np.ascontiguousarray(array[:, start]).tobytes()), []):
+            n = min(array.shape[1] - start, dense.shape[0] - r)
+            while n > 0 and not np.array_equal(array[:, start:start + n], dense[r:r + n].T):
+                n -= 1
+            if n > 0:
+                return _rows_of(w, r, r + n)
+        return None
+
+
+def _rows_of(w: Int4Weight, first: int, end: int) -> Int4Weight:
+    """Output channels [first, end) of `w` (its groups run along the input channels, so each row stands alone)."""
+    return Int4Weight(f"{w.layer}[{first}:{end}]", w.attr, w.q[first:end], w.scale[first:end], w.group, w.bits,
+                      None if w.offset is None else w.offset[first:end])
 
 
 def _merged(parts: list[Int4Weight]) -> Int4Weight:
@@ -103,10 +135,10 @@ def rewrite(path: Path, decoder: Int4Decoder) -> dict:
     model = onnx.load(str(path))
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    columns, table = _columns(decoder), decoder.head or decoder.embeddings
+    columns, rows, table = _columns(decoder), _Rows(decoder), decoder.head or decoder.embeddings
     dense_table = np.ascontiguousarray(table.dequantized().numpy().T)
     nodes, drop, record = [], set(), {"matmul_nbits": 0, "layers": 0, "float_matmuls": []}
-    table_name = None
+    table_name, covered = None, {}  # each int4 layer's output channels found in the builder's MatMuls
     for node in graph.node:
         array = numpy_helper.to_array(inits[node.input[1]]) if node.op_type == "MatMul" and len(node.input) > 1 \
             and node.input[1] in inits else None
@@ -118,7 +150,7 @@ def rewrite(path: Path, decoder: Int4Decoder) -> dict:
             nodes.append(_nbits(node, table_name, table.q.shape, 8, TABLE_BLOCK))
             drop.add(node.input[1])
             continue
-        parts = _split(array, columns)
+        parts = _split(array, columns, rows)
         if parts is None:
             record["float_matmuls"].append(node.name)
             nodes.append(node)
@@ -134,9 +166,12 @@ def rewrite(path: Path, decoder: Int4Decoder) -> dict:
             nodes += _affine(graph, node, base, merged, block)
         drop.add(node.input[1])
         record["matmul_nbits"] += 1
-        record["layers"] += len(parts)
+        for part in parts:
+            layer = part.layer.split("[")[0]
+            covered[layer] = covered.get(layer, 0) + part.q.shape[0]
     nodes = _embeddings(graph, nodes, inits, decoder, table_name, drop)
     replace_nodes(model, nodes, drop)
+    record["layers"] = sum(covered.get(w.layer) == w.q.shape[0] for w in decoder.linears)
     if record["layers"] != len(decoder.linears):
         raise ExportError(f"the ONNX Runtime GenAI model holds {record['layers']} of the {len(decoder.linears)} "
                           "int4 layers; the builder wrote the others in a form edgeship does not match")
