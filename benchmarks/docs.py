@@ -187,6 +187,23 @@ def _flow_row(runtime: str, flow: str, record: dict, bench: dict | None) -> list
             bench and bench["prefill_tokens_per_s"], bench and bench["decode_tokens_per_s"]]
 
 
+def llm_families(data: dict) -> list[str]:
+    def made(row: dict) -> str:
+        return ", ".join(f"{a['runtime']} ({100 * a['perplexity_increase']:+.1f}%"
+                         + ("" if a["runner_equals_greedy"] else ", runner text differs") + ")"
+                         for a in row.get("artifacts", [])) or "-"
+
+    def missing(row: dict) -> str:
+        if "error" in row:
+            return row["error"][:200]
+        return "; ".join(f"{n['runtime']}: {n['reason'][:160]}" for n in row.get("not_produced", [])) or "-"
+
+    return [f"int4 for target `{data['target']}`, a {data['max_seq_len']}-position KV cache; the perplexity "
+            "increase is on the calibration text, random weights.", ""] + _table(
+        ["family", "artifacts (perplexity increase)", "not produced", "seconds"],
+        [[r["family"], made(r), missing(r), r["seconds"]] for r in data["rows"]])
+
+
 def agreement_ceiling(data: dict) -> list[str]:
     expected = data["expected_top1_agreement_by_sqnr_db"]
     return [f"{data['photos']} photos, {data['draws']} noise draws each: expected top-1 agreement with float "
