@@ -92,13 +92,14 @@ class _Rows:
         self._decoder, self._index = decoder, None
 
     def slice_at(self, array: np.ndarray, start: int) -> Int4Weight | None:
-        if self._index is None:
+        if self._index is None:  # (layer, row) pairs only: a candidate layer is dequantized again when looked at
             self._index = {}
             for w in self._decoder.linears:
                 dense = w.dequantized().numpy()
                 for r in range(dense.shape[0]):
-                    self._index.setdefault(hash(np.ascontiguousarray(dense[r]).tobytes()), []).append((w, r, dense))
-        for w, r, dense in self._index.get(hash(np.ascontiguousarray(array[:, start]).tobytes()), []):
+                    self._index.setdefault(hash(np.ascontiguousarray(dense[r]).tobytes()), []).append((w, r))
+        for w, r in self._index.get(hash(np.ascontiguousarray(array[:, start]).tobytes()), []):
+            dense = w.dequantized().numpy()
             n = min(array.shape[1] - start, dense.shape[0] - r)
             while n > 0 and not np.array_equal(array[:, start:start + n], dense[r:r + n].T):
                 n -= 1
