@@ -418,21 +418,24 @@ def test_the_genai_builder_takes_gemma3_as_transformers_5_saves_it(lm_folder: Pa
 
 def test_a_layer_the_genai_builder_splits_is_matched_by_its_output_channels() -> None:
     """The builder writes a fused layer (Phi-3's gate_up_proj) as two MatMuls: each is matched to its rows of
-    the one int4 layer, and a matrix of no layer to none."""
-    from edgeship.backends.onnxruntime.genai import _columns, _Rows, _split
+    the one int4 layer; layers it packs side by side (q, k, v) are matched whole, as themselves; a matrix of
+    no layer is matched to none."""
+    from edgeship.backends.onnxruntime.genai import _Rows, _split
     from edgeship.quantize.decoder import Int4Decoder
     from edgeship.quantize.grid import Int4Weight, quantize_weight
 
     torch.manual_seed(0)
     layers = [Int4Weight(name, f"{name}.weight", *quantize_weight(torch.randn(rows, 64), 32), 32)
-              for name, rows in (("gate_up", 48), ("down", 16))]
-    decoder = Int4Decoder(None, layers, None, None, {})
+              for name, rows in (("gate_up", 48), ("down", 16), ("q", 24), ("k", 8))]
+    rows = _Rows(Int4Decoder(None, layers, None, None, {}))
     dense = layers[0].dequantized().numpy().T
-    columns, rows = _columns(decoder), _Rows(decoder)
-    gate, up = (_split(np.ascontiguousarray(dense[:, part]), columns, rows) for part in (slice(0, 24), slice(24, 48)))
+    gate, up = (_split(np.ascontiguousarray(dense[:, part]), rows) for part in (slice(0, 24), slice(24, 48)))
     assert [w.layer for w in gate] == ["gate_up[0:24]"] and [w.layer for w in up] == ["gate_up[24:48]"]
     assert torch.equal(up[0].q, layers[0].q[24:]) and torch.equal(up[0].scale, layers[0].scale[24:])
-    assert _split(np.ascontiguousarray(dense[:, :24] + 1.0), columns, rows) is None
+    packed = np.ascontiguousarray(np.concatenate([w.dequantized().numpy().T for w in layers[2:]], axis=1))
+    found = _split(packed, rows)  # the layers themselves: their names and bytes as they are
+    assert len(found) == 2 and found[0] is layers[2] and found[1] is layers[3]
+    assert _split(np.ascontiguousarray(dense[:, :24] + 1.0), rows) is None
 
 
 def test_the_fp32_reference_artifacts_match_float(lm_folder: Path, tmp_path: Path) -> None:

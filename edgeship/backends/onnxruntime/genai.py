@@ -56,27 +56,12 @@ def _packed(w: Int4Weight) -> tuple[np.ndarray, np.ndarray, int]:
     return packed, scales.reshape(w.q.shape[0], -1), w.group
 
 
-def _columns(decoder: Int4Decoder) -> dict[bytes, list[Int4Weight]]:
-    """Each int4 layer by the bytes of its W^T first column (its first output channel's weights)."""
-    found: dict[bytes, list[Int4Weight]] = {}
-    for w in decoder.linears:
-        found.setdefault(np.ascontiguousarray(w.dequantized().numpy()[0]).tobytes(), []).append(w)
-    return found
-
-
-def _split(array: np.ndarray, columns: dict[bytes, list[Int4Weight]], rows: _Rows) -> list[Int4Weight] | None:
-    """The int4 layers whose W^T, side by side, are exactly `array` [K, N] (one, or q/k/v packed), or
-    consecutive output channels of one (a layer the builder splits, Phi-3's gate_up_proj)."""
+def _split(array: np.ndarray, rows: _Rows) -> list[Int4Weight] | None:
+    """The int4 layers whose W^T, side by side, are exactly `array` [K, N]: whole layers (one, or q/k/v
+    packed), or consecutive output channels of one (a layer the builder splits, Phi-3's gate_up_proj)."""
     parts, start = [], 0
     while start < array.shape[1]:
-        column = np.ascontiguousarray(array[:, start])
-        hit = None
-        for w in columns.get(column.tobytes(), []):
-            n = w.q.shape[0]
-            if np.array_equal(array[:, start:start + n], w.dequantized().numpy().T):
-                hit = w
-                break
-        hit = hit or rows.slice_at(array, start)
+        hit = rows.slice_at(array, start)
         if hit is None:
             return None
         parts.append(hit)
@@ -85,8 +70,9 @@ def _split(array: np.ndarray, columns: dict[bytes, list[Int4Weight]], rows: _Row
 
 
 class _Rows:
-    """Every output channel of the int4 layers by a hash of its weights, built on the first lookup: a
-    MatMul whose columns are consecutive channels of one layer is that layer's slice."""
+    """Every output channel of the int4 layers by a hash of its weights, built on the first lookup: the
+    columns of a MatMul from `start` on are the longest run of consecutive channels of one layer found there,
+    that layer itself when the run is all of it."""
 
     def __init__(self, decoder: Int4Decoder) -> None:
         self._decoder, self._index = decoder, None
@@ -98,14 +84,18 @@ class _Rows:
                 dense = w.dequantized().numpy()
                 for r in range(dense.shape[0]):
                     self._index.setdefault(hash(np.ascontiguousarray(dense[r]).tobytes()), []).append((w, r))
+        best = None  # (channels, layer, first row)
         for w, r in self._index.get(hash(np.ascontiguousarray(array[:, start]).tobytes()), []):
             dense = w.dequantized().numpy()
             n = min(array.shape[1] - start, dense.shape[0] - r)
             while n > 0 and not np.array_equal(array[:, start:start + n], dense[r:r + n].T):
                 n -= 1
-            if n > 0:
-                return _rows_of(w, r, r + n)
-        return None
+            if n > 0 and (best is None or n > best[0]):
+                best = (n, w, r)
+        if best is None:
+            return None
+        n, w, r = best
+        return w if n == w.q.shape[0] else _rows_of(w, r, r + n)
 
 
 def _rows_of(w: Int4Weight, first: int, end: int) -> Int4Weight:
@@ -136,7 +126,7 @@ def rewrite(path: Path, decoder: Int4Decoder) -> dict:
     model = onnx.load(str(path))
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    columns, rows, table = _columns(decoder), _Rows(decoder), decoder.head or decoder.embeddings
+    rows, table = _Rows(decoder), decoder.head or decoder.embeddings
     dense_table = np.ascontiguousarray(table.dequantized().numpy().T)
     nodes, drop, record = [], set(), {"matmul_nbits": 0, "layers": 0, "float_matmuls": []}
     table_name, covered = None, {}  # each int4 layer's output channels found in the builder's MatMuls
@@ -151,7 +141,7 @@ def rewrite(path: Path, decoder: Int4Decoder) -> dict:
             nodes.append(_nbits(node, table_name, table.q.shape, 8, TABLE_BLOCK))
             drop.add(node.input[1])
             continue
-        parts = _split(array, columns, rows)
+        parts = _split(array, rows)
         if parts is None:
             record["float_matmuls"].append(node.name)
             nodes.append(node)
