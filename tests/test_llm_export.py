@@ -76,7 +76,61 @@ def test_the_manifest_records_the_weights_every_artifact_holds(exported, lm_fold
     again = int4_decoder(lm.model, 32, windows, asymmetric=True)
     assert manifest["weights"]["encodings"] == _encodings(again)
     assert manifest["weights"]["method"] == "gptq" and manifest["weights"]["quantized_layers"] == 14
-    assert manifest["calibration"] == {"windows": len(windows), "tokens": windows.numel()}
+    assert {k: manifest["calibration"][k] for k in ("windows", "tokens")} == {"windows": len(windows),
+                                                                           "tokens": windows.numel()}
+
+
+def test_exporting_again_for_another_target_runs_no_gptq(exported, lm_folder: Path, tmp_path: Path) -> None:
+    """GPTQ's weights are kept beside the model's exports: a second export of the model on the same text
+    (for another target) takes them and runs no window; another calibration text is another key."""
+    from edgeship import api
+    from edgeship.targets.devices import BUILTIN
+
+    folder, manifest = exported
+    stats = manifest["calibration"]["statistics"]
+    assert stats["reused"] == [] and Path(stats["file"]).parent == folder.parent / ".calibration"
+    profile = (BUILTIN / "host.toml").read_text().replace('runtimes = ["onnxruntime", "executorch", "litert"]',
+                                                        'runtimes = ["onnxruntime"]')
+    (tmp_path / "genai-only.toml").write_text(profile)
+    stages = []
+
+    def progress(stage: str, total: int):
+        stages.append((stage, total))
+        return lambda n: None
+
+    again = api.export_language(str(lm_folder / "tiny-llama"), str(tmp_path / "genai-only.toml"),
+                                lm_folder / "calibration.txt", eval_data={"forward": lm_folder / "calibration.txt"},
+                                out=folder.parents[1], max_seq_len=LENGTH, progress=progress).manifest
+    assert again["calibration"]["statistics"] == {"file": stats["file"], "reused": ["gptq"]}
+    assert again["weights"]["encodings"] == manifest["weights"]["encodings"]
+    assert ("int4 weights (GPTQ) from the kept statistics", 1) in stages
+    other = tmp_path / "other.txt"
+    other.write_text((lm_folder / "reversed.txt").read_text())
+    fresh = api.export_language(str(lm_folder / "tiny-llama"), str(tmp_path / "genai-only.toml"), other,
+                                eval_data={"forward": lm_folder / "calibration.txt"}, out=folder.parents[1],
+                                max_seq_len=LENGTH).manifest
+    assert fresh["calibration"]["statistics"]["reused"] == []
+    assert fresh["calibration"]["statistics"]["file"] != stats["file"]
+
+
+def test_kept_gptq_weights_are_the_weights_gptq_chose() -> None:
+    """The kept form of int4 layers (values two to a byte, offsets free or whole) gives them back exactly,
+    and layers of another model are not taken from it."""
+    from edgeship.quantize.decoder import _replayed, _stored
+    from edgeship.quantize.grid import Int4Weight, quantize_affine
+
+    torch.manual_seed(0)
+    linears = [(f"l{i}", torch.nn.Linear(64, rows, bias=False)) for i, rows in enumerate((16, 8))]
+    weights = []
+    for name, module in linears:
+        q, scale, offset = quantize_affine(module.weight.detach(), 32)
+        weights.append(Int4Weight(name, "weight", q, scale, 32, 4, offset))
+    with torch.no_grad():
+        replayed = _replayed(linears, [_stored(w) for w in weights])
+    for w, r in zip(weights, replayed):
+        assert torch.equal(w.q, r.q) and torch.equal(w.scale, r.scale) and torch.equal(w.offset, r.offset)
+        assert torch.equal(dict(linears)[w.layer].weight.detach(), w.dequantized())
+    assert _replayed(linears[::-1], [_stored(w) for w in weights]) is None
 
 
 def test_the_pte_computes_the_integer_model_with_its_kv_cache(exported, lm_folder: Path) -> None:

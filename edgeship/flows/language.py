@@ -95,7 +95,7 @@ def export_language(model: str, target: str, calibration: str | Path, *,
     try:
         with outputs.staging(final) as stage:
             manifest = _export_into(stage, lm, device, chosen, length, calib, subjects, runtimes, progress,
-                                    max_ppl_increase, {"calibration": str(Path(calibration).resolve()),
+                                    max_ppl_increase, final.parent, {"calibration": str(Path(calibration).resolve()),
                                      "eval_data": {k: str(Path(v).resolve()) for k, v in (eval_data or {}).items()}})
     except Exception as exc:
         full = outputs.out_of_space(exc, final.parent, needed)
@@ -134,19 +134,28 @@ def _windows(tokenizer, texts: dict[str, str], length: int, gptq: bool):
 
 
 def _export_into(stage: Path, lm, device, recipe: LanguageRecipe, length: int, calib, subjects: dict,
-                 runtimes: list[str], progress: Progress, limit: float | None, reproduce: dict) -> dict:
+                 runtimes: list[str], progress: Progress, limit: float | None, stats_folder: Path,
+                 reproduce: dict) -> dict:
+    """`stats_folder`: where GPTQ's weights are kept (quantize/stats_cache.py), so that exporting the model
+    again on the same calibration text, for another target, runs no GPTQ."""
     from edgeship.quantize.decoder import gptq_steps, int4_decoder
+    from edgeship.quantize.stats_cache import StatsCache
     from edgeship.report.language import language_report
 
     started = time.perf_counter()
-    decoder = None  # fp32: the model as it is
+    decoder, stats = None, None  # fp32: the model as it is
     if recipe.bits < 32:
-        advance = progress(f"{recipe.precision} weights" + (" (GPTQ)" if calib is not None else ""),
-                           gptq_steps(lm.model, calib) if calib is not None else 1)
-        decoder = int4_decoder(lm.model, recipe.group, calib, advance if calib is not None else None, recipe.bits,
-                               asymmetric=recipe.asymmetric)
-        if calib is None:
+        stats = StatsCache.for_language(stats_folder, lm.model, calib, recipe) if calib is not None else None
+        kept = stats is not None and bool(stats.memo.get("gptq"))
+        steps = gptq_steps(lm.model, calib) if calib is not None and not kept else 1
+        advance = progress(f"{recipe.precision} weights" + (" (GPTQ)" if calib is not None else "")
+                           + (" from the kept statistics" if kept else ""), steps)
+        decoder = int4_decoder(lm.model, recipe.group, calib, advance if steps > 1 else None, recipe.bits,
+                               asymmetric=recipe.asymmetric, memo=stats.memo if stats is not None else None)
+        if steps == 1:
             advance(1)
+        if stats is not None and not stats.reused:
+            stats.save()
     lm.tokenizer.save_pretrained(stage / "tokenizer")
     reference = _float_reference(lm, subjects, length, progress)
     budget = None
@@ -164,7 +173,8 @@ def _export_into(stage: Path, lm, device, recipe: LanguageRecipe, length: int, c
         "max_seq_len": length, "weights": decoder.record | {"encodings": _encodings(decoder)} if decoder is not None
         else {"method": "float", "quantized_layers": 0},
         "budget": budget, "calibration": {"windows": 0 if calib is None else len(calib),
-                        "tokens": 0 if calib is None else calib.numel()},
+                        "tokens": 0 if calib is None else calib.numel()}
+        | ({"statistics": stats.record()} if stats is not None else {}),
         "subjects": {name: {"windows": len(w), "tokens": w.numel(), "float": reference["scores"][name]}
                      for name, w in subjects.items()},
         "artifacts": artifacts, "not_produced": not_produced,

@@ -52,14 +52,16 @@ class Int4Decoder:
 
 def int4_decoder(model: nn.Module, group: int | None = 32, windows: torch.Tensor | None = None,
                  progress: Callable[[int], None] | None = None, bits: int = 4, search: bool = True,
-                 asymmetric: bool = False) -> Int4Decoder:
+                 asymmetric: bool = False, memo: dict | None = None) -> Int4Decoder:
     """`model`'s int4 block weights and int8 per-row embeddings (and untied head), with a copy of the model
     holding them. With calibration `windows`, GPTQ block by block: each block's layers see the inputs the
     blocks before it give once quantized (`progress(1)` per window read and per block); without, rounded
     to nearest. `search`: each group's scale clipped where that lowers its error. `asymmetric`: an offset
     per group too (values q * scale + offset), a whole number of steps unless the layer's weights already
     sit on a grid with free offsets (grid.keeps_its_grid: a checkpoint quantized before). `bits` 8 with
-    `group` None: int8 weights, one scale per output channel. `model` is unchanged."""
+    `group` None: int8 weights, one scale per output channel. `memo` (quantize/stats_cache.py): GPTQ's
+    weights are taken from its "gptq" entry when it holds them for these layers (no window is run), and
+    written there when not. `model` is unchanged."""
     quantized = copy.deepcopy(model).eval()
     size = {n: group or m.in_features for n, m in block_linears(quantized)}
     linears = [(n, m) for n, m in block_linears(quantized) if m.in_features % size[n] == 0]
@@ -67,8 +69,13 @@ def int4_decoder(model: nn.Module, group: int | None = 32, windows: torch.Tensor
     with torch.no_grad():
         rows, head_rows, tied = _int8_tables(quantized)
         rule = _Rounding(size, bits, search, asymmetric)
-        if windows is not None:
+        replayed = _replayed(linears, memo.get("gptq")) if windows is not None and memo else None
+        if replayed is not None:
+            weights = replayed
+        elif windows is not None:
             weights = _sequential_gptq(quantized, linears, windows, rule, progress)
+            if memo is not None:
+                memo["gptq"] = [_stored(w) for w in weights]
         else:
             weights = [_set(m, rule.nearest(n, m)) for n, m in linears]
     if skipped:
@@ -116,6 +123,33 @@ class _Rounding:
         whole = self._whole(name, weight) if self.asymmetric else True
         return self._record(name, gptq_weight(weight, gram, self.size[name], self.bits, self.search,
                                               self.asymmetric, whole))
+
+
+def _stored(w: Int4Weight) -> dict:
+    """An int4 layer as the statistics file keeps it: int4 values two to a byte (low nibble first, q + 8)."""
+    q = w.q
+    if w.bits == 4:
+        q = ((q[:, 0::2] + 8) | ((q[:, 1::2] + 8) << 4)).to(torch.uint8)
+    return {"layer": w.layer, "attr": w.attr, "q": q, "scale": w.scale, "group": w.group, "bits": w.bits,
+            "offset": w.offset}
+
+
+def _replayed(linears: list, records: list | None) -> list[Int4Weight] | None:
+    """The layers `records` holds (from `_stored`), set into `linears`; None when they are not these layers."""
+    if not records or [r["layer"] for r in records] != [n for n, _ in linears]:
+        if records:
+            log.warning("cached GPTQ weights are not this model's layers; running GPTQ again")
+        return None
+    weights = []
+    for (name, module), r in zip(linears, records):
+        q = r["q"]
+        if r["bits"] == 4:
+            q = torch.stack([(q & 15).to(torch.int8) - 8, (q >> 4).to(torch.int8) - 8], dim=-1).reshape(q.shape[0], -1)
+        if tuple(q.shape) != tuple(module.weight.shape):
+            log.warning("cached GPTQ weights do not fit layer %s; running GPTQ again", name)
+            return None
+        weights.append(Int4Weight(r["layer"], r["attr"], q, r["scale"], r["group"], r["bits"], r["offset"]))
+    return [_set(module, w) for (_, module), w in zip(linears, weights)]
 
 
 def _set(module: nn.Linear, record: Int4Weight) -> Int4Weight:

@@ -8,7 +8,8 @@ One file per key, `<out>/<model>/.calibration/<key>.pt`, saved with torch.save a
 - `observers`: every observer's state after calibration, per observer family: the 2048-bin histogram
   that methods `histogram`, `mse` and `percentile` all read (so those recipes share it), entropy's
   8192-bin histogram, min/max;
-- `gptq`: the int4 values and scales GPTQ chose (int8 GPTQ values are under `passes`).
+- `gptq`: the int4 values and scales GPTQ chose (int8 GPTQ values are under `passes`); for a causal
+  language model (`for_language`), its int4 layers with their offsets, the values two to a byte.
 
 The key hashes everything that decides them: the edgeship and torch versions, the captured graph and
 its weights, the calibration samples, and the recipe's scheme, algorithms, group size and float layers.
@@ -36,8 +37,13 @@ FAMILIES = {"auto": "histogram-2048", "histogram": "histogram-2048", "mse": "his
 
 
 def program_hash(program: torch.export.ExportedProgram) -> str:
-    digest = hashlib.sha256(program.graph_module.code.encode())
     tensors = {**program.state_dict, **{f"const:{k}": v for k, v in program.constants.items()}}
+    return tensors_hash(tensors, hashlib.sha256(program.graph_module.code.encode()))
+
+
+def tensors_hash(tensors: dict, digest=None) -> str:
+    """sha256 over each name, and each tensor's dtype, shape and bytes, in name order."""
+    digest = digest or hashlib.sha256()
     for name in sorted(tensors):
         value = tensors[name]
         digest.update(name.encode())
@@ -65,6 +71,18 @@ class StatsCache:
                   "group_size": recipe.group_size, "weight_granularity": recipe.weight_granularity,
                   "keep_float": sorted(recipe.keep_float), "keep_int8": sorted(recipe.keep_int8),
                   "int16_activations": sorted(recipe.int16_activations), "float_layers": sorted(keep_float)}
+        return cls(folder, hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32])
+
+    @classmethod
+    def for_language(cls, folder: Path, model: torch.nn.Module, windows: torch.Tensor, recipe) -> StatsCache:
+        """A causal LM's GPTQ weights: keyed by its weights, the calibration windows (token ids) and the
+        recipe's bits, group and offsets."""
+        import edgeship
+
+        fields = {"edgeship": edgeship.__version__, "torch": torch.__version__, "kind": "language",
+                  "model": tensors_hash(model.state_dict()),
+                  "windows": tensors_hash({"windows": windows}), "bits": recipe.bits, "group": recipe.group,
+                  "asymmetric": recipe.asymmetric}
         return cls(folder, hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32])
 
     def _load(self) -> dict:
