@@ -146,7 +146,8 @@ def _export_into(stage: Path, lm, device, recipe: LanguageRecipe, length: int, c
     decoder, stats = None, None  # fp32: the model as it is
     if recipe.bits < 32:
         stats = StatsCache.for_language(stats_folder, lm.model, calib, recipe) if calib is not None else None
-        kept = stats is not None and bool(stats.memo.get("gptq"))
+        loaded = stats.memo.get("gptq") if stats is not None else None
+        kept = bool(loaded)
         steps = gptq_steps(lm.model, calib) if calib is not None and not kept else 1
         advance = progress(f"{recipe.precision} weights" + (" (GPTQ)" if calib is not None else "")
                            + (" from the kept statistics" if kept else ""), steps)
@@ -154,7 +155,7 @@ def _export_into(stage: Path, lm, device, recipe: LanguageRecipe, length: int, c
                                asymmetric=recipe.asymmetric, memo=stats.memo if stats is not None else None)
         if steps == 1:
             advance(1)
-        if stats is not None and not stats.reused:
+        if stats is not None and stats.memo.get("gptq") is not loaded:  # computed here (or the kept ones did not fit)
             stats.save()
     lm.tokenizer.save_pretrained(stage / "tokenizer")
     reference = _float_reference(lm, subjects, length, progress)

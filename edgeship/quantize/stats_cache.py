@@ -75,12 +75,12 @@ class StatsCache:
 
     @classmethod
     def for_language(cls, folder: Path, model: torch.nn.Module, windows: torch.Tensor, recipe) -> StatsCache:
-        """A causal LM's GPTQ weights: keyed by its weights, the calibration windows (token ids) and the
-        recipe's bits, group and offsets."""
+        """A causal LM's GPTQ weights: keyed by its configuration and weights, the calibration windows (token
+        ids) and the recipe's bits, group and offsets."""
         import edgeship
 
         fields = {"edgeship": edgeship.__version__, "torch": torch.__version__, "kind": "language",
-                  "model": tensors_hash(model.state_dict()),
+                  "config": model.config.to_json_string(use_diff=False), "model": tensors_hash(model.state_dict()),
                   "windows": tensors_hash({"windows": windows}), "bits": recipe.bits, "group": recipe.group,
                   "asymmetric": recipe.asymmetric}
         return cls(folder, hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32])
