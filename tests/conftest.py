@@ -65,6 +65,17 @@ def faithful(accuracy: dict) -> bool:
     return accuracy["max_abs_error"] == 0 if accuracy["sqnr_db"] is None else accuracy["sqnr_db"] > 80
 
 
+def runtime_profile(path: Path, target: str, runtimes: tuple[str, ...]) -> Path:
+    """The built-in profile `target` with only `runtimes`, written to `path` (a .toml): tests whose point is
+    not lowering skip the other runtimes' minutes."""
+    from edgeship.targets.devices import BUILTIN
+
+    lines = (BUILTIN / f"{target}.toml").read_text().splitlines()
+    path.write_text("\n".join(f"runtimes = {list(runtimes)!r}".replace("'", '"') if line.startswith("runtimes")
+                              else line for line in lines) + "\n")
+    return path
+
+
 def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
     """Run the real CLI entry point in-process; returns (exit code, stdout, stderr)."""
     from edgeship import cli

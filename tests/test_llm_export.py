@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, runtime_profile
 from test_ssh_device import SSHD, ssh_host  # noqa: F401  (the fixture: a real OpenSSH server on 127.0.0.1)
 
 from edgeship.metrics.language import distinct, first_divergence, generation_record
@@ -84,14 +84,11 @@ def test_exporting_again_for_another_target_runs_no_gptq(exported, lm_folder: Pa
     """GPTQ's weights are kept beside the model's exports: a second export of the model on the same text
     (for another target) takes them and runs no window; another calibration text is another key."""
     from edgeship import api
-    from edgeship.targets.devices import BUILTIN
 
     folder, manifest = exported
     stats = manifest["calibration"]["statistics"]
     assert stats["reused"] == [] and Path(stats["file"]).parent == folder.parent / ".calibration"
-    profile = (BUILTIN / "host.toml").read_text().replace('runtimes = ["onnxruntime", "executorch", "litert"]',
-                                                        'runtimes = ["onnxruntime"]')
-    (tmp_path / "genai-only.toml").write_text(profile)
+    runtime_profile(tmp_path / "genai-only.toml", "host", ("onnxruntime",))
     stages = []
 
     def progress(stage: str, total: int):
@@ -512,13 +509,9 @@ def test_a_project_builds_a_language_model_against_its_budgets(lm_folder: Path, 
     """`edgeship build` recognises a causal LM in the project file: its subjects from an eval_data table,
     the perplexity budget driving the int4 export, decode tokens/s timed by the build, a size budget that
     fails; a second build is a cache hit with the same checks, a changed perplexity budget is not."""
-    from edgeship.targets.devices import BUILTIN
-
     app = tmp_path / "app"
     app.mkdir()
-    profile = (BUILTIN / "host.toml").read_text().replace('runtimes = ["onnxruntime", "executorch", "litert"]',
-                                                        'runtimes = ["onnxruntime"]')
-    (app / "genai-only.toml").write_text(profile)
+    runtime_profile(app / "genai-only.toml", "host", ("onnxruntime",))
     (app / "edgeship.toml").write_text(f"""
 [project]
 targets = ["genai-only.toml"]

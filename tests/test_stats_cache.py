@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import runtime_profile
+
 from edgeship import api
 from edgeship.calibration.samples import Samples
 from edgeship.quantize.calibrate import calibrate, convert
@@ -84,17 +86,12 @@ def test_gptq_weights_replay_without_reading_the_samples() -> None:
 def data(tmp_path_factory):
     """Calibration data, and the host and linux-arm64 profiles with ONNX Runtime alone: the statistics
     are the same whatever the runtimes, and lowering for the other two would only add minutes."""
-    from edgeship.targets.devices import BUILTIN
-
     root = tmp_path_factory.mktemp("stats")
     rng = np.random.default_rng(0)
     np.savez(root / "a.npz", x=rng.standard_normal((12, 8, 32)).astype(np.float32))
     np.savez(root / "b.npz", x=rng.standard_normal((12, 8, 32)).astype(np.float32))
     for name in ("host", "linux-arm64"):
-        profile = (BUILTIN / f"{name}.toml").read_text()
-        lines = ['runtimes = ["onnxruntime"]' if line.startswith("runtimes") else line for line in profile.splitlines()]
-        assert lines != profile.splitlines(), name
-        (root / f"{name}.toml").write_text("\n".join(lines) + "\n")
+        runtime_profile(root / f"{name}.toml", name, ("onnxruntime",))
     return root
 
 

@@ -147,13 +147,13 @@ def _export_into(stage: Path, lm, device, recipe: LanguageRecipe, length: int, c
     if recipe.bits < 32:
         stats = StatsCache.for_language(stats_folder, lm.model, calib, recipe) if calib is not None else None
         loaded = stats.memo.get("gptq") if stats is not None else None
-        kept = bool(loaded)
-        steps = gptq_steps(lm.model, calib) if calib is not None and not kept else 1
-        advance = progress(f"{recipe.precision} weights" + (" (GPTQ)" if calib is not None else "")
-                           + (" from the kept statistics" if kept else ""), steps)
-        decoder = int4_decoder(lm.model, recipe.group, calib, advance if steps > 1 else None, recipe.bits,
+        runs = calib is not None and not loaded  # GPTQ reads the windows, ticking once per window and block
+        what = f"{recipe.precision} weights" + (" (GPTQ)" if calib is not None else "")
+        advance = progress(what + (" from the kept statistics" if loaded else ""),
+                           gptq_steps(lm.model, calib) if runs else 1)
+        decoder = int4_decoder(lm.model, recipe.group, calib, advance if runs else None, recipe.bits,
                                asymmetric=recipe.asymmetric, memo=stats.memo if stats is not None else None)
-        if steps == 1:
+        if not runs:
             advance(1)
         if stats is not None and stats.memo.get("gptq") is not loaded:  # computed here (or the kept ones did not fit)
             stats.save()
