@@ -65,14 +65,21 @@ def faithful(accuracy: dict) -> bool:
     return accuracy["max_abs_error"] == 0 if accuracy["sqnr_db"] is None else accuracy["sqnr_db"] > 80
 
 
-def runtime_profile(path: Path, target: str, runtimes: tuple[str, ...]) -> Path:
-    """The built-in profile `target` with only `runtimes`, written to `path` (a .toml): tests whose point is
-    not lowering skip the other runtimes' minutes."""
+def runtime_profile(path: Path, target: str, runtimes: tuple[str, ...] | None = None,
+                    precisions: tuple[str, ...] | None = None) -> Path:
+    """The built-in profile `target` with only `runtimes` and / or only `precisions`, written to `path` (a
+    .toml): tests whose point is not lowering skip the other runtimes' minutes, tests that read no fp32
+    artifact skip making them."""
     from edgeship.targets.devices import BUILTIN
 
-    lines = (BUILTIN / f"{target}.toml").read_text().splitlines()
-    path.write_text("\n".join(f"runtimes = {list(runtimes)!r}".replace("'", '"') if line.startswith("runtimes")
-                              else line for line in lines) + "\n")
+    wanted = {"runtimes": runtimes, "precisions": precisions}
+    lines = []
+    for line in (BUILTIN / f"{target}.toml").read_text().splitlines():
+        key = line.split("=")[0].strip()
+        if wanted.get(key) is not None:
+            line = f"{key} = {list(wanted[key])!r}".replace("'", '"')
+        lines.append(line)
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 

@@ -22,6 +22,7 @@ from edgeship.quantize.graphs import attr
 from edgeship.quantize.recipe import recipe_by_name
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import runtime_profile  # noqa: E402
 from models import CellLoop, spoken_features, tiny_conv_net, trained_keyword_spotter  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
@@ -165,14 +166,18 @@ def test_keyword_spotter_exports_int8_recurrence_to_every_runtime(cell, tmp_path
 
 @pytest.mark.slow
 def test_recurrent_weights_are_int8_with_dynamic_activations_on_every_runtime(tmp_path) -> None:
-    """int8-dynamic: the ONNX and LiteRT rewrites find every step's matmul, though the steps share one weight."""
+    """int8-dynamic: the ONNX and LiteRT rewrites find every step's matmul, though the steps share one weight.
+    The profile asks for no fp32 artifacts, and none is made."""
     from edgeship import api
 
     x, _ = spoken_features(24, frames=24, seed=6)  # 24 steps keep the unrolled lowering within the suite's time
     np.savez(tmp_path / "frames.npz", x=x.numpy())
-    result = api.export(f"{TESTS / 'models.py'}:trained_lstm_spotter", "linux-arm64", tmp_path / "frames.npz",
+    profile = runtime_profile(tmp_path / "int8-only.toml", "linux-arm64", precisions=("int8",))
+    result = api.export(f"{TESTS / 'models.py'}:trained_lstm_spotter", str(profile), tmp_path / "frames.npz",
                         out=tmp_path / "out", recipe="int8-dynamic")
-    artifacts = [a for a in result.manifest["artifacts"] if a["precision"] == "int8-dynamic"]
+    assert {a["precision"] for a in result.manifest["artifacts"]} == {"int8-dynamic"}
+    assert not list(result.out_dir.glob("model.fp32.*"))
+    artifacts = result.manifest["artifacts"]
     assert {a["runtime"] for a in artifacts} == {"onnxruntime", "executorch", "litert"}
     for a in artifacts:
         float_ops = {f["op"].lower() for f in a["not_quantized"]}
@@ -194,9 +199,11 @@ def test_cell_loop_exports_int8_recurrence_to_every_runtime(tmp_path) -> None:
 
     x, _ = spoken_features(24, frames=16, seed=5)
     np.savez(tmp_path / "frames.npz", x=x.numpy())
-    result = api.export(f"{TESTS / 'models.py'}:trained_cell_loop", "linux-arm64", tmp_path / "frames.npz",
+    profile = runtime_profile(tmp_path / "int8-only.toml", "linux-arm64", precisions=("int8",))  # no fp32 files
+    result = api.export(f"{TESTS / 'models.py'}:trained_cell_loop", str(profile), tmp_path / "frames.npz",
                         out=tmp_path / "out")
-    artifacts = [a for a in result.manifest["artifacts"] if a["precision"] == "int8"]
+    artifacts = result.manifest["artifacts"]
+    assert {a["precision"] for a in artifacts} == {"int8"}
     assert {a["runtime"] for a in artifacts} == {"onnxruntime", "executorch", "litert"}
     for a in artifacts:
         float_ops = {f["op"].lower() for f in a["not_quantized"]}

@@ -114,7 +114,8 @@ def export_into(stage: Path, loaded, device, recipe, calib, evaluation, progress
         _write_inputs(stage, made, model, evaluation, recipe)
         job = LowerJob(model.program, made.form, model.args, tuple(model.in_names), tuple(model.out_names),
                        stage / "model.fp32.onnx", model.native)
-        precisions = ("fp32", made.instead_of_int8) if made.instead_of_int8 else device.precisions
+        # the profile's precisions, its int8 made as the recipe's precision (int4, int8-dynamic, fp16)
+        precisions = tuple((made.instead_of_int8 or p) if p == "int8" else p for p in device.precisions)
         artifacts, not_produced = _lower_all(device.runtimes, job, stage, precisions, made.instead_of_int8,
                                              progress, worker)
     from edgeship.verify import output_scales
