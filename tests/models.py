@@ -673,3 +673,23 @@ class LongSequenceTagger(nn.Module):
 def long_sequence_tagger() -> LongSequenceTagger:
     torch.manual_seed(0)
     return LongSequenceTagger().eval()
+
+
+def minilm_samples():
+    """all-MiniLM-L6-v2 (from its offline package) and real sentences: 64 to calibrate, 32 held out."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from edgeship.calibration.samples import Samples
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "examples"))
+    import minilm
+
+    names = ("input_ids", "attention_mask")
+    with np.load(root / "calibration_data/sentences-minilm.npz") as npz:
+        arrays = [npz[k] for k in names]
+    return (minilm.build().eval(), Samples(names, tuple(a[:64] for a in arrays), "64 sentences"),
+            Samples(names, tuple(a[192:224] for a in arrays), "32 held-out sentences"))

@@ -63,12 +63,12 @@ def test_mobilenet_v2_all_runtimes(mobilenet) -> None:
 
 
 def test_minilm_transformer_all_runtimes(tmp_path, monkeypatch, capsys) -> None:
-    """A real BERT-style encoder (all-MiniLM-L6-v2), two int64 inputs, through the real CLI. The first 96 of
+    """A real BERT-style encoder (all-MiniLM-L6-v2), two int64 inputs, through the real CLI. The first 64 of
     the example's 320 sentences keep the suite within its time (calibration is most of this export)."""
     import numpy as np
 
     with np.load(ROOT / "calibration_data/sentences-minilm.npz") as npz:
-        np.savez(tmp_path / "sentences.npz", **{name: npz[name][:96] for name in npz.files})
+        np.savez(tmp_path / "sentences.npz", **{name: npz[name][:64] for name in npz.files})
     code, out, err = run_cli(["export", str(ROOT / "examples/minilm.py") + ":build", "--target", "linux-arm64",
                               "--calibration", str(tmp_path / "sentences.npz"),
                               "--out", str(tmp_path), "--format", "json"], monkeypatch, capsys)
@@ -81,31 +81,3 @@ def test_minilm_transformer_all_runtimes(tmp_path, monkeypatch, capsys) -> None:
         if a["precision"] == "int8":
             assert a["accuracy"]["cosine"] > 0.93, a
     assert manifest["model"]["inputs"] == ["input_ids", "attention_mask"]
-
-
-def test_range_methods_beat_minmax_on_mobilenet() -> None:
-    """Why the default activation observer is the histogram (L2-optimal range) one, and that the
-    percentile and entropy methods earn their place too."""
-    import sys
-
-    import torch
-
-    sys.path.insert(0, str(ROOT / "examples"))
-    import mobilenet_v2
-
-    from edgeship.calibration.readers import read_samples
-    from edgeship.calibration.samples import split_held_out
-    from edgeship.metrics.compare import accuracy
-    from edgeship.quantize.calibrate import quantize
-    from edgeship.quantize.recipe import Recipe
-    from edgeship.verify import torch_outputs
-
-    net = mobilenet_v2.build()
-    calib, held = split_held_out(read_samples(ROOT / "calibration_data/imagenet-sample"))
-    program = torch.export.export(net, (torch.from_numpy(calib.sample(0)[0]),))
-    reference = torch_outputs(net, held)
-    sqnr = {m: accuracy(reference, torch_outputs(quantize(program, Recipe(activation_method=m), calib).folded,
-                                                 held))["sqnr_db"]
-            for m in ("histogram", "percentile", "entropy", "minmax")}
-    for method in ("histogram", "percentile", "entropy"):
-        assert sqnr[method] > sqnr["minmax"] + 1.0, sqnr

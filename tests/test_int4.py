@@ -136,7 +136,7 @@ def test_gptq_moves_the_layer_output_less_than_rounding() -> None:
 @pytest.mark.slow
 def test_gptq_on_minilm() -> None:
     """all-MiniLM-L6-v2, int4 group 32: simulated mean cosine on 32 held-out real sentences."""
-    from conftest import minilm_samples
+    from models import minilm_samples
 
     from edgeship.metrics.compare import accuracy
     from edgeship.quantize.int4 import build_int4
