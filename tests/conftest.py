@@ -33,6 +33,9 @@ def pytest_collection_modifyitems(config, items) -> None:
     across workers, so that is refused here rather than left to race."""
     if not getattr(config.option, "loadgroup", False):
         return
+    # xdist hands out the grouped files first, then single tests in this order: the slow ones first, so
+    # that no worker is left with a long test while the other has finished
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
     lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
     if lost:
         message = (f"pytest-xdist did not group {lost[0]} (and {len(lost) - 1} more): this pytest and "
