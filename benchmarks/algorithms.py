@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from models import minilm_samples  # noqa: E402
 from edgeship.calibration.readers import read_samples  # noqa: E402
 from edgeship.calibration.samples import split_held_out  # noqa: E402
 from edgeship.metrics.compare import accuracy  # noqa: E402
-from edgeship.quantize.calibrate import calibrate, convert  # noqa: E402
+from edgeship.quantize.calibrate import quantize  # noqa: E402
 from edgeship.quantize.recipe import Recipe  # noqa: E402
 from edgeship.verify import torch_outputs  # noqa: E402
 
@@ -44,7 +43,7 @@ PHOTOS = ROOT / "calibration_data" / "imagenet-sample"
 
 
 def _simulated(program, recipe: Recipe, calib, evaluation, reference) -> dict:
-    return accuracy(reference, torch_outputs(convert(calibrate(program, recipe, calib)).folded, evaluation))
+    return accuracy(reference, torch_outputs(quantize(program, recipe, calib).folded, evaluation))
 
 
 def _claim(what: str, holds: bool) -> dict:
@@ -116,7 +115,7 @@ def main() -> None:
     started = time.time()
     rows = [{"study": name} | run() for name, run in (("minilm", minilm), ("ranges", ranges),
                                                       ("equalize", equalize))]
-    save({"benchmark": "algorithms"}, rows, started, opts.out, Path(tempfile.mkdtemp(prefix="edgeship-algorithms-")))
+    save({"benchmark": "algorithms"}, rows, started, opts.out)
     failed = [c["claim"] for r in rows for c in r["claims"] if not c["holds"]]
     if failed:
         sys.exit("claims that do not hold: " + "; ".join(failed))

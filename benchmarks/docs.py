@@ -215,8 +215,9 @@ def agreement_ceiling(data: dict) -> list[str]:
 def algorithms(data: dict) -> list[str]:
     lines = []
     for row in data["rows"]:
-        values = row.get("cosine") or row.get("mean_sqnr_db") or row["sqnr_db"]
-        measure = "mean cosine" if "cosine" in row else "mean SQNR dB" if "mean_sqnr_db" in row else "SQNR dB"
+        key, measure = next((k, m) for k, m in (("cosine", "mean cosine"), ("mean_sqnr_db", "mean SQNR dB"),
+                                                ("sqnr_db", "SQNR dB")) if k in row)
+        values = row[key]
         lines += [f"`{row['study']}`: {row['model']}; {measure} of the simulated int8 model to float.", ""]
         lines += _table(list(values), [list(values.values())]) + [""]
         lines += [f"- {'holds' if c['holds'] else '**fails**'}: {c['claim']}" for c in row["claims"]] + [""]

