@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import runtime_profile
 
 from edgeship import api, apart
 from edgeship.errors import ExportError
@@ -22,8 +23,9 @@ def _files(out_dir) -> dict[str, str]:
 
 def test_lowering_in_a_second_process_writes_the_same_artifacts(tmp_path, conv_npz) -> None:
     model = f"{Path(__file__).parent / 'models.py'}:tiny_conv_net"
-    one = api.export(model, "android-arm64", conv_npz, out=tmp_path / "one", lower_apart=False)
-    two = api.export(model, "android-arm64", conv_npz, out=tmp_path / "two", lower_apart=True)
+    target = str(runtime_profile(tmp_path / "android-arm64.toml", "android-arm64", precisions=("int8",)))
+    one = api.export(model, target, conv_npz, out=tmp_path / "one", lower_apart=False)
+    two = api.export(model, target, conv_npz, out=tmp_path / "two", lower_apart=True)
     assert _files(one.out_dir) == _files(two.out_dir)
     assert {p.suffix for p in two.out_dir.glob("model.*")} >= {".pte", ".onnx", ".ort", ".tflite"}
     assert [p.name for p in two.out_dir.iterdir() if p.name.startswith(".")] == []  # no work folder left
