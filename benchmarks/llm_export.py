@@ -4,6 +4,7 @@ licence texts), then timed by `edgeship bench` on this machine; each artifact's 
 table, the greedy comparison, tokens per second and the time of each stage, saved as JSON.
 
     .venv/bin/python benchmarks/llm_export.py [--recipe int4|int8|fp32] [--max-seq-len 1024] [--max-ppl-increase 1%]
+        [--int4-offsets whole]
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ def main() -> None:
     parser.add_argument("--max-seq-len", type=int, default=None)
     parser.add_argument("--max-ppl-increase", default=None, help="the export's perplexity budget (results/"
                         "llm_export_budget.json)")
+    parser.add_argument("--int4-offsets", default=None, help="checkpoint or whole (results/llm_export_whole.json)")
     parser.add_argument("--out", type=Path, default=None,
                         help="default: results/llm_export.json (int4), results/llm_export_<recipe>.json (others)")
     args = parser.parse_args()
     results = ROOT / "benchmarks" / "results"
-    args.out = args.out or results / ("llm_export_budget.json" if args.max_ppl_increase else "llm_export.json"
-                                      if args.recipe == "int4" else f"llm_export_{args.recipe}.json")
+    args.out = args.out or results / ("llm_export_budget.json" if args.max_ppl_increase else
+                                      f"llm_export_{args.int4_offsets}.json" if args.int4_offsets else
+                                      "llm_export.json" if args.recipe == "int4" else f"llm_export_{args.recipe}.json")
     with tempfile.TemporaryDirectory() as tmp:
         texts = Path(tmp)
         eval_data = []
@@ -54,6 +57,8 @@ def main() -> None:
             command += ["--max-seq-len", str(args.max_seq_len)]
         if args.max_ppl_increase:
             command += ["--max-ppl-increase", args.max_ppl_increase]
+        if args.int4_offsets:
+            command += ["--int4-offsets", args.int4_offsets]
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
         seconds = time.perf_counter() - started

@@ -49,6 +49,10 @@ def export(
     max_ppl_increase: Annotated[Optional[str], typer.Option("--max-ppl-increase", help="Language models, "
                                 "int4: budget on the worst subject's perplexity increase, e.g. 5%; the most "
                                 "sensitive layers stay int8 until it holds.")] = None,
+    int4_offsets: Annotated[Optional[str], typer.Option("--int4-offsets", help="Language models, int4: "
+                            "checkpoint (default; a checkpoint already on an int4 grid with free offsets, "
+                            "GGUF Q4_1, keeps its values exactly) or whole (integer zero points, what the "
+                            "int4 kernels take: smaller, faster decoding; such values are rounded again).")] = None,
     out: options.OutOpt = Path("out"),
     input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="e.g. 1x3x224x224; "
                            "repeat for several inputs.")] = None,
@@ -79,9 +83,10 @@ def export(
 
     if is_causal_lm_source(model):
         limit = options.percent("--max-ppl-increase", max_ppl_increase) if max_ppl_increase is not None else None
-        _export_language(model, target, calibration, eval_data, out, recipe, max_seq_len, limit, format)
+        _export_language(model, target, calibration, eval_data, out, recipe, max_seq_len, limit, int4_offsets,
+                         format)
         return
-    _not_language_options(model, eval_data, max_seq_len, max_ppl_increase)
+    _not_language_options(model, eval_data, max_seq_len, max_ppl_increase, int4_offsets)
     budget = options.budget(min_cosine, min_sqnr, max_drop)
     preprocess = {"resize": resize, "crop": crop, "mean": options.floats("--mean", mean),
                   "std": options.floats("--std", std), "layout": layout, "color": color}
@@ -98,7 +103,10 @@ def export(
 
 
 def _not_language_options(model: str, eval_data: list[str] | None, max_seq_len: int | None,
-                          max_ppl_increase: str | None) -> None:
+                          max_ppl_increase: str | None, int4_offsets: str | None) -> None:
+    if int4_offsets is not None:
+        raise ConfigError(f"--int4-offsets is for causal language models; {model} is not one (int4 recipes for "
+                          "other models use symmetric weights): drop it")
     if max_ppl_increase is not None:
         raise ConfigError(f"--max-ppl-increase is for causal language models; {model} is not one: use --min-cosine, "
                           "--min-sqnr or --max-drop")
@@ -111,7 +119,7 @@ def _not_language_options(model: str, eval_data: list[str] | None, max_seq_len: 
 
 
 def _export_language(model: str, target: str, calibration: Path, eval_data: list[str] | None, out: Path,
-                     recipe: str, max_seq_len: int | None, max_ppl_increase: float | None,
+                     recipe: str, max_seq_len: int | None, max_ppl_increase: float | None, int4_offsets: str | None,
                      format: options.Format) -> None:
     from edgeship import api
 
@@ -119,7 +127,7 @@ def _export_language(model: str, target: str, calibration: Path, eval_data: list
     with render.Stages(_state["quiet"]) as progress:
         result = api.export_language(model, target, calibration, eval_data=options.subjects(eval_data), out=out,
                                      recipe=recipe, max_seq_len=max_seq_len, max_ppl_increase=max_ppl_increase,
-                                     progress=progress)
+                                     int4_offsets=int4_offsets, progress=progress)
     if format is options.Format.json:
         typer.echo(json.dumps(result.manifest, indent=1))
         return

@@ -190,7 +190,8 @@ def test_asymmetric_groups_reproduce_a_grid_with_zero_points() -> None:
 def test_a_layer_already_on_a_grid_with_free_offsets_keeps_it(tiny_lm) -> None:
     """A checkpoint quantized before with free offsets (GGUF's Q4_1: each group min + q * d) keeps its grid:
     moving it to whole-step offsets would round every value a second time. Its layers come back exactly,
-    with free offsets; the layers of a model on no grid get whole-step offsets (integer zero points)."""
+    with free offsets; the layers of a model on no grid get whole-step offsets (integer zero points), and so
+    does every layer when grids are not kept (`--int4-offsets whole`)."""
     from edgeship.quantize.grid import keeps_its_grid, whole_steps
 
     _, model, tokenizer = tiny_lm
@@ -213,6 +214,9 @@ def test_a_layer_already_on_a_grid_with_free_offsets_keeps_it(tiny_lm) -> None:
             assert whole_steps(w) is not free
             if free:  # GPTQ leaves a weight it can represent exactly as it is
                 assert torch.allclose(w.dequantized(), layers[w.layer].weight.detach(), atol=1e-5)
+    requantized = int4_decoder(gridded, group=32, windows=windows, asymmetric=True, keep_grids=False)
+    assert requantized.record["free_offset_layers"] == 0  # --int4-offsets whole: integer zero points throughout
+    assert all(whole_steps(w) for w in requantized.linears)
 
 
 def test_a_perplexity_budget_keeps_the_fewest_most_sensitive_layers_int8(tiny_lm) -> None:

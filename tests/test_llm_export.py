@@ -346,9 +346,15 @@ def test_bad_language_model_inputs(lm_folder: Path, tmp_path: Path, monkeypatch,
     assert "no such text file" in _bad(monkeypatch, capsys, tmp_path, model, tmp_path / "missing.txt")
     assert "has no int4 layers" in _bad(monkeypatch, capsys, tmp_path, model, text, "--recipe", "int8",
                                         "--max-ppl-increase", "5%")
+    assert "is not one of checkpoint, whole" in _bad(monkeypatch, capsys, tmp_path, model, text,
+                                                     "--int4-offsets", "free")
+    assert "--int4-offsets is for int4 recipes" in _bad(monkeypatch, capsys, tmp_path, model, text, "--recipe", "int8",
+                                                        "--int4-offsets", "whole")
     conv = f"{Path(__file__).parent / 'models.py'}:tiny_conv_net"
     assert "--max-ppl-increase is for causal language models" in _bad(monkeypatch, capsys, tmp_path, conv, text,
                                                                       "--max-ppl-increase", "5%")
+    assert "--int4-offsets is for causal language models" in _bad(monkeypatch, capsys, tmp_path, conv, text,
+                                                                  "--int4-offsets", "whole")
     bert = tmp_path / "bert"
     BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                intermediate_size=64).save_pretrained(bert)

@@ -26,35 +26,48 @@ EVAL_WINDOWS, EVAL_LENGTH = 8, 256  # each evaluation text: up to 8 teacher-forc
 NEW_TOKENS = 32  # greedy generation per prompt
 PROMPTS = ("The capital of France is", "Once upon a time, in a small village,", "def fibonacci(n):",
            "The main causes of the First World War were", "To make a good cup of tea, you")
+INT4_OFFSETS = ("checkpoint", "whole")  # LanguageRecipe.offsets
 LANGUAGE_RUNTIMES = ("executorch", "onnxruntime", "litert")  # the runtimes whose language-model artifacts edgeship writes
 
 
 @dataclass(frozen=True)
 class LanguageRecipe:
     """How a decoder's linear layers are quantized: `bits` 4 with one scale per `group` input channels,
-    or 8 with one per output channel (`group` None); `gptq` over the calibration text, else nearest."""
+    or 8 with one per output channel (`group` None); `gptq` over the calibration text, else nearest.
+    `offsets` (int4): "checkpoint", layers of a checkpoint already on an int4 grid with free offsets (GGUF's
+    Q4_1) keep its values exactly, each runtime computing those offsets beside its int4 kernel; "whole",
+    every offset a whole number of steps, the integer zero points the int4 kernels take (smaller and faster
+    to decode; such a checkpoint's values are rounded again)."""
 
     name: str
     bits: int
     group: int | None
     gptq: bool
     asymmetric: bool = False  # int4: an offset per group too (values q * scale + offset)
+    offsets: str = "checkpoint"
 
     @property
     def precision(self) -> str:
         return {4: "int4", 8: "int8"}.get(self.bits, "fp32")
 
 
-def language_recipe(name: str) -> LanguageRecipe:
-    """The recipe named `name` as a decoder takes it: w4a8 recipes give int4, int8 ones per-channel int8
-    weights with dynamic activations; others are refused."""
+def language_recipe(name: str, offsets: str | None = None) -> LanguageRecipe:
+    """The recipe named `name` as a decoder takes it: w4a8 recipes give int4 (`offsets`: see LanguageRecipe;
+    default "checkpoint"), int8 ones per-channel int8 weights with dynamic activations; others are refused."""
     from edgeship.quantize.recipe import recipe_by_name
 
+    if offsets is not None and offsets not in INT4_OFFSETS:
+        raise ConfigError(f"--int4-offsets {offsets} is not one of {', '.join(INT4_OFFSETS)}: pass checkpoint (a "
+                          "checkpoint's own int4 grid kept exactly) or whole (integer zero points)")
+    if offsets is not None and (name == "fp32" or recipe_by_name(name).scheme != "w4a8"):
+        raise ConfigError(f"--int4-offsets is for int4 recipes; recipe {name} has no int4 layers: drop it or use "
+                          "--recipe int4")
     if name == "fp32":  # the float reference artifacts, for comparing sizes and speeds
         return LanguageRecipe("fp32", 32, None, False)
     recipe = recipe_by_name(name)
     if recipe.scheme == "w4a8":
-        return LanguageRecipe(recipe.name, 4, recipe.group_size, "gptq" in recipe.algorithms, asymmetric=True)
+        return LanguageRecipe(recipe.name, 4, recipe.group_size, "gptq" in recipe.algorithms, asymmetric=True,
+                              offsets=offsets or "checkpoint")
     if recipe.scheme in ("w8a8", "w8a8-dynamic") and recipe.name in ("int8", "int8-dynamic"):
         return LanguageRecipe(recipe.name, 8, None, "gptq" in recipe.algorithms and recipe.scheme != "w8a8")
     raise ConfigError(f"recipe {recipe.name} does not apply to a language model; use --recipe int4 (int4 "
@@ -64,12 +77,13 @@ def language_recipe(name: str) -> LanguageRecipe:
 def export_language(model: str, target: str, calibration: str | Path, *,
                     eval_data: dict[str, str | Path] | None = None, out: str | Path = "out", recipe: str = "int4",
                     max_seq_len: int | None = None, max_ppl_increase: float | None = None,
-                    progress: Progress = no_progress) -> ExportResult:
+                    int4_offsets: str | None = None, progress: Progress = no_progress) -> ExportResult:
     """Quantize the causal LM at `model` once on the `calibration` text, write each runtime's generation
     artifact for `target`, verify it on every `eval_data` text ({subject: .txt or .jsonl}; default: the
     calibration text past the windows GPTQ read) and write `out/<model>/<target>/` atomically.
     `max_ppl_increase` (a fraction, int4 only): the most sensitive layers are kept int8 until the worst
-    subject's perplexity increase is within it, and every artifact must measure within it (BudgetError)."""
+    subject's perplexity increase is within it, and every artifact must measure within it (BudgetError).
+    `int4_offsets`: LanguageRecipe.offsets."""
     from edgeship.calibration.text import read_text
     from edgeship.export.causal_lm import load_causal_lm
     from edgeship.targets.devices import load_device
@@ -79,7 +93,7 @@ def export_language(model: str, target: str, calibration: str | Path, *,
     if not runtimes:
         raise ConfigError(f"target {device.name} runs {', '.join(device.runtimes)}; edgeship writes language "
                           f"models for {', '.join(LANGUAGE_RUNTIMES)}: pick a target that has one")
-    chosen = language_recipe(recipe)
+    chosen = language_recipe(recipe, int4_offsets)
     if max_ppl_increase is not None and chosen.bits != 4:
         raise ConfigError(f"--max-ppl-increase keeps layers of an int4 recipe at int8; recipe {chosen.name} has "
                           "no int4 layers: drop it or use --recipe int4")
@@ -152,7 +166,8 @@ def _export_into(stage: Path, lm, device, recipe: LanguageRecipe, length: int, c
         advance = progress(what + (" from the kept statistics" if loaded else ""),
                            gptq_steps(lm.model, calib) if runs else 1)
         decoder = int4_decoder(lm.model, recipe.group, calib, advance if runs else None, recipe.bits,
-                               asymmetric=recipe.asymmetric, memo=stats.memo if stats is not None else None)
+                               asymmetric=recipe.asymmetric, memo=stats.memo if stats is not None else None,
+                               keep_grids=recipe.offsets == "checkpoint")
         if not runs:
             advance(1)
         if stats is not None and stats.memo.get("gptq") is not loaded:  # computed here (or the kept ones did not fit)

@@ -52,13 +52,14 @@ class Int4Decoder:
 
 def int4_decoder(model: nn.Module, group: int | None = 32, windows: torch.Tensor | None = None,
                  progress: Callable[[int], None] | None = None, bits: int = 4, search: bool = True,
-                 asymmetric: bool = False, memo: dict | None = None) -> Int4Decoder:
+                 asymmetric: bool = False, memo: dict | None = None, keep_grids: bool = True) -> Int4Decoder:
     """`model`'s int4 block weights and int8 per-row embeddings (and untied head), with a copy of the model
     holding them. With calibration `windows`, GPTQ block by block: each block's layers see the inputs the
     blocks before it give once quantized (`progress(1)` per window read and per block); without, rounded
     to nearest. `search`: each group's scale clipped where that lowers its error. `asymmetric`: an offset
-    per group too (values q * scale + offset), a whole number of steps unless the layer's weights already
-    sit on a grid with free offsets (grid.keeps_its_grid: a checkpoint quantized before). `bits` 8 with
+    per group too (values q * scale + offset), a whole number of steps unless `keep_grids` and the layer's
+    weights already sit on a grid with free offsets (grid.keeps_its_grid: a checkpoint quantized before,
+    whose values are then kept exactly; every runtime computes such offsets beside its int4 kernel). `bits` 8 with
     `group` None: int8 weights, one scale per output channel. `memo` (quantize/stats_cache.py): GPTQ's
     weights are taken from its "gptq" entry when it holds them for these layers (no window is run), and
     written there when not. `model` is unchanged."""
@@ -68,7 +69,7 @@ def int4_decoder(model: nn.Module, group: int | None = 32, windows: torch.Tensor
     skipped = [n for n, m in block_linears(quantized) if m.in_features % size[n]]
     with torch.no_grad():
         rows, head_rows, tied = _int8_tables(quantized)
-        rule = _Rounding(size, bits, search, asymmetric)
+        rule = _Rounding(size, bits, search, asymmetric, keep_grids)
         replayed = _replayed(linears, memo.get("gptq")) if windows is not None and memo else None
         if replayed is not None:
             weights = replayed
@@ -94,12 +95,14 @@ def gptq_steps(model: nn.Module, windows: torch.Tensor) -> int:
 
 @dataclass(frozen=True)
 class _Rounding:
-    """How each linear layer's weight goes on its grid: its group, the bits, the clipping search, offsets."""
+    """How each linear layer's weight goes on its grid: its group, the bits, the clipping search, offsets
+    (and whether a layer already on a grid with free offsets keeps it)."""
 
     size: dict
     bits: int
     search: bool
     asymmetric: bool
+    keep_grids: bool = True
 
     def _record(self, name: str, values: tuple) -> Int4Weight:
         q, scale, *offset = values
@@ -107,9 +110,9 @@ class _Rounding:
                           offset[0].float() if offset else None)
 
     def _whole(self, name: str, weight: torch.Tensor) -> bool:
-        """Offsets in whole steps (integer zero points), unless the layer already sits on a grid with free
-        offsets (grid.keeps_its_grid)."""
-        return not keeps_its_grid(weight, self.size[name], self.bits, self.search)
+        """Offsets in whole steps (integer zero points), unless grids are kept and the layer already sits on
+        a grid with free offsets (grid.keeps_its_grid)."""
+        return not (self.keep_grids and keeps_its_grid(weight, self.size[name], self.bits, self.search))
 
     def nearest(self, name: str, module: nn.Linear) -> Int4Weight:
         weight = module.weight.detach().float()

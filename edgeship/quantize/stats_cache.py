@@ -82,7 +82,7 @@ class StatsCache:
         fields = {"edgeship": edgeship.__version__, "torch": torch.__version__, "kind": "language",
                   "config": model.config.to_json_string(use_diff=False), "model": tensors_hash(model.state_dict()),
                   "windows": tensors_hash({"windows": windows}), "bits": recipe.bits, "group": recipe.group,
-                  "asymmetric": recipe.asymmetric}
+                  "asymmetric": recipe.asymmetric, "offsets": recipe.offsets}
         return cls(folder, hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32])
 
     def _load(self) -> dict:
