@@ -44,15 +44,9 @@ def export(
     eval_data: Annotated[Optional[list[str]], typer.Option("--eval-data", help="Verification samples (same "
                          "formats); default: a held-out quarter of the calibration set. Language models: "
                          "NAME=text.txt (or .jsonl), repeatable, one subject each.")] = None,
-    max_seq_len: Annotated[Optional[int], typer.Option("--max-seq-len", help="Language models: the KV cache's "
-                           "positions (default: 1024, or the model's limit).")] = None,
-    max_ppl_increase: Annotated[Optional[str], typer.Option("--max-ppl-increase", help="Language models, "
-                                "int4: budget on the worst subject's perplexity increase, e.g. 5%; the most "
-                                "sensitive layers stay int8 until it holds.")] = None,
-    int4_offsets: Annotated[Optional[str], typer.Option("--int4-offsets", help="Language models, int4: "
-                            "checkpoint (default; a checkpoint already on an int4 grid with free offsets, "
-                            "GGUF Q4_1, keeps its values exactly) or whole (integer zero points, what the "
-                            "int4 kernels take: smaller, faster decoding; such values are rounded again).")] = None,
+    max_seq_len: options.MaxSeqLenOpt = None,
+    max_ppl_increase: options.MaxPplIncreaseOpt = None,
+    int4_offsets: options.Int4OffsetsOpt = None,
     out: options.OutOpt = Path("out"),
     input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="e.g. 1x3x224x224; "
                            "repeat for several inputs.")] = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -23,6 +23,16 @@ CalibrationOpt = Annotated[Path, typer.Option("--calibration", "-c", help="Image
                                               "input, first axis = samples) or folder of .npy files.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output root; artifacts go to OUT/<model>/<target>/.")]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="table or json (json prints the manifest).")]
+# language models only
+MaxSeqLenOpt = Annotated[Optional[int], typer.Option("--max-seq-len", help="Language models: the KV cache's "
+                                                     "positions (default: 1024, or the model's limit).")]
+MaxPplIncreaseOpt = Annotated[Optional[str], typer.Option("--max-ppl-increase", help="Language models, int4: budget "
+                              "on the worst subject's perplexity increase, e.g. 5%; the most sensitive layers stay "
+                              "int8 until it holds.")]
+Int4OffsetsOpt = Annotated[Optional[str], typer.Option("--int4-offsets", help="Language models, int4: checkpoint "
+                           "(default; a checkpoint already on an int4 grid with free offsets, GGUF Q4_1, keeps its "
+                           "values exactly) or whole (integer zero points, what the int4 kernels take: smaller, "
+                           "faster decoding; such values are rounded again).")]
 
 
 def percent(flag: str, text: str) -> float:
