@@ -12,7 +12,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgeship import outputs
@@ -51,27 +51,33 @@ class LanguageRecipe:
         return {4: "int4", 8: "int8"}.get(self.bits, "fp32")
 
 
-def language_recipe(name: str, offsets: str | None = None) -> LanguageRecipe:
-    """The recipe named `name` as a decoder takes it: w4a8 recipes give int4 (`offsets`: see LanguageRecipe;
-    default "checkpoint"), int8 ones per-channel int8 weights with dynamic activations; others are refused."""
+def language_recipe(name: str) -> LanguageRecipe:
+    """The recipe named `name` as a decoder takes it: w4a8 recipes give int4, int8 ones per-channel int8
+    weights with dynamic activations; others are refused."""
     from edgeship.quantize.recipe import recipe_by_name
 
-    if offsets is not None and offsets not in INT4_OFFSETS:
-        raise ConfigError(f"--int4-offsets {offsets} is not one of {', '.join(INT4_OFFSETS)}: pass checkpoint (a "
-                          "checkpoint's own int4 grid kept exactly) or whole (integer zero points)")
-    if offsets is not None and (name == "fp32" or recipe_by_name(name).scheme != "w4a8"):
-        raise ConfigError(f"--int4-offsets is for int4 recipes; recipe {name} has no int4 layers: drop it or use "
-                          "--recipe int4")
     if name == "fp32":  # the float reference artifacts, for comparing sizes and speeds
         return LanguageRecipe("fp32", 32, None, False)
     recipe = recipe_by_name(name)
     if recipe.scheme == "w4a8":
-        return LanguageRecipe(recipe.name, 4, recipe.group_size, "gptq" in recipe.algorithms, asymmetric=True,
-                              offsets=offsets or "checkpoint")
+        return LanguageRecipe(recipe.name, 4, recipe.group_size, "gptq" in recipe.algorithms, asymmetric=True)
     if recipe.scheme in ("w8a8", "w8a8-dynamic") and recipe.name in ("int8", "int8-dynamic"):
         return LanguageRecipe(recipe.name, 8, None, "gptq" in recipe.algorithms and recipe.scheme != "w8a8")
     raise ConfigError(f"recipe {recipe.name} does not apply to a language model; use --recipe int4 (int4 "
                       "block-wise weights), --recipe int8 (int8 per-channel weights) or --recipe fp32")
+
+
+def _with_offsets(chosen: LanguageRecipe, offsets: str | None) -> LanguageRecipe:
+    """`chosen` with `--int4-offsets` (LanguageRecipe.offsets) applied, where one was given."""
+    if offsets is None:
+        return chosen
+    if offsets not in INT4_OFFSETS:
+        raise ConfigError(f"--int4-offsets {offsets} is not one of {', '.join(INT4_OFFSETS)}: pass checkpoint (a "
+                          "checkpoint's own int4 grid kept exactly) or whole (integer zero points)")
+    if chosen.bits != 4:
+        raise ConfigError(f"--int4-offsets is for int4 recipes; recipe {chosen.name} has no int4 layers: drop it or "
+                          "use --recipe int4")
+    return replace(chosen, offsets=offsets)
 
 
 def export_language(model: str, target: str, calibration: str | Path, *,
@@ -93,7 +99,7 @@ def export_language(model: str, target: str, calibration: str | Path, *,
     if not runtimes:
         raise ConfigError(f"target {device.name} runs {', '.join(device.runtimes)}; edgeship writes language "
                           f"models for {', '.join(LANGUAGE_RUNTIMES)}: pick a target that has one")
-    chosen = language_recipe(recipe, int4_offsets)
+    chosen = _with_offsets(language_recipe(recipe), int4_offsets)
     if max_ppl_increase is not None and chosen.bits != 4:
         raise ConfigError(f"--max-ppl-increase keeps layers of an int4 recipe at int8; recipe {chosen.name} has "
                           "no int4 layers: drop it or use --recipe int4")
