@@ -83,7 +83,7 @@ def export(name: str, work: Path, tok) -> dict:
     except EdgeshipError as exc:
         return {"family": name, "error": f"{type(exc).__name__}: {exc}", "seconds": round(time.time() - started, 1)}
     return {"family": name, "seconds": round(time.time() - started, 1),
-            "artifacts": [{"runtime": a["runtime"], "path": a["path"],
+            "artifacts": [{"runtime": a["runtime"], "path": a["path"], **({"data": a["data"]} if "data" in a else {}),
                            "perplexity_increase": a["subjects"]["text"]["perplexity_increase"],
                            "runner_equals_greedy": a.get("runner", {}).get("equals_greedy")}
                           for a in manifest["artifacts"]],

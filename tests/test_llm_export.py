@@ -141,7 +141,8 @@ def test_the_pte_computes_the_integer_model_with_its_kv_cache(exported, lm_folde
     folder, manifest = exported
     lm = load_causal_lm(str(lm_folder / "tiny-llama"))
     windows = token_windows(lm.tokenizer, read_text(lm_folder / "calibration.txt"), LENGTH, 32)
-    integer = with_integer_weights(int4_decoder(lm.model, 32, windows, asymmetric=True))
+    decoder = int4_decoder(lm.model, 32, windows, asymmetric=True)
+    integer = with_integer_weights(decoder)
     tokens = windows[1, :40].tolist()
     with torch.no_grad():
         expected = integer(torch.tensor([tokens])).logits[0]
@@ -155,6 +156,11 @@ def test_the_pte_computes_the_integer_model_with_its_kv_cache(exported, lm_folde
         assert float((got - expected).pow(2).mean().sqrt()) < 0.35 * quantization
         assert bool((got.argmax(-1) == expected.argmax(-1)).all())
     assert session.max_seq_len == LENGTH
+    artifact = _artifact(manifest, "executorch")  # the tied head's int8 table: stored once, in the .ptd
+    pte, ptd = (folder / artifact["path"]).read_bytes(), (folder / artifact["data"]).read_bytes()
+    table = decoder.embeddings.q.numpy().tobytes()
+    assert (pte.count(table), ptd.count(table)) == (0, 1)
+    assert artifact["size_bytes"] == len(pte) + len(ptd)
 
 
 def test_the_genai_model_computes_the_integer_model(exported, lm_folder: Path) -> None:
@@ -508,6 +514,13 @@ def test_the_fp32_reference_artifacts_match_float(lm_folder: Path, tmp_path: Pat
             assert abs(score["perplexity_increase"]) < 1e-3 and score["top1_agreement"] == 1.0
         assert all(g["first_divergence"] is None for g in artifact["generation"])
     assert manifest["weights"] == {"method": "float", "quantized_layers": 0}
+    et = next(a for a in manifest["artifacts"] if a["runtime"] == "executorch")  # the tied table held once
+    folder = tmp_path / "out" / "tiny-llama" / "host"
+    pte, ptd = (folder / et["path"]).read_bytes(), (folder / et["data"]).read_bytes()
+    from transformers import AutoModelForCausalLM
+
+    table = AutoModelForCausalLM.from_pretrained(lm_folder / "tiny-llama").get_input_embeddings().weight
+    assert (pte.count(table.detach().numpy().tobytes()), ptd.count(table.detach().numpy().tobytes())) == (0, 1)
 
 
 def test_a_project_builds_a_language_model_against_its_budgets(lm_folder: Path, tmp_path: Path, monkeypatch,

@@ -65,7 +65,7 @@ def _on_device(out_dir: Path, chosen: list[dict], threads: int, context: int, de
     if not hasattr(device, "bench_language"):
         raise DeviceError(f"{device.address}: language-model artifacts are timed on ssh:// devices (or here); "
                           "on Android time them with the runtimes' own LLM runners")
-    device.push([out_dir / a["path"] for a in chosen])
+    device.push([out_dir / name for a in chosen for name in (a["path"], a.get("data")) if name])
     try:
         probe = device.probe()
         why = probe.get("language_runtimes", {})

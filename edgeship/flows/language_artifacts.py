@@ -55,12 +55,15 @@ def _executorch(stage: Path, lm, decoder, recipe, length: int, subjects: dict, r
                                 else copy.deepcopy(lm.model), length)
     advance(1)
     path = stage / f"model.{recipe.precision}.pte"
-    outside = et.write_decoder(program, et.metadata(lm.model.config, lm.tokenizer, length), path)
+    outside = et.write_decoder(program, et.metadata(lm.model.config, lm.tokenizer, length), path,
+                               et.tied_table(lm.model))
     advance(1)
     session = et.DecoderSession(path)
+    data = et.data_file(path)
     record = {"runtime": "executorch", "precision": recipe.precision, "path": path.name,
-              "size_bytes": path.stat().st_size, "tokenizer": "tokenizer/tokenizer.json",
-              "ops_outside_delegate": sorted(set(outside))}
+              **({"data": data.name} if data else {}),
+              "size_bytes": path.stat().st_size + (data.stat().st_size if data else 0),
+              "tokenizer": "tokenizer/tokenizer.json", "ops_outside_delegate": sorted(set(outside))}
     record |= _verify(session.logits, session.greedy, lm.tokenizer, subjects, reference, progress, "executorch")
     if not record["generation"]:
         return record

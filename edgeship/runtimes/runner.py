@@ -237,7 +237,8 @@ def _et_language(path, threads, context):
     portable_lib._unsafe_reset_threadpool(threads)
     started = time.perf_counter()
     load_et_kernels()
-    program = Runtime.get().load_program(path)
+    data = os.path.splitext(path)[0] + ".ptd"  # the shared token table, when the export wrote one
+    program = Runtime.get().load_program(path, data_path=data if os.path.isfile(data) else None)
     method = program.load_method("forward")
     length = int(program.load_method("get_max_seq_len").execute([])[0])
     vocab = int(program.load_method("get_vocab_size").execute([])[0])

@@ -129,17 +129,49 @@ def metadata(config, tokenizer, max_seq_len: int) -> dict:
             "enable_dynamic_shape": True}
 
 
-def write_decoder(program: torch.export.ExportedProgram, constants: dict, path: Path) -> list[str]:
+def tied_table(model: nn.Module) -> tuple[str, str] | None:
+    """The names of `model`'s token embeddings and output head when the head is tied to them (one table)."""
+    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if head is None or head.weight is not embedding.weight:
+        return None
+    names = {id(m): n for n, m in model.named_modules()}
+    return names[id(embedding)], names[id(head)]
+
+
+def data_file(pte: Path) -> Path | None:
+    """The .ptd beside a decoder .pte (its shared token table, `write_decoder`), when it has one."""
+    data = Path(pte).with_suffix(".ptd")
+    return data if data.is_file() else None
+
+
+def _in_table(node: torch.fx.Node, table: tuple[str, str] | None) -> bool:
+    """Whether `node` is a placeholder holding the embeddings' or the head's weights (or scales): named from
+    their module's path, also where torchao's integer weights are unwrapped into several placeholders."""
+    return node.op == "placeholder" and table is not None and any(
+        f"_{name.replace('.', '_')}_" in node.name for name in table)
+
+
+def write_decoder(program: torch.export.ExportedProgram, constants: dict, path: Path,
+                  table: tuple[str, str] | None = None) -> list[str]:
     """Lower `program` to XNNPACK with the runner's `constants`, write the .pte; the ops left outside the
-    delegate."""
+    delegate. `table` (`tied_table`): the embeddings' and the tied head's weights, which the program's
+    embedding op and the XNNPACK head would each hold, are written once, to a .ptd beside the .pte (the
+    same name; ExecuTorch's data file, which its runners take as `data_path`)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.pass_base import PassResult
 
     from edgeship.backends.executorch.lower import without_history
 
+    def tag(graph_module: torch.fx.GraphModule) -> PassResult:  # XNNPACK's copy of the head to the .ptd
+        for node in graph_module.graph.nodes:
+            if _in_table(node, table):
+                node.meta.setdefault("custom", {})["delegate_constant_tag"] = path.stem
+        return PassResult(graph_module, table is not None)
+
     try:
         edge = to_edge_transform_and_lower(without_history(program), partitioner=[XnnpackPartitioner()],
-                                           constant_methods=constants,
+                                           transform_passes=[tag], constant_methods=constants,
                                            compile_config=EdgeCompileConfig(_check_ir_validity=False))
     except Exception as exc:
         raise ExportError(f"ExecuTorch cannot lower this model to XNNPACK ({type(exc).__name__}: "
@@ -148,7 +180,11 @@ def write_decoder(program: torch.export.ExportedProgram, constants: dict, path: 
                for n in edge.exported_program().graph.nodes
                if n.op == "call_function" and "executorch_call_delegate" not in str(n.target)
                and "getitem" not in str(n.target)]
-    path.write_bytes(edge.to_executorch().buffer)
+    lowered = edge.to_executorch(ExecutorchBackendConfig(  # the program's own copy (the embeddings') too
+        external_constants=lambda node: path.stem if _in_table(node, table) else None))
+    path.write_bytes(lowered.buffer)
+    if table is not None:
+        lowered.write_tensor_data_to_file(str(path.parent))
     return outside
 
 
@@ -160,7 +196,8 @@ class DecoderSession:
         from executorch.runtime import Runtime
 
         load_kernels()
-        program = Runtime.get().load_program(str(path))
+        data = data_file(path)
+        program = Runtime.get().load_program(str(path), data_path=str(data) if data else None)
         self._method = program.load_method("forward")
         self.max_seq_len = int(program.load_method("get_max_seq_len").execute([])[0])
         self.vocab_size = int(program.load_method("get_vocab_size").execute([])[0])
@@ -199,7 +236,8 @@ def runner_generate(path: Path, tokenizer_json: Path, prompt: str, count: int, s
     load_kernels()
     stats: dict = {}
     with _native_output_read(stream) as printed:
-        runner = TextLLMRunner(str(path), str(tokenizer_json))
+        data = data_file(path)
+        runner = TextLLMRunner(str(path), str(tokenizer_json), str(data) if data else None)
         runner.generate(prompt, GenerationConfig(max_new_tokens=count, temperature=0.0, echo=False),
                         stats_callback=lambda s: stats.update(json.loads(s.to_json_string())))
     tokens = int(stats.get("generated_tokens", 0)) + 1 if stats else 0  # the first token comes from the prefill
