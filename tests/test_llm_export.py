@@ -23,6 +23,8 @@ pytestmark = pytest.mark.xdist_group("test_llm_export")  # one worker builds the
 TEXT = " ".join(f"the {a} {b} sat on the {c} mat ." for a in ("red", "big", "old", "shy") for b in ("cat", "dog", "owl")
                 for c in ("blue", "flat", "warm", "soft", "new")) * 4
 LENGTH = 64
+SHIPPED = ["manifest.json", "model.int4.litertlm", "model.int4.ptd", "model.int4.pte", "onnxruntime-genai", "report.md",
+           "tokenizer"]
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +72,7 @@ def test_the_manifest_records_the_weights_every_artifact_holds(exported, lm_fold
 
     folder, manifest = exported
     assert json.loads((folder / "manifest.json").read_text()) == manifest
+    assert sorted(p.name for p in folder.iterdir()) == SHIPPED  # no runtime's cache left beside the artifacts
     lm = load_causal_lm(str(lm_folder / "tiny-llama"))
     windows = token_windows(lm.tokenizer, read_text(lm_folder / "calibration.txt"), LENGTH, 32)
     assert manifest["recipe"]["asymmetric"] is True  # every runtime takes the offsets (LiteRT as a layer beside)
@@ -387,6 +390,7 @@ def test_bench_times_every_language_artifact(exported) -> None:
         assert row["rounds"] == 3 and low <= row["decode_tokens_per_s"] <= high
     assert json.loads((folder / "bench.json").read_text())["rows"] == result.rows
     assert json.loads((folder / "manifest.json").read_text())["bench"]["rows"] == result.rows
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*SHIPPED, "bench.json"])
 
 
 @pytest.mark.skipif(SSHD is None, reason="OpenSSH server not installed (make test installs it as root)")

@@ -148,13 +148,18 @@ class DecoderSession:
         return greedy_tokens(logits, len(prompt), count, self.max_seq_len, self.step, stop, on_token)
 
 
+NO_CACHE = ":nocache"  # LiteRT-LM's cache_dir that writes no weight cache (by default, one beside the model)
+
+
 def engine(path: Path, max_tokens: int, benchmark: bool = False):
-    """`litert_lm`'s Engine on the CPU over the .litertlm, float32 activations (as the interpreter checked)."""
+    """`litert_lm`'s Engine on the CPU over the .litertlm, float32 activations (as the interpreter checked),
+    writing no XNNPACK weight cache (by default a file as large as the model, beside it in the export)."""
     import litert_lm
 
     litert_lm.set_min_log_severity(litert_lm.LogSeverity.ERROR)  # not its accelerator registry's notes
     return litert_lm.Engine(str(path), backend=litert_lm.Backend.CPU(), max_num_tokens=max_tokens,
-                            activation_data_type=litert_lm.ActivationDataType.FLOAT32, enable_benchmark=benchmark)
+                            activation_data_type=litert_lm.ActivationDataType.FLOAT32, enable_benchmark=benchmark,
+                            cache_dir=NO_CACHE)
 
 
 def runner_generate(path: Path, prompt: str, count: int, max_tokens: int, stream: bool = False
