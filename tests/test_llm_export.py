@@ -544,6 +544,8 @@ source = "{lm_folder / 'tiny-llama'}"
 calibration = "{lm_folder / 'calibration.txt'}"
 recipe = "int4"
 eval_data = {{ forward = "{lm_folder / 'calibration.txt'}", backward = "{lm_folder / 'reversed.txt'}" }}
+max_seq_len = 48
+int4_offsets = "whole"
 
 [models.tiny.budgets]
 max_ppl_increase = 0.5
@@ -567,6 +569,7 @@ min_cosine = 0.99
         assert checks["min_decode_tps"]["value"] == bench["decode_tokens_per_s"] > 1.0
         assert checks["max_size_mb"]["value"] == artifact["size_bytes"] / 1e6 and not checks["max_size_mb"]["passed"]
     assert job["manifest"]["budget"]["max_ppl_increase"] == 0.5  # the export searched for the perplexity budget
+    assert job["manifest"]["max_seq_len"] == 48 and job["manifest"]["recipe"]["offsets"] == "whole"
     report = (app / "build" / "report.md").read_text()
     assert "| lost the most |" in report and "FAIL: onnxruntime-genai: max_size_mb 0.01" in report
     project = (app / "edgeship.toml").read_text()

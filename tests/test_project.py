@@ -34,8 +34,12 @@ def _write(tmp_path: Path, text: str) -> Path:
     ("[project]\ntargets = ['host']\njobz = 2\n", 3, "unknown key 'jobz'"),
     (GOOD + "\n[budgets]\nmax_ppl_increase = 5\n", 9, "max_ppl_increase is a fraction of the float perplexity (0.05 for 5%)"),
     (GOOD + "eval_data = { wiki = 3 }\n", 7, "eval_data must be a file name, or for a language model a table"),
+    (GOOD + "max_seq_len = 8\n", 7, "max_seq_len is a language model's KV cache length, a whole number of "
+     "positions of 16 or more; got 8"),
+    (GOOD + "max_seq_len = '1024'\n", 7, "got '1024'"),
+    (GOOD + "int4_offsets = 'free'\n", 7, "int4_offsets must be one of checkpoint, whole; got 'free'"),
 ], ids=["unknown-key", "unknown-target", "budget-type", "budget-runtime", "missing-key", "project-key",
-        "ppl-percent", "eval-data-table"])
+        "ppl-percent", "eval-data-table", "seq-len-short", "seq-len-text", "int4-offsets"])
 def test_errors_point_at_line_and_key(tmp_path, text, where, message) -> None:
     path = _write(tmp_path, text)
     with pytest.raises(ConfigError) as err:

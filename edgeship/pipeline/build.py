@@ -99,6 +99,10 @@ def _export_job(model: ModelEntry, target: str, root: str, work: str, lower_apar
         if isinstance(model.eval_data, dict):
             raise ConfigError(f"[models.{model.name}] eval_data is a table of subjects, which only a language "
                               "model takes; give one file")
+        for key in ("max_seq_len", "int4_offsets"):
+            if getattr(model, key) is not None:
+                raise ConfigError(f"[models.{model.name}] {key} is for language models; {model.source} is not "
+                                  f"one: drop {key}")
         result = export(model.source, target, model.calibration, eval_data=model.eval_data, out=work,
                             input_shapes=list(model.input_shapes) or None,
                             input_dtypes=list(model.input_dtypes) or None, recipe=model.recipe,
@@ -119,8 +123,9 @@ def _language_job(model: ModelEntry, target: str, work: str) -> Path:
     subjects = model.eval_data if isinstance(model.eval_data, dict) else (
         {Path(model.eval_data).stem: model.eval_data} if model.eval_data else None)
     result = export_language(model.source, target, model.calibration, eval_data=subjects, out=work,
-                             recipe=model.recipe, progress=no_progress,
-                             max_ppl_increase=limit if language_recipe(model.recipe).bits == 4 else None)
+                             recipe=model.recipe, progress=no_progress, max_seq_len=model.max_seq_len,
+                             max_ppl_increase=limit if language_recipe(model.recipe).bits == 4 else None,
+                             int4_offsets=model.int4_offsets)
     if timed:
         bench_language(result.out_dir, result.manifest, None, None, no_progress)
     return result.out_dir

@@ -78,6 +78,7 @@ def job_key(model: ModelEntry, target: str, root: Path) -> str:
     code = _model_code(model.source, root)
     if code == root / model.source:  # a language model: its budgets steer the export and the timing
         parts["language_export"] = model.budgets.for_language_export(Path(target).stem)
+        parts |= {k: getattr(model, k) for k in ("max_seq_len", "int4_offsets") if getattr(model, k) is not None}
     digest.update(json.dumps(parts, sort_keys=True).encode())
     paths = [code, root / model.calibration]
     evaluation = model.eval_data.values() if isinstance(model.eval_data, dict) else [model.eval_data]

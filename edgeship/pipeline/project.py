@@ -84,6 +84,8 @@ class ModelEntry:
     input_shapes: tuple[str, ...] = ()
     input_dtypes: tuple[str, ...] = ()
     budgets: Budgets = Budgets()
+    max_seq_len: int | None = None  # a language model's KV cache length (--max-seq-len)
+    int4_offsets: str | None = None  # a language model's --int4-offsets
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ class Project:
 
 _PROJECT_KEYS = {"out", "cache", "jobs", "targets"}
 _MODEL_KEYS = {"source", "calibration", "eval_data", "recipe", "inputs", "targets", "input_shapes",
-               "input_dtypes", "budgets"}
+               "input_dtypes", "budgets", "max_seq_len", "int4_offsets"}
 
 
 class _Where:
@@ -184,7 +186,21 @@ def _model(where, name: str, body: dict, default_targets, budgets: Budgets) -> M
                       tuple(_strings(where, table, "inputs", body.get("inputs", []))),
                       tuple(_strings(where, table, "input_shapes", body.get("input_shapes", []))),
                       tuple(_strings(where, table, "input_dtypes", body.get("input_dtypes", []))),
-                      budgets.merged(own))
+                      budgets.merged(own), *_language_options(where, table, body))
+
+
+def _language_options(where, table: tuple[str, ...], body: dict) -> tuple[int | None, str | None]:
+    """A language model's max_seq_len (a whole number of positions) and int4_offsets (checkpoint or whole)."""
+    from edgeship.flows.language import INT4_OFFSETS
+
+    length, offsets = body.get("max_seq_len"), body.get("int4_offsets")
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 16):
+        raise ConfigError(f"{where(table, 'max_seq_len')}: max_seq_len is a language model's KV cache length, a "
+                          f"whole number of positions of 16 or more; got {length!r}")
+    if offsets is not None and offsets not in INT4_OFFSETS:
+        raise ConfigError(f"{where(table, 'int4_offsets')}: int4_offsets must be one of {', '.join(INT4_OFFSETS)}; "
+                          f"got {offsets!r}")
+    return length, offsets
 
 
 def _eval_data(where, table: tuple[str, ...], body: dict) -> str | dict | None:
