@@ -197,6 +197,47 @@ def test_the_genai_model_computes_the_integer_model(exported, lm_folder: Path) -
     assert float((got.argmax(-1) == expected.argmax(-1)).float().mean()) >= 0.95
 
 
+def test_a_float16_grid_is_stored_as_float16_with_the_same_values() -> None:
+    """A checkpoint's grid with float16 parameters (GGUF's Q4_1: each group's scale and minimum float16):
+    the ONNX Runtime model stores its scales and offsets as float16 (the offsets as the minimums) and computes
+    the same outputs bit for bit; scales that float16 would round stay float32."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeship.backends.onnxruntime.genai import _affine, _packed
+    from edgeship.backends.onnxruntime.half import widened
+    from edgeship.quantize.grid import Int4Weight
+
+    rng = np.random.default_rng(0)
+    q = torch.tensor(rng.integers(-8, 8, (48, 64)), dtype=torch.int8)
+    scale = torch.tensor(rng.uniform(0.01, 0.1, (48, 2)).astype(np.float16).astype(np.float32))
+    minimum = torch.tensor(rng.uniform(-1, 0, (48, 2)).astype(np.float16).astype(np.float32))
+    x = rng.standard_normal((1, 3, 64)).astype(np.float32)  # [batch, tokens, channels], as the decoder's
+
+    def run(w: Int4Weight, widen: bool):
+        graph = helper.make_graph([], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 48])])
+        packed, scales, block = _packed(w)
+        graph.initializer.extend([numpy_helper.from_array(packed, "l.B"), numpy_helper.from_array(scales, "l.scales")])
+        nodes = _affine(graph, helper.make_node("MatMul", ["x", "W"], ["y"], name="l"), "l", w, block)
+        graph.node.extend((widened(graph) if widen else []) + nodes)
+        model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17),
+                                                                          helper.make_opsetid("com.microsoft", 1)])
+        stored = {i.name: i.data_type for i in graph.initializer}
+        return ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0], stored
+
+    on_grid = Int4Weight("l", "l.weight", q, scale, 32, 4, minimum + 8 * scale)
+    before, _ = run(on_grid, False)
+    after, stored = run(on_grid, True)
+    assert np.array_equal(before, after)
+    assert stored["l.scales.f16"] == stored["l.offsets.minimum.f16"] == TensorProto.FLOAT16
+    assert "l.scales" not in stored and "l.offsets" not in stored
+    rounded = Int4Weight("l", "l.weight", q, scale * 1.0001, 32, 4, minimum + 8 * scale)
+    assert run(rounded, True)[1] == run(rounded, False)[1] == {"l.B": TensorProto.UINT8, "l.scales": TensorProto.FLOAT,
+                                                                 "l.offsets": TensorProto.FLOAT, "l.groups_shape": 7,
+                                                                 "l.last_axis": 7}
+
+
 def test_the_litertlm_computes_the_integer_model(exported, lm_folder: Path, tmp_path: Path) -> None:
     """The .litertlm's model: every linear layer and the embeddings the integer values (int4 block-wise,
     int8 rows), its logits through the LiteRT interpreter against the same weights in PyTorch."""

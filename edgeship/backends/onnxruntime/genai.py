@@ -1,7 +1,8 @@
 """A causal language model as ONNX Runtime GenAI runs it: the model folder onnxruntime-genai's model
 builder writes (model.onnx with GroupQueryAttention over past key/values, genai_config.json, tokenizer
 files), built in float from the decoder holding edgeship's dequantized weights, then rewritten so that
-every linear layer is MatMulNBits carrying exactly edgeship's int4 (or int8) values and scales (the builder packs
+every linear layer is MatMulNBits carrying exactly edgeship's int4 (or int8) values and scales (those of a
+checkpoint's float16 grid stored as float16, half.py; the builder packs
 q, k and v into one MatMul: its columns are matched layer by layer), the head MatMulNBits with the int8
 rows, and the token embeddings GatherBlockQuantized over those same int8 rows (one table for both when
 they are tied). Generation goes through `onnxruntime_genai`'s Generator, as an app runs it."""
@@ -121,6 +122,7 @@ def rewrite(path: Path, decoder: Int4Decoder) -> dict:
     import onnx
     from onnx import numpy_helper
 
+    from edgeship.backends.onnxruntime.half import widened
     from edgeship.backends.onnxruntime.int4 import replace_nodes
 
     model = onnx.load(str(path))
@@ -161,7 +163,7 @@ def rewrite(path: Path, decoder: Int4Decoder) -> dict:
             layer = part.layer.split("[")[0]
             covered[layer] = covered.get(layer, 0) + part.q.shape[0]
     nodes = _embeddings(graph, nodes, inits, decoder, table_name, drop)
-    replace_nodes(model, nodes, drop)
+    replace_nodes(model, widened(graph) + nodes, drop)
     record["layers"] = sum(covered.get(w.layer) == w.q.shape[0] for w in decoder.linears)
     if record["layers"] != len(decoder.linears):
         raise ExportError(f"the ONNX Runtime GenAI model holds {record['layers']} of the {len(decoder.linears)} "
