@@ -4,7 +4,7 @@ licence texts), then timed by `edgeship bench` on this machine; each artifact's 
 table, the greedy comparison, tokens per second and the time of each stage, saved as JSON.
 
     .venv/bin/python benchmarks/llm_export.py [--recipe int4|int8|fp32] [--max-seq-len 1024] [--max-ppl-increase 1%]
-        [--int4-offsets whole]
+        [--int4-offsets whole] [--runtimes onnxruntime]
 """
 
 from __future__ import annotations
@@ -30,6 +30,16 @@ def model_path() -> Path:
     return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def _only(path: Path, runtimes: str) -> Path:
+    """The built-in android-arm64 profile with only `runtimes`, written to `path`."""
+    from edgeship.targets.devices import BUILTIN
+
+    lines = [f"runtimes = {runtimes.split(',')!r}".replace("'", '"') if line.startswith("runtimes =") else line
+             for line in (BUILTIN / "android-arm64.toml").read_text().splitlines()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="int4")
@@ -37,11 +47,14 @@ def main() -> None:
     parser.add_argument("--max-ppl-increase", default=None, help="the export's perplexity budget (results/"
                         "llm_export_budget.json)")
     parser.add_argument("--int4-offsets", default=None, help="checkpoint or whole (results/llm_export_whole.json)")
+    parser.add_argument("--runtimes", default=None, help="comma-separated: only these of android-arm64's runtimes "
+                        "(results/llm_export_<runtimes>.json)")
     parser.add_argument("--out", type=Path, default=None,
                         help="default: results/llm_export.json (int4), results/llm_export_<recipe>.json (others)")
     args = parser.parse_args()
     results = ROOT / "benchmarks" / "results"
     args.out = args.out or results / ("llm_export_budget.json" if args.max_ppl_increase else
+                                      f"llm_export_{args.runtimes.replace(',', '_')}.json" if args.runtimes else
                                       f"llm_export_{args.int4_offsets}.json" if args.int4_offsets else
                                       "llm_export.json" if args.recipe == "int4" else f"llm_export_{args.recipe}.json")
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,7 +63,8 @@ def main() -> None:
         for name, text in zip(("wiki", "code", "legal"), subjects().values()):
             (texts / f"{name}.txt").write_text(text)
             eval_data += ["--eval-data", f"{name}={texts / f'{name}.txt'}"]
-        command = [sys.executable, "-m", "edgeship", "export", str(model_path()), "--target", "android-arm64",
+        target = "android-arm64" if not args.runtimes else str(_only(texts / "android-arm64.toml", args.runtimes))
+        command = [sys.executable, "-m", "edgeship", "export", str(model_path()), "--target", target,
                    "--recipe", args.recipe, "--calibration", str(WIKITEXT / "valid.txt"), *eval_data,
                    "--out", str(texts / "out"), "--format", "json"]
         if args.max_seq_len:
