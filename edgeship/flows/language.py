@@ -27,6 +27,7 @@ NEW_TOKENS = 32  # greedy generation per prompt
 PROMPTS = ("The capital of France is", "Once upon a time, in a small village,", "def fibonacci(n):",
            "The main causes of the First World War were", "To make a good cup of tea, you")
 INT4_OFFSETS = ("checkpoint", "whole")  # LanguageRecipe.offsets
+MIN_SEQ_LEN = 16  # the shortest KV cache edgeship writes (--max-seq-len, a project's max_seq_len)
 LANGUAGE_RUNTIMES = ("executorch", "onnxruntime", "litert")  # the runtimes whose language-model artifacts edgeship writes
 
 
@@ -129,8 +130,8 @@ def _sequence_length(asked: int | None, limit: int) -> int:
     if asked is not None and asked > limit:
         raise ConfigError(f"--max-seq-len {asked} is longer than the model's {limit} positions; pass "
                           f"--max-seq-len {limit} or less")
-    if asked is not None and asked < 16:
-        raise ConfigError(f"--max-seq-len {asked} is too short to generate with; pass 16 or more")
+    if asked is not None and asked < MIN_SEQ_LEN:
+        raise ConfigError(f"--max-seq-len {asked} is too short to generate with; pass {MIN_SEQ_LEN} or more")
     return asked or min(DEFAULT_SEQ_LEN, limit)
 
 

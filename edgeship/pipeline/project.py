@@ -191,12 +191,12 @@ def _model(where, name: str, body: dict, default_targets, budgets: Budgets) -> M
 
 def _language_options(where, table: tuple[str, ...], body: dict) -> tuple[int | None, str | None]:
     """A language model's max_seq_len (a whole number of positions) and int4_offsets (checkpoint or whole)."""
-    from edgeship.flows.language import INT4_OFFSETS
+    from edgeship.flows.language import INT4_OFFSETS, MIN_SEQ_LEN
 
     length, offsets = body.get("max_seq_len"), body.get("int4_offsets")
-    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 16):
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < MIN_SEQ_LEN):
         raise ConfigError(f"{where(table, 'max_seq_len')}: max_seq_len is a language model's KV cache length, a "
-                          f"whole number of positions of 16 or more; got {length!r}")
+                          f"whole number of positions of {MIN_SEQ_LEN} or more; got {length!r}")
     if offsets is not None and offsets not in INT4_OFFSETS:
         raise ConfigError(f"{where(table, 'int4_offsets')}: int4_offsets must be one of {', '.join(INT4_OFFSETS)}; "
                           f"got {offsets!r}")
