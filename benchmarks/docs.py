@@ -175,7 +175,22 @@ def llm_stock_flows(data: dict) -> list[str]:
     return [f"{data['model']}; KV cache {data['max_seq_len']} positions; {data['threads']} threads. Perplexity "
             f"increase over float on each subject ({', '.join(subjects)}), the worst first:", ""] + _table(
         ["runtime", "flow", "size MB", "worst ppl increase", "per subject", "top-1 vs float (worst)",
-         "greedy = float", "prefill tok/s", "decode tok/s"], rows)
+         "greedy = float", "prefill tok/s", "decode tok/s"], rows) + _paired(data.get("paired"))
+
+
+def _paired(paired: dict | None) -> list[str]:
+    """Decode rates timed in the same run, round after round: each artifact's rounds, its median, and
+    edgeship int4's median over the others' on the same runtime."""
+    if not paired:
+        return ["", "edgeship's rates come from another run (results/llm_export.json): not a paired comparison."]
+    rows = paired["rows"]
+    int4 = {r["runtime"]: r["median"]["decode_tokens_per_s"] for r in rows if r["flow"] == "edgeship int4"}
+    table = [[r["runtime"], r["flow"], " / ".join(map(str, r["decode_tokens_per_s"])),
+              r["median"]["decode_tokens_per_s"], "-" if r["flow"] == "edgeship int4" or r["runtime"] not in int4 else
+              f"{int4[r['runtime']] / r['median']['decode_tokens_per_s']:.2f}x"] for r in rows]
+    return ["", f"Decode tokens/s timed in this run, {paired['rounds']} interleaved rounds (each round times every "
+            "artifact once, in a fresh process); edgeship int4's median against each other artifact's:", ""] + _table(
+        ["runtime", "flow", "decode tok/s by round", "median", "edgeship int4 / this"], table)
 
 
 def _flow_row(runtime: str, flow: str, record: dict, bench: dict | None) -> list:

