@@ -170,7 +170,7 @@ def test_recurrent_weights_are_int8_with_dynamic_activations_on_every_runtime(tm
     The profile asks for no fp32 artifacts, and none is made."""
     from edgeship import api
 
-    x, _ = spoken_features(24, frames=24, seed=6)  # 24 steps keep the unrolled lowering within the suite's time
+    x, _ = spoken_features(24, frames=16, seed=6)  # 16 steps keep the unrolled lowering within the suite's time
     np.savez(tmp_path / "frames.npz", x=x.numpy())
     profile = runtime_profile(tmp_path / "int8-only.toml", "linux-arm64", precisions=("int8",))
     result = api.export(f"{TESTS / 'models.py'}:trained_lstm_spotter", str(profile), tmp_path / "frames.npz",
@@ -197,7 +197,7 @@ def test_cell_loop_exports_int8_recurrence_to_every_runtime(tmp_path) -> None:
     bias: edgeship/backends/executorch/xnnpack_passes.py `bias_per_call`)."""
     from edgeship import api
 
-    x, _ = spoken_features(24, frames=16, seed=5)
+    x, _ = spoken_features(24, frames=10, seed=5)  # 10 steps of the model's loop, each lowered
     np.savez(tmp_path / "frames.npz", x=x.numpy())
     profile = runtime_profile(tmp_path / "int8-only.toml", "linux-arm64", precisions=("int8",))  # no fp32 files
     result = api.export(f"{TESTS / 'models.py'}:trained_cell_loop", str(profile), tmp_path / "frames.npz",
