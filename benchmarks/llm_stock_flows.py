@@ -145,7 +145,8 @@ def exported(folder: Path, flow: str) -> list[dict]:
 
 def timed_rounds(entries: list[dict], rounds: int) -> None:
     """Times every entry once per round, round after round (every other round in reverse order), each in
-    a fresh process (edgeship bench's method); sets each entry's "bench" to its median-decode round and keeps every round's rates."""
+    a fresh process (edgeship bench's method); sets each entry's "bench" to its median-decode round and
+    keeps every round's rates."""
     from edgeship.errors import RuntimeFailure
     from edgeship.flows.bench_language import _measure
 
