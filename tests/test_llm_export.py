@@ -321,6 +321,9 @@ def test_generation_is_checked_against_float_and_by_the_runtime_runner(exported,
         for record in artifact["generation"]:
             prompt = tokenizer(record["prompt"])["input_ids"]
             assert record["tokens"] == min(32, LENGTH - len(prompt))
+            margin = record["float_margin_at_divergence"]
+            assert (margin is None) == (record["first_divergence"] is None or record["first_divergence"] >= 32)
+            assert margin is None or margin >= 0
         assert artifact["runner"]["equals_greedy"], artifact["runner"]
         assert artifact["runner"]["text"] == artifact["generation"][0]["text"]
         assert f"Lost the most: **{artifact['worst_subject']}**" in report
@@ -367,7 +370,31 @@ def test_generation_records() -> None:
     assert distinct([5, 5, 5, 5]) == pytest.approx(1 / 3, abs=1e-4) and distinct([1, 2, 3, 4]) == 1.0
     record = generation_record("p", [1, 2, 3, 9] + [0] * 16, [1, 2, 3, 4] + [0] * 16)
     assert record["first_divergence"] == 3 and not record["equal_first_16"]
+    assert record["float_margin_at_divergence"] is None  # no margins given
     assert generation_record("p", [7] * 20, [7] * 16 + [1] * 4)["equal_first_16"]
+    margins = [float(i) for i in range(20)]
+    assert generation_record("p", [1, 2, 3, 9], [1, 2, 3, 4], margins=margins)["float_margin_at_divergence"] == 3.0
+    assert generation_record("p", [1, 2], [1, 2], margins=margins)["float_margin_at_divergence"] is None
+
+
+def test_float_margins_are_the_gap_between_its_top_two_logits(lm_folder: Path) -> None:
+    """Each greedy token's margin is its logit minus the runner-up's, recomputed here from a full forward
+    pass over the prompt and the tokens before it."""
+    import torch
+
+    from edgeship.export.causal_lm import load_causal_lm
+    from edgeship.flows.language import _float_greedy
+
+    lm = load_causal_lm(str(lm_folder / "tiny-llama"))
+    ids = list(lm.tokenizer("The capital of France is")["input_ids"])
+    tokens, margins = _float_greedy(lm, ids, 64)
+    assert len(tokens) == len(margins) == 32
+    with torch.no_grad():
+        logits = lm.model(torch.tensor([ids + tokens])).logits[0, len(ids) - 1:-1].float()
+    logits[:, lm.tokenizer.eos_token_id] = -torch.inf  # generation may not end before its 32 tokens
+    top = logits.topk(2, -1)
+    assert top.indices[:, 0].tolist() == tokens
+    torch.testing.assert_close(torch.tensor(margins), top.values[:, 0] - top.values[:, 1], atol=2e-3, rtol=1e-3)
 
 
 def _bad(monkeypatch, capsys, tmp_path: Path, model: str, calibration: Path, *extra: str):

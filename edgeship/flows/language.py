@@ -226,13 +226,13 @@ def _float_reference(lm, subjects: dict, length: int, progress: Progress) -> dic
                 score.add(logits[name][-1], window[None])
                 advance(1)
             scores[name] = score.result()
-        greedy = {}
+        greedy, margins = {}, {}
         for prompt in PROMPTS:  # those that leave half the KV cache to generate into
             ids = language_artifacts.prompt_ids(lm.tokenizer, prompt)
             if len(ids) <= length // 2:
-                greedy[prompt] = _float_greedy(lm, ids, length)
+                greedy[prompt], margins[prompt] = _float_greedy(lm, ids, length)
             advance(1)
-    return {"logits": logits, "scores": scores, "greedy": greedy}
+    return {"logits": logits, "scores": scores, "greedy": greedy, "margins": margins}
 
 
 def _new_tokens(ids: list[int], length: int) -> int:
@@ -240,14 +240,18 @@ def _new_tokens(ids: list[int], length: int) -> int:
     return max(0, min(NEW_TOKENS, length - len(ids)))
 
 
-def _float_greedy(lm, ids: list[int], length: int) -> list[int]:
+def _float_greedy(lm, ids: list[int], length: int) -> tuple[list[int], list[float]]:
+    """Float's greedy tokens from `ids`, and for each its margin: its logit minus the runner-up's (a small
+    margin is a near-tie, which any rounding of the weights or activations may flip)."""
     import torch
 
     count = _new_tokens(ids, length)
     out = lm.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                             do_sample=False, max_new_tokens=count, min_new_tokens=count,
-                            pad_token_id=lm.tokenizer.eos_token_id)
-    return out[0, len(ids):].tolist()
+                            pad_token_id=lm.tokenizer.eos_token_id, output_scores=True,
+                            return_dict_in_generate=True)
+    top = [step[0].float().topk(2).values.tolist() for step in out.scores] if count else []
+    return out.sequences[0, len(ids):].tolist(), [round(first - second, 4) for first, second in top]
 
 
 def _encodings(decoder) -> dict:

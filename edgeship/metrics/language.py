@@ -58,10 +58,15 @@ def distinct(tokens: list[int], n: int = 2) -> float:
     return round(len(set(grams)) / len(grams), 4) if grams else 1.0
 
 
-def generation_record(prompt: str, tokens: list[int], reference: list[int], checked: int = 16) -> dict:
+def generation_record(prompt: str, tokens: list[int], reference: list[int], checked: int = 16,
+                      margins: list[float] | None = None) -> dict:
     """Greedy tokens from one prompt against float's: where they first differ, whether the first
-    `checked` agree, and the repetition of each (distinct 2-grams)."""
+    `checked` agree, and the repetition of each (distinct 2-grams). With float's `margins` (its chosen
+    token's logit minus the runner-up's, per token): the margin where they first differ, small where
+    float itself nearly chose the other token."""
     diverges = first_divergence(tokens, reference)
+    margin = margins[diverges] if margins is not None and diverges is not None and diverges < len(margins) else None
     return {"prompt": prompt, "tokens": len(tokens), "first_divergence": diverges,
             f"equal_first_{checked}": diverges is None or diverges >= min(checked, len(reference)),
+            "float_margin_at_divergence": margin,
             "distinct_2": distinct(tokens), "float_distinct_2": distinct(reference)}

@@ -52,6 +52,8 @@ def language_report(manifest: dict) -> str:
                   f"16 tokens on {artifact['greedy_equal_prompts']} prompts.", ""]
         for g in artifact["generation"]:
             where = "equal throughout" if g["first_divergence"] is None else f"differs from token {g['first_divergence']}"
+            if g.get("float_margin_at_divergence") is not None:
+                where += f", where float's top two logits are {g['float_margin_at_divergence']:.2f} apart"
             lines += [f"- `{g['prompt']}` ({where}; distinct 2-grams {g['distinct_2']:.2f}, float "
                       f"{g['float_distinct_2']:.2f})", f"  - {artifact['runtime']}: {g['text']!r}",
                       f"  - float: {g['float_text']!r}"]
