@@ -94,3 +94,17 @@ def test_profiles_and_delegation_gates(export_dir, monkeypatch, capsys) -> None:
     code, out, _ = run_cli(["bench", str(export_dir), "--seconds", "0.2", "--artifact", "model.int8.onnx",
                             "--fail-on-fallback"], monkeypatch, capsys)
     assert code == 1 and "FAILED fallback model.int8.onnx: ReduceMean" in out
+
+
+def test_peak_memory_is_the_runner_s_own_not_its_parent_s() -> None:
+    """The runner is started by edgeship's process, which may hold gigabytes (an export, a benchmark):
+    its peak resident memory must not include what the parent held when it started it."""
+    import subprocess
+    import sys
+
+    held = bytearray(1024 * 2**20)
+    held[::4096] = b"\1" * len(held[::4096])  # resident, not only reserved
+    code = "from edgeship.runtimes.runner import _peak_rss_mb; print(_peak_rss_mb())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 1 < float(done.stdout) < 512, done.stdout
+    del held

@@ -191,8 +191,7 @@ def measure(runtime, path, inputs, threads, budget_s, config):
     first_ms = (time.perf_counter() - t0) * 1000
     result = {"load_ms": round(load_ms, 3), "first_inference_ms": round(first_ms, 3)}
     result |= timed_runs(lambda: run(inputs), budget_s)
-    result |= {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-               "threads": threads, "machine": platform.machine()}
+    result |= {"peak_rss_mb": _peak_rss_mb(), "threads": threads, "machine": platform.machine()}
     return result, outputs
 
 
@@ -331,6 +330,16 @@ def _spread(values):
 
 
 def _peak_rss_mb():
+    """This program's peak resident memory: Linux's VmHWM, which starts afresh with the program. Not
+    getrusage's ru_maxrss, which Linux carries over from the process that started this one (fork keeps
+    its resident pages, exec keeps the maximum): a runner started by a large process would report that
+    process's memory. Where there is no /proc, ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
