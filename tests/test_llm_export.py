@@ -136,7 +136,7 @@ def test_kept_gptq_weights_are_the_weights_gptq_chose() -> None:
 def test_the_pte_computes_the_integer_model_with_its_kv_cache(exported, lm_folder: Path) -> None:
     """The .pte's logits, teacher-forced and step by step over its KV cache, against the same integer
     weights (and per-token int8 activations) in PyTorch."""
-    from edgeship.backends.executorch.decoder import DecoderSession, with_integer_weights
+    from edgeship.backends.executorch.decoder import DecoderSession, export_decoder, with_integer_weights
     from edgeship.calibration.text import read_text, token_windows
     from edgeship.export.causal_lm import load_causal_lm
     from edgeship.quantize.decoder import int4_decoder
@@ -159,6 +159,9 @@ def test_the_pte_computes_the_integer_model_with_its_kv_cache(exported, lm_folde
         assert float((got - expected).pow(2).mean().sqrt()) < 0.35 * quantization
         assert bool((got.argmax(-1) == expected.argmax(-1)).all())
     assert session.max_seq_len == LENGTH
+    program = export_decoder(integer, LENGTH)  # one product of group sums per input (q, k, v read one)
+    assert len([n for n in program.graph.nodes if n.target is torch.ops.aten.linear.default
+                and n.args[1].name.endswith("sums")]) == 4 * lm.model.config.num_hidden_layers
     artifact = _artifact(manifest, "executorch")  # the tied head's int8 table: stored once, in the .ptd
     pte, ptd = (folder / artifact["path"]).read_bytes(), (folder / artifact["data"]).read_bytes()
     table = decoder.embeddings.q.numpy().tobytes()
@@ -266,6 +269,12 @@ def test_the_litertlm_computes_the_integer_model(exported, lm_folder: Path, tmp_
     offsets = {np.asarray(model.buffers[t.buffer].data, np.uint8).tobytes() for g in model.subgraphs
                for t in g.tensors if t.type == schema.TensorType.FLOAT16 and b"_offsets16" in t.name}
     assert offsets == {w.offset.numpy().astype(np.float16).tobytes() for w in decoder.linears}
+    for graph in model.subgraphs:  # one block sum per input the int4 layers read: q, k and v share one
+        reads = [op.inputs[0] for op in graph.operators if b"_int4_part" in graph.tensors[op.outputs[0]].name]
+        sums = [t for t in graph.tensors if b"_block_sums" in t.name]
+        assert len(sums) == len(set(reads)) < len(reads)
+        if graph.name == b"decode":  # each layer: q/k/v's input, o's, gate/up's, down's
+            assert len(sums) == 4 * lm.model.config.num_hidden_layers
     tokens = windows[1, :40].tolist()
     with torch.no_grad():
         expected = decoder.model(torch.tensor([tokens])).logits[0]

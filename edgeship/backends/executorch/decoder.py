@@ -55,7 +55,8 @@ class _AffineLinear(nn.Module):
     """A linear layer with asymmetric block weights (q * scale + offset): the symmetric part q * scale in
     XNNPACK's int4 kernels, the offsets as a small float linear over the sums of each group of inputs
     (themselves a linear with a 0/1 matrix, `sums`, one tied parameter for every layer of that width, so
-    that all of it stays in the XNNPACK delegate)."""
+    that all of it stays in the XNNPACK delegate, and the layers reading one input share one product of
+    it: `shared_products`)."""
 
     def __init__(self, w: Int4Weight, bias: nn.Parameter | None, sums: nn.Parameter) -> None:
         super().__init__()
@@ -111,11 +112,34 @@ def export_decoder(model: nn.Module, max_seq_len: int) -> torch.export.ExportedP
     length = torch.export.Dim("tokens", min=1, max=max_seq_len - 1)
     try:
         with torch.no_grad():
-            return torch.export.export(wrapped, (), {"input_ids": tokens, "cache_position": torch.tensor([0])},
-                                       dynamic_shapes={"input_ids": {1: length}, "cache_position": None}, strict=True)
+            program = torch.export.export(wrapped, (), {"input_ids": tokens, "cache_position": torch.tensor([0])},
+                                          dynamic_shapes={"input_ids": {1: length}, "cache_position": None},
+                                          strict=True)
     except Exception as exc:  # torch.export's failures have many types; the user sees one line
         raise ExportError(f"torch.export cannot capture this model with a static KV cache "
                           f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+    shared_products(program.graph_module)
+    return program
+
+
+def shared_products(graph_module: torch.fx.GraphModule) -> int:
+    """Merges the linear products of `graph_module` that compute the same thing (one input, one weight, one
+    bias): the group sums of an input that q, k and v (or gate and up) each take (_AffineLinear) become one
+    product read by all of them. Returns how many were merged."""
+    seen, merged = {}, 0
+    for node in list(graph_module.graph.nodes):
+        if node.op != "call_function" or node.target is not torch.ops.aten.linear.default:
+            continue
+        key = (node.args, tuple(sorted(node.kwargs.items())))
+        if key in seen:
+            node.replace_all_uses_with(seen[key])
+            graph_module.graph.erase_node(node)
+            merged += 1
+        else:
+            seen[key] = node
+    if merged:
+        graph_module.recompile()
+    return merged
 
 
 def metadata(config, tokenizer, max_seq_len: int) -> dict:

@@ -10,6 +10,9 @@ which LiteRT runs as is (litert/int4.py), plus the offsets' part: each offset mu
     DEQUANTIZE O (float16, like the scales) -> FULLY_CONNECTED(sums, O) -> part
     FULLY_CONNECTED(x, int4 Q, scales S) -> main; ADD(main, part) -> y (the layer's fused activation)
 
+The layers that read one input (q, k and v; gate and up) share its block sums: RESHAPE and SUM are written
+once, before the first of them.
+
 so the int4 values and scales stay exactly those of the other runtimes, and the offsets are stored as
 float16 (relative rounding 2^-11, as the scales). Where the converter folded a factor per output row into
 the weight, the offsets' rows carry it like the scales.
@@ -28,26 +31,37 @@ def add_offsets(model, pending: list[tuple], schema) -> None:
     once."""
     stored: dict[str, int] = {}
     for graph in {id(g): g for g, *_ in pending}.values():
-        added = {id(op): _offset_ops(model, graph, op, w, rows, schema, stored)
-                 for g, op, w, rows in pending if g is graph}
+        sums: dict[tuple[int, int], int] = {}  # (input tensor, group) -> its block sums, in this graph
+        added = {id(op): _offset_ops(model, graph, op, w, rows, schema, stored, sums)
+                 for g, op, w, rows in pending if g is graph}  # in the graph's order: sums come before readers
         graph.operators = [new for op in graph.operators for new in added.get(id(op), [op])]
 
 
-def _offset_ops(model, graph, op, w: Int4Weight, rows: np.ndarray | None, schema, stored: dict) -> list:
-    """The ops that replace `op`: its block sums, the offsets' layer, `op` itself and the ADD of the two."""
+def _block_sums(model, graph, schema, source: int, group: int) -> tuple[int, list]:
+    """The tensor of the sums of each `group` channels of tensor `source`, and the RESHAPE and SUM giving it."""
     code = schema.BuiltinOperator
-    source, output = op.inputs[0], op.outputs[0]
     shape = list(graph.tensors[source].shape)
-    blocks = shape[-1] // w.group
-    out_shape = list(graph.tensors[output].shape)
-    grouped = _tensor(graph, schema, b"_blocks", [*shape[:-1], blocks, w.group])
+    blocks = shape[-1] // group
+    grouped = _tensor(graph, schema, b"_blocks", [*shape[:-1], blocks, group])
     sums = _tensor(graph, schema, b"_block_sums", [*shape[:-1], blocks])
     reshape = _op(model, schema, code.RESHAPE, [source, _const(model, graph, schema, np.array(
-        [*shape[:-1], blocks, w.group], np.int32), b"_block_shape")], [grouped],
-        schema.BuiltinOptions.ReshapeOptions, _options(schema.ReshapeOptionsT(), newShape=[*shape[:-1], blocks, w.group]))
+        [*shape[:-1], blocks, group], np.int32), b"_block_shape")], [grouped],
+        schema.BuiltinOptions.ReshapeOptions, _options(schema.ReshapeOptionsT(), newShape=[*shape[:-1], blocks, group]))
     total = _op(model, schema, code.SUM, [grouped, _const(model, graph, schema, np.array([len(shape)], np.int32),
                 b"_block_axis")], [sums], schema.BuiltinOptions.ReducerOptions,
                 _options(schema.ReducerOptionsT(), keepDims=False))
+    return sums, [reshape, total]
+
+
+def _offset_ops(model, graph, op, w: Int4Weight, rows: np.ndarray | None, schema, stored: dict, sums: dict) -> list:
+    """The ops that replace `op`: its input's block sums (unless an earlier layer reading that input wrote
+    them: `sums`), the offsets' layer, `op` itself and the ADD of the two."""
+    code = schema.BuiltinOperator
+    source, output = op.inputs[0], op.outputs[0]
+    out_shape = list(graph.tensors[output].shape)
+    summed = []
+    if (source, w.group) not in sums:
+        sums[source, w.group], summed = _block_sums(model, graph, schema, source, w.group)
     if w.layer not in stored:
         offsets = w.offset.numpy() * (1.0 if rows is None else rows[:, None])
         stored[w.layer] = _buffer(model, offsets.astype(np.float16))
@@ -57,7 +71,7 @@ def _offset_ops(model, graph, op, w: Int4Weight, rows: np.ndarray | None, schema
     part = _tensor(graph, schema, b"_offset_part", out_shape)
     main = _tensor(graph, schema, b"_int4_part", out_shape)
     options = op.builtinOptions
-    layer = _op(model, schema, code.FULLY_CONNECTED, [sums, table, -1], [part],
+    layer = _op(model, schema, code.FULLY_CONNECTED, [sums[source, w.group], table, -1], [part],
                 schema.BuiltinOptions.FullyConnectedOptions,
                 _options(schema.FullyConnectedOptionsT(), keepNumDims=bool(options and options.keepNumDims)))
     activation = options.fusedActivationFunction if options else 0
@@ -66,7 +80,7 @@ def _offset_ops(model, graph, op, w: Int4Weight, rows: np.ndarray | None, schema
     op.outputs = [main]
     add = _op(model, schema, code.ADD, [main, part], [output], schema.BuiltinOptions.AddOptions,
               _options(schema.AddOptionsT(), fusedActivationFunction=activation))
-    return [reshape, total, dequantize, layer, op, add]
+    return [*summed, dequantize, layer, op, add]
 
 
 def _options(options, **values):
