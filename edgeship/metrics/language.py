@@ -5,6 +5,7 @@ distribution, accumulated window by window so no full-vocabulary logits are kept
 from __future__ import annotations
 
 import math
+import statistics
 
 import torch
 
@@ -63,10 +64,12 @@ def generation_record(prompt: str, tokens: list[int], reference: list[int], chec
     """Greedy tokens from one prompt against float's: where they first differ, whether the first
     `checked` agree, and the repetition of each (distinct 2-grams). With float's `margins` (its chosen
     token's logit minus the runner-up's, per token): the margin where they first differ, small where
-    float itself nearly chose the other token."""
+    float itself nearly chose the other token, and the median margin of the first `checked` tokens to
+    compare it with."""
     diverges = first_divergence(tokens, reference)
     margin = margins[diverges] if margins is not None and diverges is not None and diverges < len(margins) else None
     return {"prompt": prompt, "tokens": len(tokens), "first_divergence": diverges,
             f"equal_first_{checked}": diverges is None or diverges >= min(checked, len(reference)),
             "float_margin_at_divergence": margin,
+            "float_median_margin": round(statistics.median(margins[:checked]), 4) if margins else None,
             "distinct_2": distinct(tokens), "float_distinct_2": distinct(reference)}

@@ -54,6 +54,8 @@ def language_report(manifest: dict) -> str:
             where = "equal throughout" if g["first_divergence"] is None else f"differs from token {g['first_divergence']}"
             if g.get("float_margin_at_divergence") is not None:
                 where += f", where float's top two logits are {g['float_margin_at_divergence']:.2f} apart"
+                if g.get("float_median_margin") is not None:
+                    where += f" (median over the first 16 tokens: {g['float_median_margin']:.2f})"
             lines += [f"- `{g['prompt']}` ({where}; distinct 2-grams {g['distinct_2']:.2f}, float "
                       f"{g['float_distinct_2']:.2f})", f"  - {artifact['runtime']}: {g['text']!r}",
                       f"  - float: {g['float_text']!r}"]
