@@ -332,7 +332,8 @@ def test_generation_is_checked_against_float_and_by_the_runtime_runner(exported,
             assert record["tokens"] == min(32, LENGTH - len(prompt))
             margin = record["float_margin_at_divergence"]
             assert (margin is None) == (record["first_divergence"] is None or record["first_divergence"] >= 32)
-            assert margin is None or margin >= 0
+            assert margin is None or 0 <= margin
+            assert record["float_median_margin"] > 0  # float's margins over the first 16 tokens, always recorded
         assert artifact["runner"]["equals_greedy"], artifact["runner"]
         assert artifact["runner"]["text"] == artifact["generation"][0]["text"]
         assert f"Lost the most: **{artifact['worst_subject']}**" in report
@@ -383,6 +384,8 @@ def test_generation_records() -> None:
     assert generation_record("p", [7] * 20, [7] * 16 + [1] * 4)["equal_first_16"]
     margins = [float(i) for i in range(20)]
     assert generation_record("p", [1, 2, 3, 9], [1, 2, 3, 4], margins=margins)["float_margin_at_divergence"] == 3.0
+    assert generation_record("p", [1, 2, 3, 9], [1, 2, 3, 4], margins=margins)["float_median_margin"] == 7.5  # 0..15
+    assert generation_record("p", [1, 2, 3, 9], [1, 2, 3, 4])["float_median_margin"] is None
     assert generation_record("p", [1, 2], [1, 2], margins=margins)["float_margin_at_divergence"] is None
 
 
@@ -465,6 +468,8 @@ def test_bench_times_every_language_artifact(exported) -> None:
         assert row["prefill_tokens_per_s"] > 0 and row["decode_tokens_per_s"] > 0 and row["peak_rss_mb"] > 0
         low, high = row["decode_tokens_per_s_range"]
         assert row["rounds"] == 3 and low <= row["decode_tokens_per_s"] <= high
+    executorch = next(r for r in result.rows if r["runtime"] == "executorch")  # its pool alone (runner.py)
+    assert executorch["openmp_threads"] == 1
     assert json.loads((folder / "bench.json").read_text())["rows"] == result.rows
     assert json.loads((folder / "manifest.json").read_text())["bench"]["rows"] == result.rows
     assert sorted(p.name for p in folder.iterdir()) == sorted([*SHIPPED, "bench.json"])

@@ -259,7 +259,8 @@ def _et_language(path, threads, context):
             position, tokens = position + 1, tokens + 1
         return first - begin, time.perf_counter() - first, tokens
 
-    return _language_timing(loaded - started, [one_round() for _ in range(ROUNDS)], prompt)
+    return _language_timing(loaded - started, [one_round() for _ in range(ROUNDS)], prompt) | {
+        "openmp_threads": torch.get_num_threads()}
 
 
 def _ort_language(path, threads, context):
@@ -373,15 +374,27 @@ def _missing(modules):
     return None
 
 
+def one_openmp_thread(runtime):
+    """ExecuTorch runs its kernels on its own thread pool (`threads`), but the pip wheel's kernel libraries
+    (its LLM ops among them) also link OpenMP, whose threads then compete with that pool for the same cores.
+    On a 2-core host the int4 SmolLM2 .pte decoded at anywhere from 10.6 to 25.8 ms a token, changing from
+    one 128-token run to the next, with both; at 8.4 to 8.6 ms in every run with OpenMP at one thread. Must
+    run before torch loads OpenMP, which reads the variable once."""
+    if runtime == "executorch":
+        os.environ["OMP_NUM_THREADS"] = "1"
+
+
 def main(argv):
     if argv == ["--probe"]:
         sys.stdout.write(json.dumps(probe()) + "\n")
         return
     if argv[:1] == ["--llm"]:
         runtime, path, threads, context = argv[1:5]
+        one_openmp_thread(runtime)
         sys.stdout.write(json.dumps(measure_language(runtime, path, int(threads), int(context))) + "\n")
         return
     runtime, path, inputs_path, threads, budget = argv[:5]
+    one_openmp_thread(runtime)
     rest = argv[5:]
     outputs_path = rest.pop(0) if rest and rest[0].endswith(".npz") else None
     config = dict(pair.split("=", 1) for pair in rest)
