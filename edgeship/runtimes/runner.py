@@ -331,10 +331,9 @@ def _spread(values):
 
 
 def _peak_rss_mb():
-    """This program's peak resident memory: Linux's VmHWM, which starts afresh with the program. Not
-    getrusage's ru_maxrss, which Linux carries over from the process that started this one (fork keeps
-    its resident pages, exec keeps the maximum): a runner started by a large process would report that
-    process's memory. Where there is no /proc, ru_maxrss."""
+    """This program's peak resident memory: Linux's VmHWM, which starts afresh with the program, not
+    getrusage's ru_maxrss, which Linux carries over from the process that started this one (fork keeps its
+    resident pages, exec the maximum). Where there is no /proc, ru_maxrss."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -374,27 +373,15 @@ def _missing(modules):
     return None
 
 
-def one_openmp_thread(runtime):
-    """ExecuTorch runs its kernels on its own thread pool (`threads`), but the pip wheel's kernel libraries
-    (its LLM ops among them) also link OpenMP, whose threads then compete with that pool for the same cores.
-    On a 2-core host the int4 SmolLM2 .pte decoded at anywhere from 10.6 to 25.8 ms a token, changing from
-    one 128-token run to the next, with both; at 8.4 to 8.6 ms in every run with OpenMP at one thread. Must
-    run before torch loads OpenMP, which reads the variable once."""
-    if runtime == "executorch":
-        os.environ["OMP_NUM_THREADS"] = "1"
-
-
 def main(argv):
     if argv == ["--probe"]:
         sys.stdout.write(json.dumps(probe()) + "\n")
         return
     if argv[:1] == ["--llm"]:
         runtime, path, threads, context = argv[1:5]
-        one_openmp_thread(runtime)
         sys.stdout.write(json.dumps(measure_language(runtime, path, int(threads), int(context))) + "\n")
         return
     runtime, path, inputs_path, threads, budget = argv[:5]
-    one_openmp_thread(runtime)
     rest = argv[5:]
     outputs_path = rest.pop(0) if rest and rest[0].endswith(".npz") else None
     config = dict(pair.split("=", 1) for pair in rest)
@@ -408,4 +395,6 @@ def main(argv):
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "executorch" in sys.argv[1:3]:  # its kernels run on its own pool; the wheel's kernel libraries also link
+        os.environ["OMP_NUM_THREADS"] = "1"  # OpenMP, whose threads would fight it for the cores (before torch)
     main(sys.argv[1:])
