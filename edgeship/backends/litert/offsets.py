@@ -10,12 +10,10 @@ which LiteRT runs as is (litert/int4.py), plus the offsets' part: each offset mu
     DEQUANTIZE O (float16, like the scales) -> FULLY_CONNECTED(sums, O) -> part
     FULLY_CONNECTED(x, int4 Q, scales S) -> main; ADD(main, part) -> y (the layer's fused activation)
 
-The layers that read one input (q, k and v; gate and up) share its block sums: RESHAPE and SUM are written
-once, before the first of them.
-
 so the int4 values and scales stay exactly those of the other runtimes, and the offsets are stored as
 float16 (relative rounding 2^-11, as the scales). Where the converter folded a factor per output row into
-the weight, the offsets' rows carry it like the scales.
+the weight, the offsets' rows carry it like the scales. The layers that read one input (q, k and v; gate
+and up) share its block sums: RESHAPE and SUM are written once, before the first of them.
 """
 
 from __future__ import annotations
