@@ -187,7 +187,7 @@ def _verify(logits_of, greedy_of, tokenizer, subjects: dict, reference: dict, pr
         ids = prompt_ids(tokenizer, prompt)
         tokens = greedy_of(ids, len(reference["greedy"][prompt]))
         record = generation_record(prompt, tokens, reference["greedy"][prompt], CHECKED_TOKENS,
-                                   reference.get("margins", {}).get(prompt))
+                                   reference["margins"][prompt])
         generations.append(record | {"text": tokenizer.decode(tokens),
                                      "float_text": tokenizer.decode(reference["greedy"][prompt])})
         advance(1)
