@@ -286,6 +286,31 @@ def test_the_litertlm_computes_the_integer_model(exported, lm_folder: Path, tmp_
     assert session.max_seq_len == LENGTH and artifact["integer_layers"] == len(decoder.all_weights())
 
 
+def test_the_litert_session_keeps_the_cache_as_the_signature_runner_passes_it(exported, tmp_path: Path) -> None:
+    """The LiteRT session's cache, copied in place inside the interpreter, gives the logits that passing every
+    layer's cache out and back in through the decode signature runner gives, bit for bit."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgeship.backends.litert.decoder import DecoderSession, unpacked_tflite
+
+    folder, manifest = exported
+    tflite = unpacked_tflite(folder / _artifact(manifest, "litert")["path"], tmp_path)
+    decode = Interpreter(model_path=str(tflite)).get_signature_runner("decode")
+    inputs = decode.get_input_details()
+    state = {n: np.zeros(d["shape"], d["dtype"]) for n, d in inputs.items() if n.startswith("kv_cache")}
+    tokens, expected = [5, 17, 9, 30, 12, 7], []
+    for position, token in enumerate(tokens):
+        mask = np.full(inputs["mask"]["shape"], -np.inf, np.float32)
+        mask[..., :position + 1] = 0.0
+        out = decode(tokens=np.array([[token]], np.int32), input_pos=np.array([position], np.int32), mask=mask,
+                     **state)
+        state = {n: out[n] for n in state}
+        expected.append(out["logits"].reshape(-1))
+    session = DecoderSession(tflite)
+    assert np.array_equal(session.logits(tokens).numpy(), np.stack(expected))
+    assert np.array_equal(session.logits(tokens[:3]).numpy(), np.stack(expected[:3]))  # a new sequence resets it
+
+
 def _artifact(manifest: dict, runtime: str) -> dict:
     return next(a for a in manifest["artifacts"] if a["runtime"] == runtime)
 
