@@ -112,12 +112,13 @@ class DecoderSession:
     where the signature runner would copy every layer's cache out to NumPy and back in (twice the copying,
     and an allocation of each per token); the logits are the same bit for bit. This reads the interpreter
     wrapper of ai-edge-litert (pinned) behind its public Python API, which gives in-place views of the
-    first graph's tensors only, and the decode signature is another."""
+    first graph's tensors only, and the decode signature is another. `threads`: the interpreter's, by default
+    one per core (as the other runtimes' sessions take)."""
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        self._interp = Interpreter(model_path=str(path), num_threads=threads)
+        self._interp = Interpreter(model_path=str(path), num_threads=threads or os.cpu_count())
         decode = self._interp.get_signature_runner("decode")
         inputs = decode.get_input_details()
         self._in = {name: d["index"] for name, d in inputs.items()}
