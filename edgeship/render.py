@@ -154,7 +154,7 @@ def build_table(result) -> None:
 
 
 class Stages:
-    """Rich progress bars on stderr when it is a terminal; otherwise one line per stage when it ends, with
+    """Rich progress bars on stderr when it is a terminal (with each stage's time so far); otherwise one line per stage when it ends, with
     its duration (`calibrate (100) ... 12.3 s`), unless `quiet`."""
 
     def __init__(self, quiet: bool = False) -> None:
@@ -166,9 +166,10 @@ class Stages:
             self._lines = logs.StageLines(lambda text: typer.echo(text, err=True), quiet=self.quiet)
             return self._lines.start
         from rich.console import Console
-        from rich.progress import Progress
+        from rich.progress import Progress, TimeElapsedColumn
 
-        self._bars = Progress(console=Console(stderr=True), transient=True)
+        self._bars = Progress(*Progress.get_default_columns(), TimeElapsedColumn(), console=Console(stderr=True),
+                              transient=True)  # a long stage of few steps (a lowering) shows its time going on
         self._bars.start()
 
         def start(task: str, total: int):

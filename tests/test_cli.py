@@ -178,6 +178,26 @@ def test_ort_host_time_on_x86_is_explained(monkeypatch) -> None:
     assert all("host_timing" not in a for a in on_arm)
 
 
+def test_progress_on_a_terminal_shows_each_stage_time_so_far(monkeypatch) -> None:
+    """On a terminal each stage's bar carries the time it has run, which moves on while a long step of few
+    ticks (a lowering) gives the bar nothing to show."""
+    import io
+    import re
+
+    from edgeship.render import Stages
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    with Stages() as start:
+        start("lower for executorch (KV cache)", 2)(1)
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal.getvalue())
+    assert re.search(r"lower for executorch \(KV cache\).* 50% .*\d+:\d\d:\d\d", shown), shown
+
+
 def test_log_that_is_not_a_terminal_has_stage_lines_and_no_native_banners(tmp_path, conv_npz) -> None:
     """With stderr a file (CI): one line per stage with its duration, and none of the runtimes' banners
     (absl's, ExecuTorch's CPU probe, LiteRT's delegate line), which write past Python's logging."""
