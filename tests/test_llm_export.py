@@ -590,6 +590,33 @@ def test_the_genai_builder_takes_gemma3_as_transformers_5_saves_it(lm_folder: Pa
     torch.testing.assert_close(torch.from_numpy(generator.get_logits()).reshape(-1), expected, atol=1e-4, rtol=1e-4)
 
 
+def test_sliding_window_layers_attend_within_their_window_over_the_executorch_cache() -> None:
+    """Gemma 3's sliding layers see only their window: the program ExecuTorch lowers (custom_sdpa over the
+    custom KV cache) computes float's logits past the window, teacher-forced and one token at a time."""
+    import copy
+
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from edgeship.backends.executorch.decoder import export_decoder
+
+    config = Gemma3TextConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=6,
+                              layer_types=["sliding_attention", "full_attention"], max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(config).eval()
+    ids = torch.randint(0, 64, (1, 24))
+    with torch.no_grad():
+        expected = model(ids).logits[0]
+        program = export_decoder(copy.deepcopy(model), 32).module()
+        whole = program(input_ids=ids, cache_position=torch.tensor([0]))[0]
+        program = export_decoder(copy.deepcopy(model), 32).module()
+        stepped = torch.cat([program(input_ids=ids[:, :16], cache_position=torch.tensor([0]))[0],
+                             *(program(input_ids=ids[:, i:i + 1], cache_position=torch.tensor([i]))[0]
+                               for i in range(16, 24))])
+    for got in (whole, stepped):
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
 def test_a_layer_the_genai_builder_splits_is_matched_by_its_output_channels() -> None:
     """The builder writes a fused layer (Phi-3's gate_up_proj) as two MatMuls: each is matched to its rows of
     the one int4 layer; layers it packs side by side (q, k, v) are matched whole, as themselves; a matrix of

@@ -1,7 +1,8 @@
 """A transformers causal LM wrapped for export with ExecuTorch's own KV-cache ops, as its LLM examples
 build a decoder: each layer's keys and values live in a `[1, max_seq_len, kv_heads, head_dim]` buffer
 written in place by `llama::update_cache`, and attention is `llama::custom_sdpa`, which reads only the
-positions filled so far (causal from `start_pos`) and handles grouped-query heads itself.
+positions filled so far (causal from `start_pos`) and handles grouped-query heads itself; a layer with a
+sliding window shorter than the cache gives it a mask of that window.
 
 Without them (transformers' own static-cache wrapper) attention ran in portable kernels over the whole
 cache at every step: the key/value heads repeated, masks built and `index_put` outside the XNNPACK
@@ -32,11 +33,17 @@ def _attention_modules(model: nn.Module) -> list[nn.Module]:
             and type(m).__name__.endswith("Attention")]
 
 
-def _attend(module, query, key, value, attention_mask, scaling=None, **kwargs):
+def _attend(module, query, key, value, attention_mask, scaling=None, sliding_window=None, **kwargs):
     """custom_sdpa over the cache: `query` [B, heads, n, D] (transformers' layout), `key` / `value` the
-    layer's whole cache [B, max_seq_len, kv_heads, D]; returns [B, n, heads, D] as transformers expects."""
-    out = torch.ops.llama.custom_sdpa(query.transpose(1, 2), key, value, module.edgeship_start, None, 0.0, True,
-                                      scaling)
+    layer's whole cache [B, max_seq_len, kv_heads, D]; returns [B, n, heads, D] as transformers expects. A
+    layer with a sliding window shorter than the cache (Gemma 3's local layers, Qwen2's where configured)
+    attends through a mask of its window instead of causally from `start_pos`."""
+    query = query.transpose(1, 2)
+    if sliding_window is None or sliding_window >= key.shape[1]:
+        out = torch.ops.llama.custom_sdpa(query, key, value, module.edgeship_start, None, 0.0, True, scaling)
+    else:
+        out = torch.ops.llama.custom_sdpa(query, key, value, 0, module.edgeship_window(sliding_window), 0.0, False,
+                                          scaling)
     return out, None
 
 
@@ -100,7 +107,18 @@ class CustomCacheDecoder(nn.Module):
         torch._check(start + input_ids.shape[1] <= self.max_seq_len)
         for cached in self.cache.layers:
             cached.start = start
-        for module in self.attention:
-            module.edgeship_start = start
         positions = (torch.arange(input_ids.shape[1]) + cache_position[0]).unsqueeze(0)
+        masks: dict[int, torch.Tensor] = {}
+
+        def window(size: int) -> torch.Tensor:
+            """[n, max_seq_len]: 0 where a position may attend (itself and the `size - 1` before it), else
+            -inf; made once per call for each window size."""
+            if size not in masks:
+                rows, cols = positions.reshape(-1, 1), torch.arange(self.max_seq_len).unsqueeze(0)
+                seen = (cols <= rows) & (cols > rows - size)
+                masks[size] = torch.zeros(seen.shape).masked_fill(~seen, float("-inf"))
+            return masks[size]
+
+        for module in self.attention:
+            module.edgeship_start, module.edgeship_window = start, window
         return self.model(input_ids=input_ids, position_ids=positions, cache=self.cache, use_cache=True).logits
