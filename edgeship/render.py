@@ -154,8 +154,8 @@ def build_table(result) -> None:
 
 
 class Stages:
-    """Rich progress bars on stderr when it is a terminal (with each stage's time so far); otherwise one line per stage when it ends, with
-    its duration (`calibrate (100) ... 12.3 s`), unless `quiet`."""
+    """Rich progress bars on stderr when it is a terminal (with each stage's time so far); otherwise one line
+    per stage when it ends, with its duration (`calibrate (100) ... 12.3 s`), unless `quiet`."""
 
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
