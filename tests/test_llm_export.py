@@ -617,6 +617,35 @@ def test_sliding_window_layers_attend_within_their_window_over_the_executorch_ca
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
+def test_the_executorch_int8_rows_keep_the_factor_the_embeddings_scale_rows_by() -> None:
+    """Gemma's embedding module multiplies each row by the square root of the width: ExecuTorch's int8 rows
+    (embedding_byte) carry that factor, so the integer model's embeddings are the quantized model's; an
+    embedding module that does anything else to its rows is refused with a clear error."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from edgeship.backends.executorch.decoder import _row_factor, with_integer_weights
+    from edgeship.errors import ExportError
+    from edgeship.quantize.decoder import int4_decoder
+
+    config = Gemma3TextConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    torch.manual_seed(0)
+    decoder = int4_decoder(Gemma3ForCausalLM(config).eval(), 32, asymmetric=True)
+    ids = torch.arange(64)
+    with torch.no_grad():
+        expected = decoder.model.get_input_embeddings()(ids)
+        got = with_integer_weights(decoder).get_input_embeddings()(ids)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    assert _row_factor(torch.nn.Embedding(8, 4)) is None
+
+    class Shifted(torch.nn.Embedding):
+        def forward(self, ids):
+            return super().forward(ids) + 1.0
+
+    with pytest.raises(ExportError, match="do more to each row than scale it"):
+        _row_factor(Shifted(8, 4))
+
+
 def test_a_layer_the_genai_builder_splits_is_matched_by_its_output_channels() -> None:
     """The builder writes a fused layer (Phi-3's gate_up_proj) as two MatMuls: each is matched to its rows of
     the one int4 layer; layers it packs side by side (q, k, v) are matched whole, as themselves; a matrix of

@@ -28,15 +28,34 @@ from edgeship.runtimes.runner import load_et_kernels as load_kernels
 
 
 class _Int8Rows(nn.Module):
-    """Token embeddings read from int8 rows and one scale per row (ExecuTorch's embedding_byte)."""
+    """Token embeddings read from int8 rows and one scale per row (ExecuTorch's embedding_byte), times the
+    factor the model's own embedding module multiplies its rows by (`_row_factor`)."""
 
-    def __init__(self, rows: Int4Weight) -> None:
+    def __init__(self, rows: Int4Weight, factor: float | None = None) -> None:
         super().__init__()
         self.register_buffer("q", rows.q.clone())
         self.register_buffer("scale", rows.scale.reshape(-1).clone())
+        self.factor = factor
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized_decomposed.embedding_byte.default(self.q, self.scale, None, -127, 127, ids)
+        rows = torch.ops.quantized_decomposed.embedding_byte.default(self.q, self.scale, None, -127, 127, ids)
+        return rows if self.factor is None else rows * self.factor
+
+
+def _row_factor(embedding: nn.Module) -> float | None:
+    """What `embedding` multiplies the rows it looks up by (Gemma's square root of the width), None when it
+    returns them as they are; refused when it does anything else to them."""
+    ids = torch.arange(min(64, embedding.weight.shape[0]))
+    with torch.no_grad():
+        out, rows = embedding(ids), nn.functional.embedding(ids, embedding.weight)
+    if torch.equal(out, rows):
+        return None
+    largest = int(rows.abs().argmax())
+    factor = float(out.flatten()[largest] / rows.flatten()[largest])
+    if not torch.allclose(out, rows * factor, rtol=1e-6, atol=0.0):
+        raise ExportError(f"the token embeddings ({type(embedding).__name__}) do more to each row than scale it, "
+                          "which ExecuTorch's int8 rows cannot carry; export for a target without ExecuTorch")
+    return factor
 
 
 def _packed(w: Int4Weight) -> torch.Tensor:
@@ -92,7 +111,7 @@ def with_integer_weights(decoder: Int4Decoder) -> nn.Module:
     head = model.get_output_embeddings()
     if head is not None:  # a tied head reads the embeddings' int8 rows
         head.weight = nn.Parameter(_packed(decoder.head or decoder.embeddings), requires_grad=False)
-    model.set_input_embeddings(_Int8Rows(decoder.embeddings))
+    model.set_input_embeddings(_Int8Rows(decoder.embeddings, _row_factor(model.get_input_embeddings())))
     return model
 
 
