@@ -216,6 +216,7 @@ def llm_table_bits(data: dict) -> list[str]:
 def llm_families(data: dict) -> list[str]:
     def made(row: dict) -> str:
         return ", ".join(f"{a['runtime']} ({100 * a['perplexity_increase']:+.1f}%"
+                         + (f", top-1 {100 * a['top1_agreement']:.0f}%" if "top1_agreement" in a else "")
                          + ("" if a["runner_equals_greedy"] else ", runner text differs") + ")"
                          for a in row.get("artifacts", [])) or "-"
 
@@ -225,8 +226,10 @@ def llm_families(data: dict) -> list[str]:
         return "; ".join(f"{n['runtime']}: {n['reason'][:160]}" for n in row.get("not_produced", [])) or "-"
 
     return [f"int4 for target `{data['target']}`, a {data['max_seq_len']}-position KV cache; the perplexity "
-            "increase is on the calibration text, random weights.", ""] + _table(
-        ["family", "artifacts (perplexity increase)", "not produced", "seconds"],
+            "increase and the next-token top-1 agreement with float are on the calibration text, random weights "
+            "(their logits are nearly flat, so a perplexity barely moves where the agreement shows a fault).",
+            ""] + _table(
+        ["family", "artifacts (perplexity increase, top-1 agreement)", "not produced", "seconds"],
         [[r["family"], made(r), missing(r), r["seconds"]] for r in data["rows"]])
 
 

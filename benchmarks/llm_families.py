@@ -85,6 +85,7 @@ def export(name: str, work: Path, tok) -> dict:
     return {"family": name, "seconds": round(time.time() - started, 1),
             "artifacts": [{"runtime": a["runtime"], "path": a["path"], **({"data": a["data"]} if "data" in a else {}),
                            "perplexity_increase": a["subjects"]["text"]["perplexity_increase"],
+                           "top1_agreement": a["subjects"]["text"]["top1_agreement"],
                            "runner_equals_greedy": a.get("runner", {}).get("equals_greedy")}
                           for a in manifest["artifacts"]],
             "not_produced": manifest.get("not_produced", [])}
