@@ -216,7 +216,7 @@ def llm_table_bits(data: dict) -> list[str]:
 def llm_families(data: dict) -> list[str]:
     def made(row: dict) -> str:
         return ", ".join(f"{a['runtime']} ({100 * a['perplexity_increase']:+.1f}%"
-                         + (f", top-1 {100 * a['top1_agreement']:.0f}%" if "top1_agreement" in a else "")
+                         + f", top-1 {100 * a['top1_agreement']:.0f}%"
                          + ("" if a["runner_equals_greedy"] else ", runner text differs") + ")"
                          for a in row.get("artifacts", [])) or "-"
 
